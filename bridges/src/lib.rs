@@ -1,0 +1,148 @@
+//! # herald-bridges
+//!
+//! What a bridge hands to the broker, and the contract every bridge fulfils.
+//!
+//! Bridges consume an external system (NATS, Kafka) and emit one [`BridgeEvent`] per
+//! message to an actix [`Recipient`]. They do not depend on the broker crate: the
+//! broker owns the topic layer and gives each bridge a recipient, so a bridge can be
+//! tested alone with a recipient that records what it receives.
+//!
+//! ## Layout
+//! - [`BridgeEvent`], [`Source`]: the event as it enters Herald.
+//! - [`Bridge`], [`BridgeStatus`]: what every bridge tells the broker about itself
+//!   (its name for `/readyz` and metrics, and whether its subscriptions are in effect).
+//! - The `nats` and `kafka` features will hold one module each.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use actix::{Message, Recipient};
+use bytes::Bytes;
+
+/// Where an event entered Herald. Sent to clients as the event's `source` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A core NATS or JetStream message.
+    Nats,
+    /// A Kafka record.
+    Kafka,
+    /// `POST /api/publish`.
+    Http,
+    /// `{"op":"publish"}` from a WebSocket client.
+    Ws,
+}
+
+impl Source {
+    /// Every source, in the order metrics list them.
+    pub const ALL: [Source; 4] = [Source::Nats, Source::Kafka, Source::Http, Source::Ws];
+
+    /// The wire name (`"nats"`, `"kafka"`, `"http"`, `"ws"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Nats => "nats",
+            Source::Kafka => "kafka",
+            Source::Http => "http",
+            Source::Ws => "ws",
+        }
+    }
+
+    /// Position in [`Source::ALL`], used to index per-source counters without a map.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event on its way into a Herald topic.
+///
+/// The payload stays as raw bytes until the topic serializes the event frame once;
+/// no layer before it parses or copies the payload.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct BridgeEvent {
+    /// The Herald topic (already mapped from the subject or Kafka topic). The topic
+    /// layer validates it and drops (and counts) events whose topic is invalid.
+    pub topic: String,
+    /// The payload exactly as received: JSON, other UTF-8 text, or binary.
+    pub payload: Bytes,
+    /// Message key (Kafka record key, or `key` of an HTTP publish), when there is one.
+    pub key: Option<String>,
+    /// Headers (NATS headers, Kafka headers, or `headers` of an HTTP publish).
+    pub headers: BTreeMap<String, String>,
+    /// Where the event came from.
+    pub source: Source,
+}
+
+impl BridgeEvent {
+    /// An event with no key and no headers.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, source: Source) -> Self {
+        BridgeEvent {
+            topic: topic.into(),
+            payload: payload.into(),
+            key: None,
+            headers: BTreeMap::new(),
+            source,
+        }
+    }
+}
+
+/// Health of one bridge, as `/readyz` and the metrics report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeStatus {
+    /// Connecting for the first time; not ready.
+    Starting,
+    /// Connected and every subscription or partition assignment is in effect.
+    Ready,
+    /// Lost its connection; reconnecting with backoff. The string says why.
+    Down(String),
+}
+
+impl BridgeStatus {
+    /// Whether the broker may report itself ready as far as this bridge is concerned.
+    pub fn is_ready(&self) -> bool {
+        matches!(self, BridgeStatus::Ready)
+    }
+}
+
+/// What every bridge actor provides to the broker.
+///
+/// A bridge is started with the recipient of its events (see [`BridgeEvent`]) and
+/// reports its status through [`Bridge::status`], which the broker reads for
+/// `/readyz`. The NATS and Kafka bridges implement it.
+pub trait Bridge {
+    /// The configured name of this bridge (`[[bridge.nats]] name`), used in
+    /// `/readyz` reasons and as a metric label (bounded: one per configured bridge).
+    fn name(&self) -> &str;
+
+    /// Current status.
+    fn status(&self) -> BridgeStatus;
+}
+
+/// Where a bridge sends its events: normally the broker's topic registry.
+pub type EventSink = Recipient<BridgeEvent>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_names_and_indexes_agree() {
+        for (i, s) in Source::ALL.iter().enumerate() {
+            assert_eq!(s.index(), i);
+        }
+        assert_eq!(Source::Kafka.to_string(), "kafka");
+        assert_eq!(Source::Ws.as_str(), "ws");
+    }
+
+    #[test]
+    fn only_ready_is_ready() {
+        assert!(BridgeStatus::Ready.is_ready());
+        assert!(!BridgeStatus::Starting.is_ready());
+        assert!(!BridgeStatus::Down("refused".into()).is_ready());
+    }
+}

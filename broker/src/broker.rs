@@ -1,0 +1,216 @@
+//! [`Broker`]: the running Herald node — configuration, topic registry, node epoch,
+//! authenticator, connection limits and the directory of open sessions — as one
+//! cheap, clonable handle. The binary builds one; an actix-web application that
+//! embeds Herald builds one too and mounts [`Broker::configure`] in its `App`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use actix::Recipient;
+use herald_bridges::{BridgeEvent, BridgeStatus};
+
+use crate::admission::ConnectionLimiter;
+use crate::auth::{Authenticator, NoAuth};
+use crate::config::{Config, ConfigError};
+use crate::message::Shutdown;
+use crate::registry::{PublishError, Registry};
+use crate::topic::TopicSettings;
+
+/// Open sessions, so shutdown can reach each one. Locked on connect and disconnect
+/// only, never on the event path.
+#[derive(Debug, Default)]
+pub struct SessionDirectory {
+    sessions: Mutex<HashMap<u64, Recipient<Shutdown>>>,
+}
+
+impl SessionDirectory {
+    pub(crate) fn insert(&self, id: u64, addr: Recipient<Shutdown>) {
+        self.lock().insert(id, addr);
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Recipient<Shutdown>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of open sessions.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks every open session to close with 1001.
+    pub fn shutdown_all(&self) -> usize {
+        let sessions = self.lock();
+        for addr in sessions.values() {
+            addr.do_send(Shutdown);
+        }
+        sessions.len()
+    }
+}
+
+/// Status of every configured bridge, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    bridges: Mutex<BTreeMap<String, BridgeStatus>>,
+}
+
+impl Readiness {
+    /// Records a bridge's status (bridges call this as their state changes).
+    pub fn set(&self, bridge: &str, status: BridgeStatus) {
+        self.bridges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(bridge.to_owned(), status);
+    }
+
+    /// `(ready, reasons)`: ready when every bridge is; reasons name the others.
+    pub fn check(&self) -> (bool, Vec<String>) {
+        let bridges = self.bridges.lock().unwrap_or_else(|p| p.into_inner());
+        let reasons: Vec<String> = bridges
+            .iter()
+            .filter(|(_, s)| !s.is_ready())
+            .map(|(name, s)| match s {
+                BridgeStatus::Starting => format!("bridge {name}: starting"),
+                BridgeStatus::Down(why) => format!("bridge {name}: down: {why}"),
+                BridgeStatus::Ready => format!("bridge {name}: ready"),
+            })
+            .collect();
+        (reasons.is_empty(), reasons)
+    }
+}
+
+struct Inner {
+    config: Config,
+    registry: Registry,
+    epoch: String,
+    node: String,
+    auth: Arc<dyn Authenticator>,
+    limiter: Arc<ConnectionLimiter>,
+    sessions: SessionDirectory,
+    readiness: Readiness,
+}
+
+/// A running Herald node. Clone it freely.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("node", &self.inner.node)
+            .field("epoch", &self.inner.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Broker {
+    /// Validates `config` and starts the topic registry. Must be called inside a
+    /// running actix system (e.g. from `#[actix_web::main]`).
+    pub fn start(config: Config) -> Result<Broker, ConfigError> {
+        config.validate()?;
+        let shards = if config.server.shards == 0 {
+            cores()
+        } else {
+            config.server.shards
+        };
+        let registry = Registry::start(
+            shards,
+            TopicSettings {
+                history_size: config.history.size,
+                history_ttl_ms: config.history.ttl_ms,
+                mailbox_capacity: config.server.ingest_capacity,
+            },
+        );
+        let node = if config.server.node_id.is_empty() {
+            format!("n-{:06x}", rand::random::<u32>() & 0xff_ffff)
+        } else {
+            config.server.node_id.clone()
+        };
+        let limiter = ConnectionLimiter::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        );
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                registry,
+                epoch: ulid::Ulid::new().to_string(),
+                node,
+                auth: Arc::new(NoAuth),
+                limiter,
+                sessions: SessionDirectory::default(),
+                readiness: Readiness::default(),
+                config,
+            }),
+        })
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The topic registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// This process's history epoch (a ULID; new on every start).
+    pub fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    pub(crate) fn authenticator(&self) -> &dyn Authenticator {
+        &*self.inner.auth
+    }
+
+    pub(crate) fn limiter(&self) -> &Arc<ConnectionLimiter> {
+        &self.inner.limiter
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> &SessionDirectory {
+        &self.inner.sessions
+    }
+
+    /// Bridge statuses for `/readyz`.
+    pub fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
+    }
+
+    /// Publishes an event from the embedding application (best-effort, like every
+    /// publish: `Ok` means accepted for fan-out, not delivered).
+    pub fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
+        self.inner.registry.publish(event)
+    }
+
+    /// Mounts Herald's routes (`/ws`, `/api/*`, `/healthz`, `/readyz`, `/metrics`,
+    /// `/`) in an actix-web `App`: `App::new().configure(broker.configure())`.
+    pub fn configure(&self) -> impl Fn(&mut actix_web::web::ServiceConfig) + Clone + 'static {
+        let broker = self.clone();
+        move |cfg| crate::http::configure(cfg, broker.clone())
+    }
+
+    /// Closes every open session with 1001 (part of graceful shutdown).
+    pub fn shutdown(&self) -> usize {
+        self.inner.sessions.shutdown_all()
+    }
+}

@@ -1,0 +1,702 @@
+//! Configuration: one TOML file, `HERALD_<SECTION>__<KEY>` environment overrides, and
+//! defaults for every key (see `docs/configuration.md` and ../shared/CONFIG.md).
+//!
+//! Loading goes file → TOML table → environment overrides → typed [`Config`] through
+//! `serde_path_to_error`, so every error names the key (`session.slow_consumer`), the
+//! source (the file or the environment variable) and what was expected. Unknown keys
+//! are errors: a typo must never silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a configuration value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// No file given: built-in defaults (plus environment).
+    Defaults,
+    /// A TOML file.
+    File(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Defaults => f.write_str("the built-in defaults"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Why a configuration was refused. Each variant names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: no such key `{key}` (keys look like HERALD_SESSION__QUEUE_MAX_BYTES)")]
+    UnknownEnv { var: String, key: String },
+    #[error("config error in {origin}{env}: `{key}`: {message}")]
+    Invalid {
+        origin: Origin,
+        /// ` (from HERALD_…)` when an environment variable set the key.
+        env: String,
+        key: String,
+        message: String,
+    },
+}
+
+fn invalid(key: &str, value: impl fmt::Display, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        origin: Origin::Defaults,
+        env: String::new(),
+        key: key.to_owned(),
+        message: format!("`{value}` is not valid: expected {expected}"),
+    }
+}
+
+/// The whole configuration. Field docs are the user documentation of each key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub session: SessionConfig,
+    pub history: HistoryConfig,
+    pub publish: PublishConfig,
+    pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
+    pub bridge: BridgeConfig,
+    pub log: LogConfig,
+}
+
+/// `[server]`: listening, admission and shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on (`host:port`; port 0 picks a free port). Default
+    /// `127.0.0.1:8080`.
+    pub listen: String,
+    /// This node's name in `welcome` and logs. Empty: generated at start.
+    pub node_id: String,
+    /// Browser `Origin`s allowed to open a WebSocket. Empty: any. Upgrades without an
+    /// `Origin` header (non-browser clients) are not subject to the list.
+    pub allowed_origins: Vec<String>,
+    /// Most WebSocket connections at once. 0: unlimited.
+    pub max_connections: usize,
+    /// Most WebSocket connections at once from one client IP. 0: unlimited.
+    pub max_connections_per_ip: usize,
+    /// On SIGTERM/SIGINT, how long sessions get to close (with 1001) before the
+    /// process exits anyway, in milliseconds. Default 5000.
+    pub shutdown_grace_ms: u64,
+    /// HTTP worker threads. 0: one per CPU core.
+    pub workers: usize,
+    /// Topic registry shards (each on its own thread). 0: one per CPU core.
+    pub shards: usize,
+    /// Events waiting per registry shard and per topic before further events are
+    /// dropped and counted (`herald_events_dropped_total{reason="topic_busy"}`).
+    /// Default 8192.
+    pub ingest_capacity: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            node_id: String::new(),
+            allowed_origins: Vec::new(),
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            shutdown_grace_ms: 5000,
+            workers: 0,
+            shards: 0,
+            ingest_capacity: 8192,
+        }
+    }
+}
+
+/// What a connection does when its outbound queue is full (PROTOCOL.md section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumer {
+    /// Drop the event for this connection, count it, send `lagged` later.
+    Drop,
+    /// Close the connection with 4009.
+    Disconnect,
+}
+
+/// `[session]`: per-connection limits and timers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Server `ping` interval, in milliseconds. Default 25000.
+    pub heartbeat_interval_ms: u64,
+    /// Extra silence allowed after an interval before closing with 4008, ms. Default 10000.
+    pub heartbeat_timeout_ms: u64,
+    /// Time to authenticate after the upgrade when auth is on, ms. Default 10000.
+    pub auth_timeout_ms: u64,
+    /// Largest inbound message (after joining fragments), bytes; larger closes 1009.
+    /// Also the largest `data` of one HTTP-published event. Default 65536.
+    pub max_message_bytes: usize,
+    /// Most subscriptions (patterns) per connection. Default 256.
+    pub max_subscriptions: usize,
+    /// Outbound queue bound per connection, bytes. Default 1 MiB.
+    pub queue_max_bytes: usize,
+    /// `drop` (default) or `disconnect`.
+    pub slow_consumer: SlowConsumer,
+    /// Client messages per second per connection (token bucket refill). Default 100.
+    pub rate_limit_per_s: u32,
+    /// Token bucket size: messages a client may send in a burst. Default 200.
+    pub rate_limit_burst: u32,
+    /// Messages (events and notices) waiting in a session's actor mailbox before
+    /// further events for it are dropped and counted. Default 1024.
+    pub mailbox_capacity: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            heartbeat_interval_ms: 25_000,
+            heartbeat_timeout_ms: 10_000,
+            auth_timeout_ms: 10_000,
+            max_message_bytes: 65_536,
+            max_subscriptions: 256,
+            queue_max_bytes: 1_048_576,
+            slow_consumer: SlowConsumer::Drop,
+            rate_limit_per_s: 100,
+            rate_limit_burst: 200,
+            mailbox_capacity: 1024,
+        }
+    }
+}
+
+/// `[history]`: the per-topic replay ring.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Events kept per topic; 0 turns history off. Default 100.
+    pub size: usize,
+    /// Age after which an event leaves history, ms. Default 300000 (5 min).
+    pub ttl_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 100,
+            ttl_ms: 300_000,
+        }
+    }
+}
+
+/// `[publish]`: who may publish into Herald directly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Allow `{"op":"publish"}` over WebSocket (still subject to auth). Default true.
+    pub from_clients: bool,
+    /// Allow `POST /api/publish`. Default true.
+    pub http: bool,
+    /// Largest `POST /api/publish` body, bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            from_clients: true,
+            http: true,
+            max_body_bytes: 1_048_576,
+        }
+    }
+}
+
+/// `[auth]`: authentication. Only `mode = "none"` exists in this build; the keys are
+/// accepted so configuration files stay valid when JWT support lands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `none` or `jwt`.
+    pub mode: String,
+    pub jwt_secret: String,
+    pub jwt_public_key_file: String,
+    pub issuer: String,
+    pub audience: String,
+    pub api_keys: Vec<String>,
+    pub ticket_ttl_ms: u64,
+    pub default_subscribe: Vec<String>,
+    pub default_publish: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: "none".into(),
+            jwt_secret: String::new(),
+            jwt_public_key_file: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            api_keys: Vec::new(),
+            ticket_ttl_ms: 30_000,
+            default_subscribe: vec![">".into()],
+            default_publish: Vec::new(),
+        }
+    }
+}
+
+/// `[cluster]`: NATS as the backplane between nodes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Name of a `[[bridge.nats]]` whose connection carries publishes. Empty: none.
+    pub backplane: String,
+    /// Publishes go to subject `subject_prefix + topic`.
+    pub subject_prefix: String,
+}
+
+/// `[bridge]`: the `[[bridge.nats]]` and `[[bridge.kafka]]` lists.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    pub nats: Vec<NatsBridgeConfig>,
+    pub kafka: Vec<KafkaBridgeConfig>,
+}
+
+/// One `[[bridge.nats]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsBridgeConfig {
+    pub name: String,
+    pub url: String,
+    pub subjects: Vec<String>,
+    pub topic_prefix: String,
+    pub strip_prefix: String,
+    pub jetstream: Option<BTreeMap<String, String>>,
+}
+
+impl Default for NatsBridgeConfig {
+    fn default() -> Self {
+        NatsBridgeConfig {
+            name: "nats".into(),
+            url: "nats://127.0.0.1:4222".into(),
+            subjects: vec!["events.>".into()],
+            topic_prefix: String::new(),
+            strip_prefix: String::new(),
+            jetstream: None,
+        }
+    }
+}
+
+/// One `[[bridge.kafka]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaBridgeConfig {
+    pub name: String,
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub topic_template: String,
+    pub start: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaBridgeConfig {
+    fn default() -> Self {
+        KafkaBridgeConfig {
+            name: "kafka".into(),
+            brokers: "127.0.0.1:9092".into(),
+            topics: vec!["orders".into()],
+            topic_template: "{topic}".into(),
+            start: "latest".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: logging (a Herald addition; `RUST_LOG` overrides `level`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `herald=debug`. Default `info`.
+    pub level: String,
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "HERALD_";
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), applies `HERALD_*` variables from
+    /// `env`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (origin, mut table) = match path {
+            None => (Origin::Defaults, toml::Table::new()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                let table = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+                    path: p.to_owned(),
+                    message: e.message().to_owned(),
+                })?;
+                (Origin::File(p.to_owned()), table)
+            }
+        };
+        let from_env = apply_env(&mut table, env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let env = from_env
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, var)| format!(" (from {var})"))
+                    .unwrap_or_default();
+                ConfigError::Invalid {
+                    origin: origin.clone(),
+                    env,
+                    key,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid {
+                key, message, env, ..
+            } => {
+                let env = from_env
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, var)| format!(" (from {var})"))
+                    .unwrap_or(env);
+                ConfigError::Invalid {
+                    origin,
+                    env,
+                    key,
+                    message,
+                }
+            }
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, addresses, and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        let s = &self.session;
+        if s.heartbeat_interval_ms == 0 {
+            return Err(invalid("session.heartbeat_interval_ms", 0, "a positive number of milliseconds"));
+        }
+        if s.heartbeat_timeout_ms == 0 {
+            return Err(invalid("session.heartbeat_timeout_ms", 0, "a positive number of milliseconds"));
+        }
+        if s.max_message_bytes < 128 {
+            return Err(invalid("session.max_message_bytes", s.max_message_bytes, "at least 128"));
+        }
+        if s.queue_max_bytes < 1024 {
+            return Err(invalid("session.queue_max_bytes", s.queue_max_bytes, "at least 1024"));
+        }
+        if s.max_subscriptions == 0 {
+            return Err(invalid("session.max_subscriptions", 0, "at least 1"));
+        }
+        if s.rate_limit_per_s == 0 {
+            return Err(invalid("session.rate_limit_per_s", 0, "at least 1"));
+        }
+        if s.rate_limit_burst == 0 {
+            return Err(invalid("session.rate_limit_burst", 0, "at least 1"));
+        }
+        if self.server.ingest_capacity == 0 {
+            return Err(invalid("server.ingest_capacity", 0, "at least 1"));
+        }
+        if s.mailbox_capacity == 0 {
+            return Err(invalid("session.mailbox_capacity", 0, "at least 1"));
+        }
+        if self.history.size > 0 && self.history.ttl_ms == 0 {
+            return Err(invalid("history.ttl_ms", 0, "a positive number of milliseconds (or history.size = 0)"));
+        }
+        if self.publish.max_body_bytes == 0 {
+            return Err(invalid("publish.max_body_bytes", 0, "a positive number of bytes"));
+        }
+        for (i, o) in self.server.allowed_origins.iter().enumerate() {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(invalid(
+                    &format!("server.allowed_origins[{i}]"),
+                    o,
+                    "an origin like `https://app.example.com` (scheme, host, optional port, no path)",
+                ));
+            }
+        }
+        // Features that later releases add: refuse them loudly instead of running
+        // without what the user asked for.
+        if self.auth.mode != "none" {
+            return Err(invalid(
+                "auth.mode",
+                &self.auth.mode,
+                "\"none\" (this build has no authentication yet)",
+            ));
+        }
+        if !self.bridge.nats.is_empty() {
+            return Err(invalid("bridge.nats", "[[bridge.nats]]", "no entries (this build has no NATS bridge yet)"));
+        }
+        if !self.bridge.kafka.is_empty() {
+            return Err(invalid("bridge.kafka", "[[bridge.kafka]]", "no entries (this build has no Kafka bridge yet)"));
+        }
+        if !self.cluster.backplane.is_empty() {
+            return Err(invalid("cluster.backplane", &self.cluster.backplane, "\"\" (this build has no NATS backplane yet)"));
+        }
+        Ok(())
+    }
+
+    /// `server.listen` as a socket address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server
+            .listen
+            .parse()
+            .map_err(|_| invalid("server.listen", &self.server.listen, "host:port, e.g. 127.0.0.1:8080"))
+    }
+
+    /// The effective configuration as TOML with every secret replaced by `***`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        let mask = |s: &mut String| {
+            if !s.is_empty() {
+                *s = "***".into();
+            }
+        };
+        mask(&mut masked.auth.jwt_secret);
+        for k in &mut masked.auth.api_keys {
+            mask(k);
+        }
+        for b in &mut masked.bridge.kafka {
+            for (k, v) in &mut b.properties {
+                let k = k.to_ascii_lowercase();
+                if k.contains("password") || k.contains("secret") || k.contains("key") {
+                    mask(v);
+                }
+            }
+        }
+        for b in &mut masked.bridge.nats {
+            if let Some(at) = b.url.find('@') {
+                if let Some(scheme) = b.url.find("://") {
+                    b.url.replace_range(scheme + 3..at, "***");
+                }
+            }
+        }
+        toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Applies `HERALD_<SECTION>__<KEY>=value` variables to `table`. A value is read as
+/// TOML (numbers, booleans, arrays) unless the key is a string key, in which case it
+/// is taken verbatim, so `HERALD_SERVER__NODE_ID=42` stays the string `"42"`.
+/// Returns `(dotted key, variable name)` for every override, for error messages.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let mut applied = Vec::new();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
+        let known = defaults
+            .get(section)
+            .and_then(|s| s.as_table())
+            .and_then(|s| s.get(key));
+        let Some(default) = known else {
+            return Err(ConfigError::UnknownEnv {
+                var,
+                key: format!("{section}.{key}"),
+            });
+        };
+        let value = if default.is_str() {
+            toml::Value::String(raw)
+        } else {
+            format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw))
+        };
+        let entry = table
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(t) = entry.as_table_mut() {
+            t.insert(key.to_owned(), value);
+        }
+        applied.push((format!("{section}.{key}"), var));
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn defaults_match_config_md() {
+        let c = Config::load(None, no_env()).expect("defaults load");
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.session.heartbeat_interval_ms, 25_000);
+        assert_eq!(c.session.queue_max_bytes, 1_048_576);
+        assert_eq!(c.session.slow_consumer, SlowConsumer::Drop);
+        assert_eq!(c.history.size, 100);
+        assert_eq!(c.history.ttl_ms, 300_000);
+        assert!(c.publish.from_clients && c.publish.http);
+        assert_eq!(c.auth.mode, "none");
+        assert_eq!(c.auth.default_subscribe, vec![">".to_string()]);
+    }
+
+    #[test]
+    fn file_values_apply() {
+        let f = file("[session]\nslow_consumer = \"disconnect\"\nmax_subscriptions = 3\n[history]\nsize = 0\n");
+        let c = Config::load(Some(f.path()), no_env()).expect("loads");
+        assert_eq!(c.session.slow_consumer, SlowConsumer::Disconnect);
+        assert_eq!(c.session.max_subscriptions, 3);
+        assert_eq!(c.history.size, 0);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let f = file("[session]\nqueue_max_byte = 10\n");
+        let err = Config::load(Some(f.path()), no_env()).expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("queue_max_byte"), "{msg}");
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let f = file("[sessions]\nx = 1\n");
+        let msg = Config::load(Some(f.path()), no_env()).expect_err("unknown").to_string();
+        assert!(msg.contains("sessions"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_key_value_and_expectation() {
+        let f = file("[session]\nslow_consumer = \"dropp\"\n");
+        let msg = Config::load(Some(f.path()), no_env()).expect_err("bad").to_string();
+        assert!(msg.contains("session.slow_consumer"), "{msg}");
+        assert!(msg.contains("dropp"), "{msg}");
+        let f = file("[server]\nlisten = \"nowhere\"\n");
+        let msg = Config::load(Some(f.path()), no_env()).expect_err("bad").to_string();
+        assert!(msg.contains("server.listen") && msg.contains("nowhere") && msg.contains("host:port"), "{msg}");
+        let f = file("[session]\nmax_subscriptions = \"many\"\n");
+        let msg = Config::load(Some(f.path()), no_env()).expect_err("bad").to_string();
+        assert!(msg.contains("session.max_subscriptions"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_file() {
+        let f = file("[server\n");
+        let msg = Config::load(Some(f.path()), no_env()).expect_err("bad").to_string();
+        assert!(msg.contains("not valid TOML"), "{msg}");
+    }
+
+    #[test]
+    fn env_overrides_single_keys_with_types() {
+        let f = file("[server]\nlisten = \"127.0.0.1:9000\"\n");
+        let env = vec![
+            ("HERALD_SERVER__LISTEN".to_string(), "0.0.0.0:8080".to_string()),
+            ("HERALD_SERVER__NODE_ID".to_string(), "42".to_string()),
+            ("HERALD_SESSION__MAX_SUBSCRIPTIONS".to_string(), "7".to_string()),
+            ("HERALD_PUBLISH__HTTP".to_string(), "false".to_string()),
+            ("HERALD_SERVER__ALLOWED_ORIGINS".to_string(), "[\"https://a.example\"]".to_string()),
+            ("HERALD_LOG".to_string(), "debug".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = Config::load(Some(f.path()), env).expect("loads");
+        assert_eq!(c.server.listen, "0.0.0.0:8080");
+        assert_eq!(c.server.node_id, "42");
+        assert_eq!(c.session.max_subscriptions, 7);
+        assert!(!c.publish.http);
+        assert_eq!(c.server.allowed_origins, vec!["https://a.example".to_string()]);
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let env = vec![("HERALD_SERVER__LISTENN".to_string(), "x".to_string())];
+        let msg = Config::load(None, env).expect_err("unknown").to_string();
+        assert!(msg.contains("HERALD_SERVER__LISTENN") && msg.contains("server.listenn"), "{msg}");
+        let env = vec![("HERALD_SESSION__MAX_SUBSCRIPTIONS".to_string(), "lots".to_string())];
+        let msg = Config::load(None, env).expect_err("bad").to_string();
+        assert!(msg.contains("HERALD_SESSION__MAX_SUBSCRIPTIONS") && msg.contains("session.max_subscriptions"), "{msg}");
+        let env = vec![("HERALD_SESSION__QUEUE_MAX_BYTES".to_string(), "10".to_string())];
+        let msg = Config::load(None, env).expect_err("range").to_string();
+        assert!(msg.contains("HERALD_SESSION__QUEUE_MAX_BYTES") && msg.contains("at least 1024"), "{msg}");
+    }
+
+    #[test]
+    fn unbuilt_features_are_refused_by_name() {
+        let f = file("[auth]\nmode = \"jwt\"\n");
+        let msg = Config::load(Some(f.path()), no_env()).expect_err("jwt").to_string();
+        assert!(msg.contains("auth.mode"), "{msg}");
+        let f = file("[[bridge.nats]]\nurl = \"nats://127.0.0.1:4222\"\n");
+        let msg = Config::load(Some(f.path()), no_env()).expect_err("nats").to_string();
+        assert!(msg.contains("bridge.nats"), "{msg}");
+    }
+
+    #[test]
+    fn masked_output_hides_secrets() {
+        let mut c = Config::default();
+        c.auth.jwt_secret = "hunter2".into();
+        c.auth.api_keys = vec!["k-123".into()];
+        let out = c.to_masked_toml();
+        assert!(!out.contains("hunter2") && !out.contains("k-123"), "{out}");
+        assert!(out.contains("***"));
+        assert!(out.contains("listen = \"127.0.0.1:8080\""), "{out}");
+    }
+
+    #[test]
+    fn origins_must_be_origins() {
+        let mut c = Config::default();
+        c.server.allowed_origins = vec!["https://ok.example".into(), "ok.example".into()];
+        let msg = c.validate().expect_err("bad origin").to_string();
+        assert!(msg.contains("server.allowed_origins[1]"), "{msg}");
+    }
+}

@@ -1,0 +1,152 @@
+//! Event frames: the one serialization each event gets.
+//!
+//! A topic renders an event into a [`Frame`] once; every subscriber's queue holds a
+//! clone of the same `ByteString` (a reference count, no copy). The payload is
+//! embedded as JSON when it parses as JSON, as a JSON string when it is other UTF-8,
+//! and as `data_b64` otherwise (PROTOCOL.md section 3). History keeps the live frame;
+//! a replayed copy differs only by `"replay":true`, spliced in after the type field.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use bytestring::ByteString;
+use herald_bridges::Source;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// A serialized server message, shared by every connection that sends it.
+pub type Frame = ByteString;
+
+const EVENT_PREFIX: &str = r#"{"type":"event","#;
+
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topic: &'a str,
+    seq: u64,
+    ts: u64,
+    source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Data<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_b64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    headers: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Data<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
+}
+
+/// What a topic knows about an event when it renders it.
+#[derive(Debug, Clone, Copy)]
+pub struct EventMeta<'a> {
+    pub topic: &'a str,
+    pub seq: u64,
+    pub ts: u64,
+    pub source: Source,
+    pub key: Option<&'a str>,
+    pub headers: &'a BTreeMap<String, String>,
+}
+
+/// Renders a live event frame.
+pub fn render(meta: EventMeta<'_>, payload: &[u8]) -> Frame {
+    let (data, data_b64) = match serde_json::from_slice::<&RawValue>(payload) {
+        Ok(raw) => (Some(Data::Json(raw)), None),
+        Err(_) => match std::str::from_utf8(payload) {
+            Ok(text) => (Some(Data::Text(text)), None),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(payload))),
+        },
+    };
+    let frame = EventFrame {
+        kind: "event",
+        topic: meta.topic,
+        seq: meta.seq,
+        ts: meta.ts,
+        source: meta.source.as_str(),
+        data,
+        data_b64,
+        key: meta.key,
+        headers: meta.headers,
+    };
+    // Serializing strings, numbers and already-valid raw JSON cannot fail.
+    serde_json::to_string(&frame).unwrap_or_default().into()
+}
+
+/// The same event flagged `"replay":true`, for `last` and `resume`.
+pub fn replay_of(frame: &Frame) -> Frame {
+    match frame.strip_prefix(EVENT_PREFIX) {
+        Some(rest) => {
+            let mut s = String::with_capacity(frame.len() + 15);
+            s.push_str(EVENT_PREFIX);
+            s.push_str(r#""replay":true,"#);
+            s.push_str(rest);
+            s.into()
+        }
+        None => frame.clone(),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta<'a>(headers: &'a BTreeMap<String, String>, key: Option<&'a str>) -> EventMeta<'a> {
+        EventMeta { topic: "orders.eu", seq: 42, ts: 1_763_800_000_123, source: Source::Kafka, key, headers }
+    }
+
+    fn json(frame: &Frame) -> serde_json::Value {
+        serde_json::from_str(frame).expect("frame is JSON")
+    }
+
+    #[test]
+    fn json_payload_is_embedded() {
+        let mut h = BTreeMap::new();
+        h.insert("trace".to_string(), "abc".to_string());
+        let f = render(meta(&h, Some("order-7")), br#" {"id": 7} "#);
+        assert_eq!(
+            json(&f),
+            serde_json::json!({"type":"event","topic":"orders.eu","seq":42,"ts":1_763_800_000_123u64,
+                "source":"kafka","data":{"id":7},"key":"order-7","headers":{"trace":"abc"}})
+        );
+        assert!(f.starts_with(EVENT_PREFIX));
+    }
+
+    #[test]
+    fn text_payload_becomes_a_string_and_binary_becomes_base64() {
+        let h = BTreeMap::new();
+        let v = json(&render(meta(&h, None), b"hello \"world\""));
+        assert_eq!(v["data"], "hello \"world\"");
+        assert!(v.get("key").is_none() && v.get("headers").is_none());
+        let v = json(&render(meta(&h, None), &[0xff, 0x00, 0x10]));
+        assert_eq!(v["data_b64"], "/wAQ");
+        assert!(v.get("data").is_none());
+        // Two JSON values in a row are not one JSON payload: sent as text.
+        let v = json(&render(meta(&h, None), b"1 2"));
+        assert_eq!(v["data"], "1 2");
+    }
+
+    #[test]
+    fn replay_copy_adds_the_flag_only() {
+        let h = BTreeMap::new();
+        let live = render(meta(&h, None), b"{}");
+        let replay = replay_of(&live);
+        let mut expected = json(&live);
+        expected["replay"] = serde_json::Value::Bool(true);
+        assert_eq!(json(&replay), expected);
+    }
+}

@@ -1,0 +1,326 @@
+//! HTTP routes: the WebSocket upgrade and the JSON API (PROTOCOL.md sections 2 and 8).
+//!
+//! Every error is `{"error":{"code":"…","message":"…"}}` with a fitting status, for
+//! routes Herald does not have too. The upgrade is checked (subprotocol, Origin,
+//! credentials, capacity) before any WebSocket frame is sent.
+
+use std::collections::BTreeMap;
+
+use actix::prelude::*;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use herald_bridges::{BridgeEvent, Source};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::admission::{self, Subprotocol};
+use crate::auth::Identity;
+use crate::broker::Broker;
+use crate::metrics::{RefusedReason, METRICS};
+use crate::pattern;
+use crate::protocol::{ErrorCode, SUBPROTOCOL};
+use crate::registry::PublishError;
+use crate::session::Session;
+
+/// Seconds a client refused for capacity is asked to wait.
+const RETRY_AFTER_S: &str = "5";
+
+/// An HTTP error with Herald's JSON body.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: bool,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: false,
+        }
+    }
+
+    fn protocol(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(status, code.as_str(), message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status);
+        if self.retry_after {
+            res.insert_header((header::RETRY_AFTER, RETRY_AFTER_S));
+        }
+        res.json(serde_json::json!({"error": {"code": self.code, "message": self.message}}))
+    }
+}
+
+/// Registers every route (see [`Broker::configure`]).
+pub fn configure(cfg: &mut web::ServiceConfig, broker: Broker) {
+    cfg.app_data(web::Data::new(broker))
+        .route("/ws", web::get().to(upgrade))
+        .route("/api/publish", web::post().to(publish))
+        .route("/api/topics", web::get().to(topics))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/", web::get().to(index))
+        .default_service(web::to(not_found));
+}
+
+async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    broker: web::Data<Broker>,
+) -> Result<HttpResponse, ApiError> {
+    let cfg = broker.config();
+    let subprotocol = admission::subprotocol(req.headers());
+    if subprotocol == Subprotocol::Unsupported {
+        METRICS.refused(RefusedReason::Subprotocol);
+        return Err(ApiError::protocol(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("unsupported WebSocket subprotocol; this server speaks {SUBPROTOCOL}"),
+        ));
+    }
+    if !admission::origin_allowed(req.headers(), &cfg.server.allowed_origins) {
+        METRICS.refused(RefusedReason::Origin);
+        return Err(ApiError::protocol(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this Origin may not connect (server.allowed_origins)",
+        ));
+    }
+    let identity = broker.authenticator().upgrade(&req).map_err(|e| {
+        ApiError::protocol(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
+    })?;
+    let ip = req.peer_addr().map(|a| a.ip());
+    let permit = broker.limiter().acquire(ip).map_err(|reason| {
+        METRICS.refused(reason);
+        let which = match reason {
+            RefusedReason::CapacityPerIp => "this client address has too many connections (server.max_connections_per_ip)",
+            _ => "the server is at its connection limit (server.max_connections)",
+        };
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", which);
+        e.retry_after = true;
+        e
+    })?;
+    let (mut response, ws, stream) = actix_ws::handle(&req, body).map_err(|e| {
+        ApiError::protocol(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("not a WebSocket upgrade: {e}"),
+        )
+    })?;
+    if subprotocol == Subprotocol::Herald {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    let max = cfg.session.max_message_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let broker = broker.get_ref().clone();
+    Session::create(move |ctx| {
+        ctx.add_stream(stream);
+        Session::new(broker, ws, identity, ip, permit)
+    });
+    Ok(response)
+}
+
+fn api_identity(req: &HttpRequest, broker: &Broker) -> Result<Identity, ApiError> {
+    broker.authenticator().api(req).map_err(|e| {
+        ApiError::protocol(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
+    })
+}
+
+/// One event of `POST /api/publish`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishItem {
+    topic: String,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::protocol(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+}
+
+/// Reads the body up to `max` bytes, answering 413 past it.
+async fn read_body(mut body: web::Payload, req: &HttpRequest, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::protocol(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("body larger than {max} bytes (publish.max_body_bytes)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| bad_request(format!("cannot read body: {e}")))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn parse_batch(body: &[u8]) -> Result<Vec<PublishItem>, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let items: Vec<Box<RawValue>> = match first {
+        Some(b'[') => serde_json::from_slice(body).map_err(|e| bad_request(format!("not valid JSON: {e}")))?,
+        Some(b'{') => vec![serde_json::from_slice(body).map_err(|e| bad_request(format!("not valid JSON: {e}")))?],
+        _ => return Err(bad_request("the body must be a JSON object or an array of them")),
+    };
+    if items.is_empty() {
+        return Err(bad_request("the batch is empty"));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            serde_json::from_str::<PublishItem>(raw.get()).map_err(|e| bad_request(format!("event {i}: {e}")))
+        })
+        .collect()
+}
+
+async fn publish(
+    req: HttpRequest,
+    body: web::Payload,
+    broker: web::Data<Broker>,
+) -> Result<HttpResponse, ApiError> {
+    let cfg = broker.config();
+    if !cfg.publish.http {
+        return Err(ApiError::protocol(
+            StatusCode::FORBIDDEN,
+            ErrorCode::PublishDisabled,
+            "POST /api/publish is disabled on this server (publish.http = false)",
+        ));
+    }
+    let identity = api_identity(&req, &broker)?;
+    let body = read_body(body, &req, cfg.publish.max_body_bytes).await?;
+    let items = parse_batch(&body)?;
+    // Validate the whole batch before publishing any of it.
+    let mut events = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        pattern::validate_topic(&item.topic).map_err(|e| {
+            ApiError::protocol(StatusCode::BAD_REQUEST, ErrorCode::InvalidTopic, format!("event {i}: {e}"))
+        })?;
+        let data = item
+            .data
+            .ok_or_else(|| bad_request(format!("event {i}: missing field `data`")))?;
+        let max = cfg.session.max_message_bytes;
+        if data.get().len() > max {
+            return Err(ApiError::protocol(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!("event {i}: data is {} bytes; the limit is {max} (session.max_message_bytes)", data.get().len()),
+            ));
+        }
+        if !identity.may_publish(&item.topic) {
+            return Err(ApiError::protocol(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("event {i}: not allowed to publish to {}", item.topic),
+            ));
+        }
+        events.push(BridgeEvent {
+            topic: item.topic,
+            payload: Bytes::copy_from_slice(data.get().as_bytes()),
+            key: item.key,
+            headers: item.headers.unwrap_or_default(),
+            source: Source::Http,
+        });
+    }
+    let total = events.len();
+    for (accepted, event) in events.into_iter().enumerate() {
+        if let Err(e) = broker.publish(event) {
+            let status = match e {
+                PublishError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                PublishError::InvalidTopic(_) => StatusCode::BAD_REQUEST,
+            };
+            return Err(ApiError::protocol(
+                status,
+                ErrorCode::Internal,
+                format!("{e}; accepted {accepted} of {total}"),
+            ));
+        }
+    }
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "accepted": total })))
+}
+
+async fn topics(req: HttpRequest, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
+    api_identity(&req, &broker)?;
+    let (topics, patterns) = broker.registry().list().await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "topics": topics, "patterns": patterns })))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
+    let (ready, reasons) = broker.readiness().check();
+    if ready {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not_ready", "reasons": reasons}))
+    }
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(METRICS.render())
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("../assets/index.html"))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    route_error(&req).error_response()
+}
+
+fn route_error(req: &HttpRequest) -> ApiError {
+    let allowed = ["/ws", "/api/publish", "/api/topics", "/healthz", "/readyz", "/metrics", "/"];
+    if allowed.contains(&req.path()) {
+        return ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not allowed on {}", req.method(), req.path()));
+    }
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {}", req.path()))
+}

@@ -1,0 +1,266 @@
+//! Prometheus metrics, all in one place (names, help texts, label sets).
+//!
+//! Counters are process-wide atomics: Prometheus scrapes a process, and a static
+//! needs no handle threaded through every actor. Labels come from closed sets
+//! (source, drop reason, close code, error code), never from topic names or user ids,
+//! so cardinality stays bounded. Hot-path counts (deliveries) are added per write
+//! batch, not per event, to keep shared cache lines quiet.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use herald_bridges::Source;
+
+use crate::protocol::{close, ErrorCode};
+
+/// Why an event did not reach a connection (label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The connection's outbound queue was full (policy `drop`).
+    QueueFull,
+    /// The connection's actor mailbox was full.
+    MailboxFull,
+    /// The topic layer's mailbox was full when the event arrived.
+    TopicBusy,
+    /// A bridge produced an event whose topic is not a valid Herald topic.
+    InvalidTopic,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 4] = [
+        DropReason::QueueFull,
+        DropReason::MailboxFull,
+        DropReason::TopicBusy,
+        DropReason::InvalidTopic,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::MailboxFull => "mailbox_full",
+            DropReason::TopicBusy => "topic_busy",
+            DropReason::InvalidTopic => "invalid_topic",
+        }
+    }
+}
+
+/// Why an upgrade was refused (label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedReason {
+    Origin,
+    Subprotocol,
+    Capacity,
+    CapacityPerIp,
+}
+
+impl RefusedReason {
+    const ALL: [RefusedReason; 4] = [
+        RefusedReason::Origin,
+        RefusedReason::Subprotocol,
+        RefusedReason::Capacity,
+        RefusedReason::CapacityPerIp,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RefusedReason::Origin => "origin",
+            RefusedReason::Subprotocol => "subprotocol",
+            RefusedReason::Capacity => "capacity",
+            RefusedReason::CapacityPerIp => "capacity_per_ip",
+        }
+    }
+}
+
+const ERROR_CODES: [ErrorCode; 10] = [
+    ErrorCode::BadRequest,
+    ErrorCode::UnknownOp,
+    ErrorCode::InvalidTopic,
+    ErrorCode::Forbidden,
+    ErrorCode::Unauthorized,
+    ErrorCode::TooManySubscriptions,
+    ErrorCode::RateLimited,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::PublishDisabled,
+    ErrorCode::Internal,
+];
+
+/// Every metric Herald exports.
+#[derive(Debug)]
+pub struct Metrics {
+    connections: AtomicI64,
+    connections_total: AtomicU64,
+    refused: [AtomicU64; 4],
+    subscriptions: AtomicI64,
+    topics: AtomicI64,
+    events_in: [AtomicU64; 4],
+    delivered: AtomicU64,
+    dropped: [AtomicU64; 4],
+    closed: [AtomicU64; 13],
+    closed_other: AtomicU64,
+    client_errors: [AtomicU64; 10],
+    lagged_notices: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const Z: AtomicU64 = AtomicU64::new(0);
+
+/// The process-wide metrics.
+pub static METRICS: Metrics = Metrics {
+    connections: AtomicI64::new(0),
+    connections_total: AtomicU64::new(0),
+    refused: [Z; 4],
+    subscriptions: AtomicI64::new(0),
+    topics: AtomicI64::new(0),
+    events_in: [Z; 4],
+    delivered: Z,
+    dropped: [Z; 4],
+    closed: [Z; 13],
+    closed_other: Z,
+    client_errors: [Z; 10],
+    lagged_notices: Z,
+};
+
+impl Metrics {
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Relaxed);
+        self.connections_total.fetch_add(1, Relaxed);
+    }
+    pub fn connection_closed(&self, code: u16) {
+        self.connections.fetch_sub(1, Relaxed);
+        match close::ALL.iter().position(|c| *c == code) {
+            Some(i) => self.closed[i].fetch_add(1, Relaxed),
+            None => self.closed_other.fetch_add(1, Relaxed),
+        };
+    }
+    pub fn refused(&self, reason: RefusedReason) {
+        self.refused[reason as usize].fetch_add(1, Relaxed);
+    }
+    pub fn subscriptions_changed(&self, delta: i64) {
+        self.subscriptions.fetch_add(delta, Relaxed);
+    }
+    pub fn topics_changed(&self, delta: i64) {
+        self.topics.fetch_add(delta, Relaxed);
+    }
+    pub fn event_in(&self, source: Source) {
+        self.events_in[source.index()].fetch_add(1, Relaxed);
+    }
+    pub fn delivered(&self, n: u64) {
+        if n > 0 {
+            self.delivered.fetch_add(n, Relaxed);
+        }
+    }
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].fetch_add(n, Relaxed);
+    }
+    pub fn client_error(&self, code: ErrorCode) {
+        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
+            self.client_errors[i].fetch_add(1, Relaxed);
+        }
+    }
+    pub fn lagged_notice(&self) {
+        self.lagged_notices.fetch_add(1, Relaxed);
+    }
+    /// Current number of open WebSocket connections.
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Relaxed)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge("herald_connections", "Open WebSocket connections.", self.connections.load(Relaxed));
+        gauge("herald_subscriptions", "Active subscriptions (patterns) over all connections.", self.subscriptions.load(Relaxed));
+        gauge("herald_topics", "Topics this node holds (subscribed or with history).", self.topics.load(Relaxed));
+        let mut counter = |name: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        counter(
+            "herald_connections_accepted_total",
+            "WebSocket connections accepted.",
+            &mut std::iter::once((String::new(), self.connections_total.load(Relaxed))),
+        );
+        counter(
+            "herald_connections_refused_total",
+            "WebSocket upgrades refused, by reason.",
+            &mut RefusedReason::ALL
+                .iter()
+                .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), self.refused[*r as usize].load(Relaxed))),
+        );
+        counter(
+            "herald_events_in_total",
+            "Events received, by source.",
+            &mut Source::ALL
+                .iter()
+                .map(|s| (format!("{{source=\"{}\"}}", s.as_str()), self.events_in[s.index()].load(Relaxed))),
+        );
+        counter(
+            "herald_events_delivered_total",
+            "Event frames written to connections (one per subscriber).",
+            &mut std::iter::once((String::new(), self.delivered.load(Relaxed))),
+        );
+        counter(
+            "herald_events_dropped_total",
+            "Events not delivered, by reason.",
+            &mut DropReason::ALL
+                .iter()
+                .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), self.dropped[*r as usize].load(Relaxed))),
+        );
+        counter(
+            "herald_lagged_notices_total",
+            "`lagged` notices sent to slow connections.",
+            &mut std::iter::once((String::new(), self.lagged_notices.load(Relaxed))),
+        );
+        counter(
+            "herald_sessions_closed_total",
+            "WebSocket sessions closed, by close code.",
+            &mut close::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("{{code=\"{c}\"}}"), self.closed[i].load(Relaxed)))
+                .chain(std::iter::once(("{code=\"other\"}".to_string(), self.closed_other.load(Relaxed)))),
+        );
+        counter(
+            "herald_client_errors_total",
+            "Error replies sent to clients, by error code.",
+            &mut ERROR_CODES
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("{{code=\"{}\"}}", c.as_str()), self.client_errors[i].load(Relaxed))),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_every_family_with_bounded_labels() {
+        METRICS.event_in(Source::Http);
+        METRICS.dropped(DropReason::QueueFull, 3);
+        let text = METRICS.render();
+        for family in [
+            "herald_connections ",
+            "herald_subscriptions ",
+            "herald_events_in_total{source=\"http\"}",
+            "herald_events_delivered_total ",
+            "herald_events_dropped_total{reason=\"queue_full\"}",
+            "herald_sessions_closed_total{code=\"4009\"}",
+            "herald_client_errors_total{code=\"rate_limited\"}",
+        ] {
+            assert!(text.contains(family), "missing {family} in\n{text}");
+        }
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().expect("value");
+            assert!(value.parse::<i64>().is_ok(), "bad sample line {line}");
+        }
+    }
+}

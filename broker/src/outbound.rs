@@ -1,0 +1,160 @@
+//! A connection's outbound queue, bounded in bytes (PROTOCOL.md section 6).
+//!
+//! Events that do not fit are dropped (policy `drop`) and counted; the count becomes
+//! one `lagged` notice once the queue has room again. Replies and notices (control
+//! frames) are never dropped, since losing a `subscribed` or an `error` would leave
+//! the client guessing; they may use a second allowance of the same size on top of
+//! the event bound, and a client that exhausts even that (it keeps sending requests
+//! but never reads) is disconnected. Either way memory per connection stays below
+//! twice `queue_max_bytes`.
+
+use std::collections::VecDeque;
+
+use crate::event::Frame;
+
+/// What happened to a frame offered to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued.
+    Queued,
+    /// An event that did not fit and was dropped (policy `drop`).
+    Dropped,
+    /// Did not fit and the connection must close (policy `disconnect`, or a control
+    /// frame past the allowance); the u16 is the close code.
+    Close(u16),
+}
+
+/// The queue itself: frames waiting to be written, and the bytes they hold.
+#[derive(Debug)]
+pub struct Outbound {
+    frames: VecDeque<Frame>,
+    /// Bytes of queued frames plus frames handed to the writer and not yet written.
+    bytes: usize,
+    max_bytes: usize,
+    disconnect_when_full: bool,
+    /// Events dropped since the last `lagged` notice.
+    dropped: u64,
+    /// Event frames (not replies or notices) among the queued frames.
+    events: u64,
+}
+
+impl Outbound {
+    pub fn new(max_bytes: usize, disconnect_when_full: bool) -> Self {
+        Outbound {
+            frames: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            disconnect_when_full,
+            dropped: 0,
+            events: 0,
+        }
+    }
+
+    /// Offers an event frame.
+    pub fn push_event(&mut self, frame: Frame) -> Push {
+        if self.bytes + frame.len() > self.max_bytes {
+            if self.disconnect_when_full {
+                return Push::Close(crate::protocol::close::SLOW_CONSUMER);
+            }
+            self.dropped += 1;
+            return Push::Dropped;
+        }
+        self.bytes += frame.len();
+        self.events += 1;
+        self.frames.push_back(frame);
+        Push::Queued
+    }
+
+    /// Adds events dropped before they reached the queue (a full actor mailbox) to
+    /// the next `lagged` notice.
+    pub fn note_dropped(&mut self, n: u64) {
+        self.dropped += n;
+    }
+
+    /// Offers a reply or notice; these are not dropped (see the module doc).
+    pub fn push_control(&mut self, frame: Frame) -> Push {
+        if self.bytes + frame.len() > self.max_bytes.saturating_mul(2) {
+            return Push::Close(crate::protocol::close::SLOW_CONSUMER);
+        }
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        Push::Queued
+    }
+
+    /// Events dropped since the last notice, if the queue has room again for a
+    /// notice; resets the count. The caller sends `{"type":"lagged","dropped":n}`.
+    pub fn take_lagged(&mut self) -> Option<u64> {
+        // "Room again": at most half full, so the notice is not followed by another
+        // drop straight away (one notice per overflow episode).
+        if self.dropped > 0 && self.bytes <= self.max_bytes / 2 {
+            Some(std::mem::take(&mut self.dropped))
+        } else {
+            None
+        }
+    }
+
+    /// Takes every queued frame for one coalesced write, with the number of event
+    /// frames among them. Their bytes stay counted until [`Outbound::written`] says
+    /// the writer is done with them.
+    pub fn take_batch(&mut self) -> (Vec<Frame>, u64) {
+        (self.frames.drain(..).collect(), std::mem::take(&mut self.events))
+    }
+
+    /// The writer finished a batch of `bytes`.
+    pub fn written(&mut self, bytes: usize) {
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Bytes held (queued plus in the writer).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Frame {
+        "x".repeat(n).into()
+    }
+
+    #[test]
+    fn drops_events_past_the_bound_and_reports_once_there_is_room() {
+        let mut q = Outbound::new(100, false);
+        assert_eq!(q.push_event(frame(60)), Push::Queued);
+        assert_eq!(q.push_event(frame(60)), Push::Dropped);
+        assert_eq!(q.push_event(frame(40)), Push::Queued);
+        assert_eq!(q.push_event(frame(1)), Push::Dropped);
+        assert_eq!(q.bytes(), 100);
+        assert_eq!(q.take_lagged(), None, "no room yet");
+        let (batch, events) = q.take_batch();
+        assert_eq!((batch.len(), events), (2, 2));
+        assert_eq!(q.bytes(), 100, "in-flight bytes still count");
+        q.written(100);
+        assert_eq!(q.take_lagged(), Some(2));
+        assert_eq!(q.take_lagged(), None, "one notice per episode");
+        q.note_dropped(5);
+        assert_eq!(q.take_lagged(), Some(5), "mailbox drops are reported too");
+    }
+
+    #[test]
+    fn disconnect_policy_closes_with_4009() {
+        let mut q = Outbound::new(100, true);
+        assert_eq!(q.push_event(frame(100)), Push::Queued);
+        assert_eq!(q.push_event(frame(1)), Push::Close(4009));
+    }
+
+    #[test]
+    fn control_frames_get_an_allowance_then_disconnect() {
+        let mut q = Outbound::new(100, false);
+        assert_eq!(q.push_event(frame(100)), Push::Queued);
+        assert_eq!(q.push_control(frame(90)), Push::Queued);
+        assert_eq!(q.push_control(frame(20)), Push::Close(4009));
+        assert!(q.bytes() <= 200);
+    }
+}

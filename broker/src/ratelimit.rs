@@ -1,0 +1,98 @@
+//! Per-connection token bucket for client messages.
+//!
+//! Each client message takes one token; tokens refill at `rate_limit_per_s` up to
+//! `rate_limit_burst`. A message without a token is answered `rate_limited` and not
+//! executed. A client that keeps sending after that (more refused messages in a row
+//! than the burst size) is closed with 4029: it is not listening to the errors.
+
+use std::time::Instant;
+
+/// Outcome of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refuse this message with `rate_limited`.
+    Limit,
+    /// Refused too many times in a row: close with 4029.
+    Close,
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    tokens: f64,
+    per_s: f64,
+    burst: f64,
+    last: Instant,
+    refused_in_a_row: u32,
+    close_after: u32,
+}
+
+impl RateLimiter {
+    pub fn new(per_s: u32, burst: u32) -> Self {
+        RateLimiter {
+            tokens: f64::from(burst),
+            per_s: f64::from(per_s),
+            burst: f64::from(burst),
+            last: Instant::now(),
+            refused_in_a_row: 0,
+            close_after: burst.max(1),
+        }
+    }
+
+    pub fn check(&mut self) -> Verdict {
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&mut self, now: Instant) -> Verdict {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_s).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused_in_a_row = 0;
+            Verdict::Allow
+        } else {
+            self.refused_in_a_row += 1;
+            if self.refused_in_a_row > self.close_after {
+                Verdict::Close
+            } else {
+                Verdict::Limit
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn burst_then_limit_then_close() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(10, 3);
+        r.last = t0;
+        for _ in 0..3 {
+            assert_eq!(r.check_at(t0), Verdict::Allow);
+        }
+        for _ in 0..3 {
+            assert_eq!(r.check_at(t0), Verdict::Limit);
+        }
+        assert_eq!(r.check_at(t0), Verdict::Close);
+    }
+
+    #[test]
+    fn refills_at_the_configured_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(10, 1);
+        r.last = t0;
+        assert_eq!(r.check_at(t0), Verdict::Allow);
+        assert_eq!(r.check_at(t0), Verdict::Limit);
+        // 100 ms at 10/s is one token; the refused streak resets on success.
+        assert_eq!(r.check_at(t0 + Duration::from_millis(100)), Verdict::Allow);
+        assert_eq!(r.refused_in_a_row, 0);
+        // The bucket never holds more than the burst.
+        assert_eq!(r.check_at(t0 + Duration::from_secs(60)), Verdict::Allow);
+        assert_eq!(r.check_at(t0 + Duration::from_secs(60)), Verdict::Limit);
+    }
+}

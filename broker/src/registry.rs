@@ -1,0 +1,395 @@
+//! The topic registry, sharded by topic hash: one [`Shard`] actor per thread.
+//!
+//! A shard maps topic names to [`Topic`] actors (created on first use, forgotten when
+//! idle) and holds every wildcard subscription, so that a topic created later gets its
+//! pattern subscribers at once. Each event passes through exactly one shard (its
+//! topic's), so no single actor sits on the path of every event. Wildcard
+//! subscriptions are sent to every shard, since matching topics can live in any.
+//!
+//! [`Registry`] is the cheap, clonable handle publishers and sessions use.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use herald_bridges::BridgeEvent;
+
+use crate::event;
+use crate::message::{
+    AddSubscriber, Deliver, Ingest, ListTopics, PatternInfo, Reason, RemoveSubscriber, StopTopic,
+    Subscribe, Subscriber, TopicIdle, TopicInfo, TopicReplay, TopicStats, Unsubscribe,
+};
+use crate::metrics::{DropReason, METRICS};
+use crate::pattern::{self, Pattern};
+use crate::protocol::{Replay, ResetReason};
+use crate::topic::{Topic, TopicSettings};
+
+/// Why a publish was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid topic: {0}")]
+    InvalidTopic(#[from] pattern::TopicError),
+    #[error("the broker is overloaded (topic queue full); event dropped")]
+    Busy,
+}
+
+/// A known topic and the count of messages the shard sent it.
+struct Slot {
+    addr: Addr<Topic>,
+    sent: u64,
+}
+
+impl Slot {
+    fn send<M>(&mut self, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Topic: Handler<M>,
+    {
+        self.sent += 1;
+        self.addr.do_send(msg);
+    }
+}
+
+/// One registry shard.
+pub struct Shard {
+    index: usize,
+    shards: usize,
+    hasher: std::collections::hash_map::RandomState,
+    topics: HashMap<String, Slot>,
+    /// Wildcard pattern → its subscribers (by session id).
+    patterns: HashMap<Pattern, HashMap<u64, Subscriber>>,
+    settings: Arc<TopicSettings>,
+}
+
+impl Shard {
+    fn owns(&self, topic: &str) -> bool {
+        shard_of(&self.hasher, topic, self.shards) == self.index
+    }
+
+    fn topic(&mut self, name: &str, ctx: &mut Context<Self>) -> &mut Slot {
+        if !self.topics.contains_key(name) {
+            let subscribers: Vec<Subscriber> = self
+                .patterns
+                .iter()
+                .filter(|(p, _)| p.matches(name))
+                .flat_map(|(_, subs)| subs.values().cloned())
+                .collect();
+            // A connection matching through two patterns is one subscriber with two
+            // reasons; Topic::new counts one, so add the others as extra reasons.
+            let mut first: HashMap<u64, Subscriber> = HashMap::new();
+            let mut extra = Vec::new();
+            for s in subscribers {
+                if first.contains_key(&s.id) {
+                    extra.push(s);
+                } else {
+                    first.insert(s.id, s);
+                }
+            }
+            let topic = Topic::new(
+                name.to_owned(),
+                self.settings.clone(),
+                ctx.address(),
+                first.into_values().collect(),
+            );
+            let mut slot = Slot {
+                addr: topic.start(),
+                sent: 0,
+            };
+            for s in extra {
+                slot.send(AddSubscriber {
+                    subscriber: s,
+                    reason: Reason::Pattern,
+                    replay: TopicReplay::None,
+                });
+            }
+            METRICS.topics_changed(1);
+            self.topics.insert(name.to_owned(), slot);
+        }
+        // Inserted above when missing.
+        self.topics.get_mut(name).expect("topic slot exists")
+    }
+}
+
+fn replay_for(replay: &Replay, topic: &str) -> TopicReplay {
+    match replay {
+        Replay::None => TopicReplay::None,
+        Replay::Last(n) => TopicReplay::Last(*n),
+        Replay::Resume(seqs) => seqs
+            .get(topic)
+            .map_or(TopicReplay::None, |s| TopicReplay::After(*s)),
+    }
+}
+
+impl Actor for Shard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
+    }
+}
+
+impl Handler<Ingest> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ingest, ctx: &mut Self::Context) {
+        let slot = self.topic(&msg.event.topic, ctx);
+        match slot.addr.try_send(msg) {
+            Ok(()) => slot.sent += 1,
+            Err(_) => METRICS.dropped(DropReason::TopicBusy, 1),
+        }
+    }
+}
+
+impl Handler<Subscribe> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) {
+        let Subscribe {
+            subscriber,
+            pattern,
+            replay,
+        } = msg;
+        if !pattern.is_wildcard() {
+            let replay = replay_for(&replay, pattern.as_str());
+            self.topic(pattern.as_str(), ctx).send(AddSubscriber {
+                subscriber,
+                reason: Reason::Exact,
+                replay,
+            });
+            return;
+        }
+        // Resume entries for matching topics this shard owns but does not hold: their
+        // history is gone, so a position above 0 can only be answered with `reset`.
+        if let Replay::Resume(seqs) = &*replay {
+            for (topic, seq) in seqs {
+                if *seq > 0
+                    && pattern.matches(topic)
+                    && self.owns(topic)
+                    && !self.topics.contains_key(topic)
+                {
+                    subscriber.addr.do_send(Deliver::Reset {
+                        topic: topic.clone(),
+                        reason: ResetReason::HistoryExpired,
+                    });
+                }
+            }
+        }
+        for (name, slot) in self.topics.iter_mut() {
+            if pattern.matches(name) {
+                slot.send(AddSubscriber {
+                    subscriber: subscriber.clone(),
+                    reason: Reason::Pattern,
+                    replay: replay_for(&replay, name),
+                });
+            }
+        }
+        self.patterns
+            .entry(pattern)
+            .or_default()
+            .insert(subscriber.id, subscriber);
+    }
+}
+
+impl Handler<Unsubscribe> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) {
+        if !msg.pattern.is_wildcard() {
+            if let Some(slot) = self.topics.get_mut(msg.pattern.as_str()) {
+                slot.send(RemoveSubscriber {
+                    subscriber: msg.subscriber,
+                    reason: Reason::Exact,
+                });
+            }
+            return;
+        }
+        let Some(subs) = self.patterns.get_mut(&msg.pattern) else {
+            return;
+        };
+        if subs.remove(&msg.subscriber).is_none() {
+            return;
+        }
+        if subs.is_empty() {
+            self.patterns.remove(&msg.pattern);
+        }
+        for (name, slot) in self.topics.iter_mut() {
+            if msg.pattern.matches(name) {
+                slot.send(RemoveSubscriber {
+                    subscriber: msg.subscriber,
+                    reason: Reason::Pattern,
+                });
+            }
+        }
+    }
+}
+
+impl Handler<TopicIdle> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: TopicIdle, _ctx: &mut Self::Context) {
+        let Some(slot) = self.topics.get(&msg.topic) else {
+            return;
+        };
+        // Only when the topic has handled everything we sent it: otherwise a
+        // subscribe or an event is on its way and the topic is not idle after all.
+        if slot.sent == msg.handled {
+            if let Some(slot) = self.topics.remove(&msg.topic) {
+                slot.addr.do_send(StopTopic);
+                METRICS.topics_changed(-1);
+            }
+        }
+    }
+}
+
+impl Handler<ListTopics> for Shard {
+    type Result = ResponseFuture<(Vec<TopicInfo>, Vec<PatternInfo>)>;
+
+    fn handle(&mut self, _msg: ListTopics, _ctx: &mut Self::Context) -> Self::Result {
+        let asks: Vec<_> = self
+            .topics
+            .values_mut()
+            .map(|slot| {
+                slot.sent += 1;
+                slot.addr.send(TopicStats)
+            })
+            .collect();
+        let patterns = self
+            .patterns
+            .iter()
+            .map(|(p, subs)| PatternInfo {
+                pattern: p.to_string(),
+                subscribers: subs.len(),
+            })
+            .collect();
+        Box::pin(async move {
+            let topics = join_all(asks)
+                .await
+                .into_iter()
+                .filter_map(|r| r.ok().flatten())
+                .collect();
+            (topics, patterns)
+        })
+    }
+}
+
+fn shard_of(hasher: &impl BuildHasher, topic: &str, shards: usize) -> usize {
+    let mut h = hasher.build_hasher();
+    topic.hash(&mut h);
+    (h.finish() % shards as u64) as usize
+}
+
+/// The handle to the registry: clone it freely (an `Arc`).
+#[derive(Clone)]
+pub struct Registry {
+    shards: Arc<[Addr<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("shards", &self.shards.len()).finish()
+    }
+}
+
+impl Registry {
+    /// Starts `shards` shard actors, each on its own arbiter (thread). Must run inside
+    /// an actix system.
+    pub fn start(shards: usize, settings: TopicSettings) -> Registry {
+        let shards = shards.max(1);
+        let settings = Arc::new(settings);
+        let hasher = std::collections::hash_map::RandomState::new();
+        let addrs: Vec<Addr<Shard>> = (0..shards)
+            .map(|index| {
+                let arbiter = Arbiter::new();
+                let settings = settings.clone();
+                let hasher = hasher.clone();
+                Shard::start_in_arbiter(&arbiter.handle(), move |_| Shard {
+                    index,
+                    shards,
+                    hasher,
+                    topics: HashMap::new(),
+                    patterns: HashMap::new(),
+                    settings,
+                })
+            })
+            .collect();
+        Registry {
+            shards: addrs.into(),
+            hasher,
+        }
+    }
+
+    fn shard(&self, topic: &str) -> &Addr<Shard> {
+        &self.shards[shard_of(&self.hasher, topic, self.shards.len())]
+    }
+
+    /// Hands an event to its topic. Never waits: a full shard mailbox drops the event
+    /// and says so.
+    pub fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
+        if let Err(e) = pattern::validate_topic(&event.topic) {
+            METRICS.dropped(DropReason::InvalidTopic, 1);
+            return Err(e.into());
+        }
+        METRICS.event_in(event.source);
+        let ts = event::now_ms();
+        self.shard(&event.topic)
+            .try_send(Ingest { event, ts })
+            .map_err(|_| {
+                METRICS.dropped(DropReason::TopicBusy, 1);
+                PublishError::Busy
+            })
+    }
+
+    /// Subscribes `subscriber` to `pattern`.
+    pub fn subscribe(&self, subscriber: &Subscriber, pattern: &Pattern, replay: Arc<Replay>) {
+        let msg = |s: &Subscriber| Subscribe {
+            subscriber: s.clone(),
+            pattern: pattern.clone(),
+            replay: replay.clone(),
+        };
+        if pattern.is_wildcard() {
+            for shard in self.shards.iter() {
+                shard.do_send(msg(subscriber));
+            }
+        } else {
+            self.shard(pattern.as_str()).do_send(msg(subscriber));
+        }
+    }
+
+    /// Removes one pattern of a connection.
+    pub fn unsubscribe(&self, subscriber: u64, pattern: &Pattern) {
+        let msg = || Unsubscribe {
+            subscriber,
+            pattern: pattern.clone(),
+        };
+        if pattern.is_wildcard() {
+            for shard in self.shards.iter() {
+                shard.do_send(msg());
+            }
+        } else {
+            self.shard(pattern.as_str()).do_send(msg());
+        }
+    }
+
+    /// Every topic and pattern this node holds, sorted by name.
+    pub async fn list(&self) -> (Vec<TopicInfo>, Vec<PatternInfo>) {
+        let answers = join_all(self.shards.iter().map(|s| s.send(ListTopics))).await;
+        let mut topics = Vec::new();
+        let mut patterns = Vec::new();
+        for (i, answer) in answers.into_iter().enumerate() {
+            if let Ok((t, p)) = answer {
+                topics.extend(t);
+                // Every shard holds every wildcard pattern; list them once.
+                if i == 0 {
+                    patterns = p;
+                }
+            }
+        }
+        topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+        patterns.sort_by(|a, b| a.pattern.cmp(&b.pattern));
+        (topics, patterns)
+    }
+}

@@ -1,0 +1,109 @@
+//! Running Herald as a process: bind, serve, log what it did, and shut down
+//! gracefully on SIGTERM/SIGINT (close every session with 1001, stop accepting, exit
+//! within `server.shutdown_grace_ms`).
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{App, HttpServer};
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::config::{Config, Origin};
+
+/// One access-log line per request. Only the path is logged, never the query
+/// string: it may carry a ticket.
+async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let peer = req.peer_addr();
+    let res = next.call(req).await?;
+    let status = res.status().as_u16();
+    let elapsed_us = start.elapsed().as_micros() as u64;
+    if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        debug!(%method, %path, status, elapsed_us, ?peer, "http");
+    } else {
+        info!(%method, %path, status, elapsed_us, ?peer, "http");
+    }
+    Ok(res)
+}
+
+async fn signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
+    }
+}
+
+/// Serves `config` until a signal; returns once shut down.
+pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
+    let addr = config.listen_addr()?;
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let broker = Broker::start(config)?;
+    let app_broker = broker.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(access_log))
+            .configure(app_broker.configure())
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(grace.as_secs().max(1))
+    .bind(addr)
+    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.listen): {e}"))?;
+    let bound = server.addrs().first().copied().unwrap_or(addr);
+    let cfg = broker.config();
+    let setup = match &origin {
+        Origin::Defaults => "no config file: embedded defaults".to_owned(),
+        Origin::File(p) => format!("config {}", p.display()),
+    };
+    info!(
+        addr = %bound,
+        node = broker.node(),
+        epoch = broker.epoch(),
+        "herald listening on http://{bound}/ (dashboard at /, WebSocket at ws://{bound}/ws); {setup}; bridges: {}; auth: {}",
+        cfg.bridge.nats.len() + cfg.bridge.kafka.len(),
+        cfg.auth.mode,
+    );
+    let server = server.run();
+    let handle = server.handle();
+    let shutdown_broker = broker.clone();
+    actix_rt::spawn(async move {
+        let which = signal().await;
+        let open = shutdown_broker.shutdown();
+        info!(signal = which, sessions = open, grace_ms = grace.as_millis() as u64, "shutting down: closing sessions with 1001");
+        handle.stop(true).await;
+    });
+    let served = tokio::time::timeout(grace + Duration::from_secs(2), server).await;
+    match served {
+        Ok(result) => result?,
+        Err(_) => warn!("grace period over; exiting with connections still open"),
+    }
+    info!("herald stopped");
+    Ok(())
+}

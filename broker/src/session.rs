@@ -1,0 +1,592 @@
+//! The session actor: one per WebSocket connection (PROTOCOL.md sections 2–7).
+//!
+//! It owns the `actix_ws` writer, reads the client's messages as an actor stream,
+//! runs the JSON heartbeat and the rate limiter, keeps the connection's
+//! subscriptions, and writes frames from a byte-bounded [`Outbound`] queue.
+//!
+//! Writing: at most one write is in flight per connection. It takes every queued
+//! frame at once (writes coalesce under load) and feeds them into the socket; frames
+//! arriving meanwhile wait in the queue, counted against its bound. A client that
+//! stops reading therefore costs at most its queue bound, never more: events past it
+//! are dropped and reported as `lagged`, or the connection is closed with 4009.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message as WsMessage};
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::SinkExt as _;
+use herald_bridges::{BridgeEvent, Source};
+use tracing::{debug, info};
+
+use crate::admission::Permit;
+use crate::auth::Identity;
+use crate::broker::Broker;
+use crate::event::Frame;
+use crate::message::{Deliver, Shutdown, Subscriber};
+use crate::metrics::{DropReason, METRICS};
+use crate::outbound::{Outbound, Push};
+use crate::pattern::{self, Pattern};
+use crate::protocol::{
+    self, close, ErrorCode, Heartbeat, Limits, Op, ProtocolError, Replay, RequestId, ResetReason,
+    ServerMessage, SUBPROTOCOL,
+};
+use crate::ratelimit::{RateLimiter, Verdict};
+use crate::registry::PublishError;
+
+/// The JSON heartbeat, identical for every connection: built once, shared.
+static PING: ByteString = ByteString::from_static(r#"{"type":"ping"}"#);
+
+/// Longest time a close frame may take to reach a client that does not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Number of the next session (process-unique; the dedup key topics use).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One WebSocket connection.
+pub struct Session {
+    /// Process-unique number.
+    id: u64,
+    /// Public id in `welcome` and logs (random, not guessable from `id`).
+    name: String,
+    broker: Broker,
+    /// Who the client is; `None` until authenticated (auth on, first-message auth).
+    identity: Option<Identity>,
+    /// Handle used to close the connection (consumed by `close`).
+    ws: Option<actix_ws::Session>,
+    /// Handle used for writes; `None` while a write is in flight.
+    writer: Option<actix_ws::Session>,
+    write_in_flight: Option<SpawnHandle>,
+    out: Outbound,
+    /// Payload of the latest WebSocket Ping not yet answered.
+    pending_pong: Option<Bytes>,
+    subscriptions: BTreeSet<Pattern>,
+    /// How topics reach this session; made on first subscribe.
+    me: Option<Subscriber>,
+    /// Events topics could not put in the mailbox (see [`Subscriber::missed`]).
+    missed: Arc<AtomicU64>,
+    limiter: RateLimiter,
+    last_seen: Instant,
+    last_ping: Instant,
+    opened: Instant,
+    closing: bool,
+    close_code: u16,
+    ip: Option<IpAddr>,
+    _permit: Permit,
+}
+
+impl Session {
+    /// A session for an upgraded connection.
+    pub fn new(
+        broker: Broker,
+        ws: actix_ws::Session,
+        identity: Option<Identity>,
+        ip: Option<IpAddr>,
+        permit: Permit,
+    ) -> Self {
+        let cfg = &broker.config().session;
+        let now = Instant::now();
+        Session {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: format!("{:016x}", rand::random::<u64>()),
+            out: Outbound::new(
+                cfg.queue_max_bytes,
+                cfg.slow_consumer == crate::config::SlowConsumer::Disconnect,
+            ),
+            limiter: RateLimiter::new(cfg.rate_limit_per_s, cfg.rate_limit_burst),
+            writer: Some(ws.clone()),
+            ws: Some(ws),
+            write_in_flight: None,
+            pending_pong: None,
+            subscriptions: BTreeSet::new(),
+            me: None,
+            missed: Arc::new(AtomicU64::new(0)),
+            last_seen: now,
+            last_ping: now,
+            opened: now,
+            closing: false,
+            close_code: close::GOING_AWAY,
+            identity,
+            ip,
+            _permit: permit,
+            broker,
+        }
+    }
+
+    fn welcome(&mut self, ctx: &mut Context<Self>) {
+        let cfg = &self.broker.config().session;
+        let frame = ServerMessage::Welcome {
+            session: &self.name,
+            node: self.broker.node(),
+            epoch: self.broker.epoch(),
+            protocol: SUBPROTOCOL,
+            delivery: "best-effort",
+            heartbeat: Heartbeat {
+                interval_ms: cfg.heartbeat_interval_ms,
+                timeout_ms: cfg.heartbeat_timeout_ms,
+            },
+            limits: Limits {
+                max_message_bytes: cfg.max_message_bytes,
+                max_subscriptions: cfg.max_subscriptions,
+            },
+        }
+        .to_frame();
+        self.control(frame, ctx);
+    }
+
+    /// Queues a reply or notice.
+    fn control(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        if let Push::Close(code) = self.out.push_control(frame) {
+            self.close(ctx, code, "slow consumer");
+        }
+    }
+
+    /// Queues an event (live or replayed).
+    fn event(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        match self.out.push_event(frame) {
+            Push::Queued => {}
+            Push::Dropped => METRICS.dropped(DropReason::QueueFull, 1),
+            Push::Close(code) => self.close(ctx, code, "slow consumer"),
+        }
+    }
+
+    fn reply_error(&mut self, id: &RequestId, err: &ProtocolError, ctx: &mut Context<Self>) {
+        METRICS.client_error(err.code);
+        debug!(session = %self.name, code = err.code.as_str(), "error reply");
+        let frame = ServerMessage::Error {
+            id: id.as_deref(),
+            code: err.code,
+            message: &err.message,
+        }
+        .to_frame();
+        self.control(frame, ctx);
+    }
+
+    /// Starts a write of everything queued, unless one is in flight (then its
+    /// completion calls this again).
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        if let Some(dropped) = self.out.take_lagged() {
+            METRICS.lagged_notice();
+            debug!(session = %self.name, dropped, "lagged");
+            self.control(ServerMessage::Lagged { dropped }.to_frame(), ctx);
+            if self.closing {
+                return;
+            }
+        }
+        if self.out.is_empty() && self.pending_pong.is_none() {
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let (batch, events) = self.out.take_batch();
+        let bytes: usize = batch.iter().map(|f| f.len()).sum();
+        let pong = self.pending_pong.take();
+        let write = async move {
+            if let Some(payload) = pong {
+                writer.pong(&payload).await?;
+            }
+            for frame in batch {
+                writer.feed(WsMessage::Text(frame)).await?;
+            }
+            writer.flush().await?;
+            Ok::<_, actix_ws::Closed>(writer)
+        };
+        let handle = ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
+            act.write_in_flight = None;
+            match result {
+                Ok(writer) => {
+                    act.writer = Some(writer);
+                    act.out.written(bytes);
+                    METRICS.delivered(events);
+                    act.flush(ctx);
+                }
+                Err(_) => {
+                    // The connection is gone; nothing more can be written.
+                    act.close_code = 1006;
+                    act.closing = true;
+                    ctx.stop();
+                }
+            }
+        }));
+        self.write_in_flight = Some(handle);
+    }
+
+    /// Closes the connection with `code` and stops the actor.
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, why: &'static str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.close_code = code;
+        // A write stuck on a client that does not read would delay the close frame
+        // forever; what it held is abandoned with the connection.
+        if let Some(handle) = self.write_in_flight.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(ws) = self.ws.take() {
+            let reason = CloseReason {
+                code: CloseCode::from(code),
+                description: Some(why.to_owned()),
+            };
+            actix_rt::spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
+            });
+        }
+        ctx.stop();
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        let verdict = self.limiter.check();
+        if verdict == Verdict::Close {
+            info!(session = %self.name, "rate limit exceeded repeatedly; closing");
+            return self.close(ctx, close::RATE_LIMITED, "rate limit exceeded");
+        }
+        let (id, op) = match protocol::parse(text) {
+            Ok(parsed) => parsed,
+            Err((id, err)) => return self.reply_error(&id, &err, ctx),
+        };
+        if verdict == Verdict::Limit {
+            let err = ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages per second; this message was not executed",
+                    self.broker.config().session.rate_limit_per_s
+                ),
+            );
+            return self.reply_error(&id, &err, ctx);
+        }
+        if let Err(err) = self.execute(op, &id, ctx) {
+            self.reply_error(&id, &err, ctx);
+        }
+    }
+
+    fn identity(&self) -> Result<&Identity, ProtocolError> {
+        self.identity.as_ref().ok_or_else(|| {
+            ProtocolError::new(ErrorCode::Unauthorized, "authenticate first with {\"op\":\"auth\"}")
+        })
+    }
+
+    fn execute(&mut self, op: Op, id: &RequestId, ctx: &mut Context<Self>) -> Result<(), ProtocolError> {
+        match op {
+            Op::Subscribe { topics, last, resume } => self.subscribe(topics, last, resume, id, ctx),
+            Op::Unsubscribe { topics } => self.unsubscribe(topics, id, ctx),
+            Op::Publish { topic, data, key, headers } => {
+                if !self.broker.config().publish.from_clients {
+                    return Err(ProtocolError::new(
+                        ErrorCode::PublishDisabled,
+                        "publishing from WebSocket clients is disabled on this server",
+                    ));
+                }
+                pattern::validate_topic(&topic).map_err(invalid_topic)?;
+                if !self.identity()?.may_publish(&topic) {
+                    return Err(ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        format!("not allowed to publish to {topic}"),
+                    ));
+                }
+                let event = BridgeEvent {
+                    topic,
+                    payload: Bytes::from(data.into_bytes()),
+                    key,
+                    headers,
+                    source: Source::Ws,
+                };
+                self.broker.registry().publish(event).map_err(|e| match e {
+                    PublishError::InvalidTopic(e) => invalid_topic(e),
+                    PublishError::Busy => ProtocolError::new(ErrorCode::Internal, e.to_string()),
+                })?;
+                self.control(ServerMessage::Ok { id: id.as_deref() }.to_frame(), ctx);
+                Ok(())
+            }
+            Op::Ping => {
+                self.control(ServerMessage::Pong { id: id.as_deref() }.to_frame(), ctx);
+                Ok(())
+            }
+            Op::Pong => Ok(()),
+            Op::Auth { token } => {
+                match self.broker.authenticator().token(&token) {
+                    Ok(identity) => {
+                        let first = self.identity.is_none();
+                        self.identity = Some(identity);
+                        if first {
+                            self.welcome(ctx);
+                        } else {
+                            self.control(ServerMessage::Ok { id: id.as_deref() }.to_frame(), ctx);
+                        }
+                    }
+                    Err(e) => {
+                        info!(session = %self.name, reason = %e, "authentication failed");
+                        self.close(ctx, close::UNAUTHORIZED, "unauthorized");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        topics: Vec<String>,
+        last: Option<u32>,
+        resume: Option<protocol::Resume>,
+        id: &RequestId,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), ProtocolError> {
+        let identity = self.identity()?;
+        let mut new: Vec<Pattern> = Vec::new();
+        for t in &topics {
+            let p = Pattern::parse(t).map_err(invalid_topic)?;
+            if !identity.may_subscribe(t) {
+                return Err(ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    format!("not allowed to subscribe to {}", protocol::truncate(t, 255)),
+                ));
+            }
+            if !self.subscriptions.contains(&p) && !new.contains(&p) {
+                new.push(p);
+            }
+        }
+        let max = self.broker.config().session.max_subscriptions;
+        if self.subscriptions.len() + new.len() > max {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "at most {max} subscriptions per connection; this one has {} and asked for {} more",
+                    self.subscriptions.len(),
+                    new.len()
+                ),
+            ));
+        }
+        let mut resets: Vec<String> = Vec::new();
+        let replay = match (last, resume) {
+            (Some(n), _) => Replay::Last(n.min(self.broker.config().history.size as u32)),
+            (None, Some(resume)) => {
+                for name in resume.topics.keys() {
+                    pattern::validate_topic(name).map_err(invalid_topic)?;
+                }
+                // Positions count only for topics this request newly subscribes to.
+                let covered: BTreeMap<String, u64> = resume
+                    .topics
+                    .into_iter()
+                    .filter(|(name, _)| new.iter().any(|p| p.matches(name)))
+                    .collect();
+                if resume.epoch == self.broker.epoch() {
+                    Replay::Resume(covered)
+                } else {
+                    resets = covered.into_keys().collect();
+                    Replay::None
+                }
+            }
+            (None, None) => Replay::None,
+        };
+        self.control(
+            ServerMessage::Subscribed {
+                id: id.as_deref(),
+                topics: &topics,
+            }
+            .to_frame(),
+            ctx,
+        );
+        for topic in &resets {
+            let frame = ServerMessage::Reset {
+                topic,
+                reason: ResetReason::EpochChanged,
+            }
+            .to_frame();
+            self.control(frame, ctx);
+        }
+        let me = self.subscriber(ctx);
+        let replay = Arc::new(replay);
+        for p in new {
+            self.broker.registry().subscribe(&me, &p, replay.clone());
+            self.subscriptions.insert(p);
+            METRICS.subscriptions_changed(1);
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, topics: Vec<String>, id: &RequestId, ctx: &mut Context<Self>) -> Result<(), ProtocolError> {
+        let patterns = topics
+            .iter()
+            .map(|t| Pattern::parse(t).map_err(invalid_topic))
+            .collect::<Result<Vec<_>, _>>()?;
+        for p in patterns {
+            if self.subscriptions.remove(&p) {
+                self.broker.registry().unsubscribe(self.id, &p);
+                METRICS.subscriptions_changed(-1);
+            }
+        }
+        self.control(
+            ServerMessage::Unsubscribed {
+                id: id.as_deref(),
+                topics: &topics,
+            }
+            .to_frame(),
+            ctx,
+        );
+        Ok(())
+    }
+
+    fn subscriber(&mut self, ctx: &mut Context<Self>) -> Subscriber {
+        self.me
+            .get_or_insert_with(|| Subscriber {
+                id: self.id,
+                addr: ctx.address().recipient(),
+                missed: self.missed.clone(),
+            })
+            .clone()
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let cfg = &self.broker.config().session;
+        let interval = Duration::from_millis(cfg.heartbeat_interval_ms);
+        let window = interval + Duration::from_millis(cfg.heartbeat_timeout_ms);
+        let now = Instant::now();
+        if self.identity.is_none()
+            && now.duration_since(self.opened) >= Duration::from_millis(cfg.auth_timeout_ms)
+        {
+            return self.close(ctx, close::UNAUTHORIZED, "authentication timeout");
+        }
+        if now.duration_since(self.last_seen) >= window {
+            info!(session = %self.name, "heartbeat timeout");
+            return self.close(ctx, close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+        }
+        if now.duration_since(self.last_ping) >= interval && self.identity.is_some() {
+            self.last_ping = now;
+            self.control(PING.clone(), ctx);
+            self.flush(ctx);
+        }
+    }
+}
+
+fn invalid_topic(e: pattern::TopicError) -> ProtocolError {
+    ProtocolError::new(ErrorCode::InvalidTopic, e.to_string())
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let cfg = &self.broker.config().session;
+        ctx.set_mailbox_capacity(cfg.mailbox_capacity);
+        // Tick often enough to close within a fraction of the window of its end.
+        let tick = Duration::from_millis(
+            (cfg.heartbeat_interval_ms.min(cfg.heartbeat_timeout_ms) / 4).clamp(10, 5_000),
+        );
+        ctx.run_interval(tick, Self::heartbeat);
+        METRICS.connection_opened();
+        self.broker.sessions().insert(self.id, ctx.address().recipient());
+        info!(session = %self.name, ip = ?self.ip, "session opened");
+        if self.identity.is_some() {
+            self.welcome(ctx);
+            self.flush(ctx);
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for p in &self.subscriptions {
+            self.broker.registry().unsubscribe(self.id, p);
+        }
+        METRICS.subscriptions_changed(-(self.subscriptions.len() as i64));
+        METRICS.connection_closed(self.close_code);
+        self.broker.sessions().remove(self.id);
+        info!(
+            session = %self.name,
+            code = self.close_code,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            "session closed"
+        );
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<AggregatedMessage, actix_ws::ProtocolError>, ctx: &mut Self::Context) {
+        if self.closing {
+            return;
+        }
+        match item {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
+            Ok(AggregatedMessage::Binary(_)) => {
+                return self.close(ctx, close::UNSUPPORTED, "binary frames are not supported");
+            }
+            Ok(AggregatedMessage::Ping(payload)) => self.pending_pong = Some(payload),
+            // WebSocket Pongs say nothing about the application (PROTOCOL.md 5).
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(reason)) => {
+                let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
+                self.closing = true;
+                self.close_code = code;
+                if let Some(ws) = self.ws.take() {
+                    actix_rt::spawn(async move {
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(reason)).await;
+                    });
+                }
+                return ctx.stop();
+            }
+            Err(actix_ws::ProtocolError::Overflow) => {
+                return self.close(ctx, close::TOO_BIG, "message too big");
+            }
+            Err(actix_ws::ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return self.close(ctx, close::INVALID_UTF8, "invalid UTF-8");
+            }
+            Err(e) => {
+                debug!(session = %self.name, error = %e, "protocol error");
+                return self.close(ctx, close::PROTOCOL, "protocol error");
+            }
+        }
+        self.flush(ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        if !self.closing {
+            self.closing = true;
+            self.close_code = 1006;
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<Deliver> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        if self.closing {
+            return;
+        }
+        let missed = self.missed.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            self.out.note_dropped(missed);
+        }
+        match msg {
+            Deliver::Event(frame) => self.event(frame, ctx),
+            Deliver::Replay(frames) => {
+                for frame in frames {
+                    self.event(frame, ctx);
+                }
+            }
+            Deliver::Reset { topic, reason } => {
+                let frame = ServerMessage::Reset { topic: &topic, reason }.to_frame();
+                self.control(frame, ctx);
+            }
+        }
+        self.flush(ctx);
+    }
+}
+
+impl Handler<Shutdown> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
+        self.close(ctx, close::GOING_AWAY, "server shutting down");
+    }
+}
