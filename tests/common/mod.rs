@@ -1,1 +1,397 @@
+//! Shared helpers for the end-to-end tests: start the real `herald` binary on a free
+//! port with a given config, and talk to it with real WebSocket and HTTP clients over
+//! real sockets.
+//!
+//! The binary is the one cargo built for this workspace (`target/<profile>/herald`,
+//! next to the test executable's `deps/` folder); it is built when missing.
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should happen "within milliseconds".
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Path of the `herald` binary, building it once if needed.
+pub fn herald_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>/herald
+        let profile_dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target/<profile>")
+            .to_path_buf();
+        let bin = profile_dir.join("herald");
+        if !bin.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "herald", "--bin", "herald"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p herald failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A running broker process. Killed when dropped.
+pub struct Broker {
+    child: Option<Child>,
+    pub addr: String,
+    /// Everything the process logged (stdout and stderr), line by line.
+    pub logs: Arc<Mutex<Vec<String>>>,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Broker {
+    /// Starts `herald --config <toml>` listening on 127.0.0.1:0, and waits until it
+    /// logs the address it bound.
+    pub fn start(config_toml: &str) -> Result<Broker> {
+        Self::start_with_env(config_toml, &[])
+    }
+
+    /// Like [`Broker::start`], with extra environment variables.
+    pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Result<Broker> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        std::io::Write::write_all(&mut file, config_toml.as_bytes())?;
+        let mut cmd = Command::new(herald_bin());
+        cmd.arg("--config")
+            .arg(file.path())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("spawn herald")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let logs = logs.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("addr=").nth(1) {
+                        if line.contains("herald listening") {
+                            let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    logs.lock().expect("logs").push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let logs = logs.lock().expect("logs").join("\n");
+                bail!("herald did not start; it logged:\n{logs}");
+            }
+        };
+        Ok(Broker {
+            child: Some(child),
+            addr,
+            logs,
+            _config: file,
+        })
+    }
+
+    /// `http://addr`.
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `ws://addr/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Process id (for /proc reads and signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Resident memory of the broker process, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS"))
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
+        let pid = i32::try_from(child.id())?;
+        // SAFETY-free: libc::kill is a plain syscall wrapper; `unsafe` is needed by
+        // its signature only. The workspace forbids unsafe in library code, so the
+        // test helper shells out instead.
+        let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("herald did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// All log lines so far, joined.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().expect("logs").join("\n")
+    }
+
+    /// `POST /api/publish` with a raw body; returns (status, JSON body).
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Result<(u16, Value)> {
+        let res = reqwest::Client::new()
+            .post(format!("{}{path}", self.http()))
+            .body(body)
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        let text = res.text().await?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    /// Publishes one event over HTTP; panics unless 202.
+    pub async fn publish(&self, topic: &str, data: Value) -> Result<()> {
+        let (status, body) = self
+            .post_raw("/api/publish", json!({"topic": topic, "data": data}).to_string())
+            .await?;
+        if status != 202 {
+            bail!("publish returned {status}: {body}");
+        }
+        Ok(())
+    }
+
+    /// `GET path` → (status, JSON or text).
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let res = reqwest::get(format!("{}{path}", self.http())).await?;
+        let status = res.status().as_u16();
+        let text = res.text().await?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    /// A connected client that has read its `welcome`.
+    pub async fn client(&self) -> Result<Client> {
+        Client::connect(&self.ws_url()).await
+    }
+
+    /// Value of one Prometheus sample (`name{labels}` exactly as rendered).
+    pub async fn metric(&self, sample: &str) -> Result<f64> {
+        let (_, text) = self.get("/metrics").await?;
+        let text = text.as_str().unwrap_or_default().to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no sample {sample}"))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A WebSocket client speaking the Herald protocol.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub welcome: Value,
+    next_id: u64,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+impl Client {
+    /// Connects and reads the `welcome`.
+    pub async fn connect(url: &str) -> Result<Client> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let mut client = Client {
+            ws,
+            welcome: Value::Null,
+            next_id: 0,
+        };
+        let welcome = client.recv().await?;
+        if welcome["type"] != "welcome" {
+            bail!("first message was not welcome: {welcome}");
+        }
+        client.welcome = welcome;
+        Ok(client)
+    }
+
+    /// Connects with a custom upgrade request (headers), without reading anything.
+    pub async fn connect_request(
+        request: impl IntoClientRequest + Unpin,
+    ) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, tokio_tungstenite::tungstenite::Error> {
+        tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send(&mut self, value: Value) -> Result<()> {
+        self.ws.send(Message::text(value.to_string())).await?;
+        Ok(())
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.ws.send(Message::text(text.to_string())).await?;
+        Ok(())
+    }
+
+    /// Next server message that is not a heartbeat `ping`, within [`WAIT`].
+    pub async fn recv(&mut self) -> Result<Value> {
+        loop {
+            let v = self.recv_any(WAIT).await?;
+            if v["type"] != "ping" {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Next server message of any type (pings included) within `timeout`.
+    pub async fn recv_any(&mut self, timeout: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no message within {timeout:?}"))?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Close(frame))) => bail!("connection closed: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("websocket error: {e}"),
+                None => bail!("connection ended"),
+            }
+        }
+    }
+
+    /// Asserts nothing but heartbeats arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Ok(()),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str())?;
+                    if v["type"] != "ping" {
+                        bail!("expected silence, got {v}");
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => bail!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection; returns its close code.
+    pub async fn closed(&mut self, timeout: Duration) -> Result<Closed> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => bail!("not closed within {timeout:?}"),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Ok(Closed {
+                        code: frame.as_ref().map(|f| u16::from(f.code)),
+                        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    })
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => bail!("connection failed without a close frame: {e}"),
+                Ok(None) => bail!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// A fresh request id.
+    pub fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Sends a request with a fresh id and returns the reply carrying that id
+    /// (anything else received meanwhile is returned in the second element).
+    pub async fn request(&mut self, mut op: Value) -> Result<(Value, Vec<Value>)> {
+        let id = self.id();
+        op["id"] = json!(id);
+        self.send(op).await?;
+        let mut other = Vec::new();
+        loop {
+            let v = self.recv().await?;
+            if v["id"] == json!(id) {
+                return Ok((v, other));
+            }
+            other.push(v);
+        }
+    }
+
+    /// Subscribes and asserts the `subscribed` reply.
+    pub async fn subscribe(&mut self, topics: &[&str]) -> Result<()> {
+        let (reply, _) = self.request(json!({"op": "subscribe", "topics": topics})).await?;
+        if reply["type"] != "subscribed" {
+            bail!("subscribe failed: {reply}");
+        }
+        Ok(())
+    }
+
+    /// Next message, asserting it is an event; returns it.
+    pub async fn event(&mut self) -> Result<Value> {
+        let v = self.recv().await?;
+        if v["type"] != "event" {
+            bail!("expected an event, got {v}");
+        }
+        Ok(v)
+    }
+}
+
+/// The close code as tungstenite reports it.
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
+
+/// A config: `server` lines go into `[server]` (which always sets two shards and
+/// two workers, so cross-shard paths are exercised), `rest` is appended verbatim
+/// (other sections).
+pub fn config(server: &str, rest: &str) -> String {
+    format!("[server]\nshards = 2\nworkers = 2\n{server}\n{rest}\n")
+}
