@@ -1,1 +1,146 @@
-//! placeholder
+//! End-to-end tests of the process: graceful shutdown, configuration errors,
+//! `check-config`, `--help`, environment overrides and what the logs contain.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use herald_e2e::{config, herald_bin, Broker};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_session_with_1001_and_exits_0() -> Result<()> {
+    let mut broker = Broker::start(&config("shutdown_grace_ms = 3000", ""))?;
+    let mut a = broker.client().await?;
+    let mut b = broker.client().await?;
+    a.subscribe(&["x.>"]).await?;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = broker.terminate(Duration::from_secs(10));
+        (broker, status)
+    });
+    let ca = a.closed(Duration::from_secs(5)).await?;
+    let cb = b.closed(Duration::from_secs(5)).await?;
+    assert_eq!(ca.code, Some(1001), "{ca:?}");
+    assert_eq!(cb.code, Some(1001), "{cb:?}");
+    let (broker, status) = status.await?;
+    let status = status?;
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        broker.log_text()
+    );
+    assert!(broker.log_text().contains("shutting down"));
+    Ok(())
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(herald_bin());
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run herald");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, "[session]\nqueue_max_byts = 5\n")?;
+    let p = path.to_str().unwrap_or_default();
+    let (code, _, err) = run(&["--config", p], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("queue_max_byts") && err.contains(p), "{err}");
+
+    std::fs::write(&path, "[session]\nslow_consumer = \"maybe\"\n")?;
+    let (code, _, err) = run(&["--config", p], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("session.slow_consumer") && err.contains("maybe"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(&["check-config"], &[("HERALD_SESSION__NOPE", "1")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("HERALD_SESSION__NOPE"), "{err}");
+
+    let (code, _, err) = run(&["--config", "/nonexistent/herald.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/herald.toml"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_masked() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("herald.toml");
+    std::fs::write(
+        &path,
+        "[session]\nmax_subscriptions = 7\n[auth]\napi_keys = [\"super-secret-key\"]\n",
+    )?;
+    let (code, out, err) = run(
+        &[
+            "check-config",
+            "--config",
+            path.to_str().unwrap_or_default(),
+        ],
+        &[("HERALD_HISTORY__SIZE", "42")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("max_subscriptions = 7"), "{out}");
+    assert!(out.contains("size = 42"), "{out}");
+    assert!(out.contains("listen = \"127.0.0.1:8080\""), "{out}");
+    assert!(!out.contains("super-secret-key"), "{out}");
+    assert!(err.contains("valid"));
+    Ok(())
+}
+
+#[test]
+fn help_lists_the_flags() {
+    let (code, out, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for flag in ["--config", "--listen", "check-config", "HERALD_"] {
+        assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_single_keys() -> Result<()> {
+    let broker = Broker::start_with_env(
+        &config("", ""),
+        &[("HERALD_SESSION__MAX_SUBSCRIPTIONS", "3")],
+    )?;
+    let c = broker.client().await?;
+    assert_eq!(c.welcome["limits"]["max_subscriptions"], 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_have_one_line_per_event_and_never_a_query_string_or_payload() -> Result<()> {
+    let broker = Broker::start(&config("", ""))?;
+    let (status, _) = broker.get("/api/topics?ticket=tkt-secret-123").await?;
+    assert_eq!(status, 200);
+    let mut c =
+        herald_e2e::Client::connect(&format!("{}?ticket=tkt-secret-456", broker.ws_url())).await?;
+    c.subscribe(&["log.t"]).await?;
+    broker
+        .publish("log.t", json!({"card": "payload-secret-789"}))
+        .await?;
+    c.event().await?;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = broker.log_text();
+    for secret in ["tkt-secret-123", "tkt-secret-456", "payload-secret-789"] {
+        assert!(!logs.contains(secret), "{secret} leaked into logs:\n{logs}");
+    }
+    assert!(logs.contains("path=/api/topics"), "{logs}");
+    assert!(logs.contains("session opened"), "{logs}");
+    assert!(logs.contains("session closed"), "{logs}");
+    assert!(logs.contains("herald listening"));
+    Ok(())
+}

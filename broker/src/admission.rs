@@ -121,7 +121,11 @@ impl Drop for Permit {
     fn drop(&mut self) {
         self.limiter.total.fetch_sub(1, Ordering::AcqRel);
         if let Some(ip) = self.ip {
-            let mut map = self.limiter.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .limiter
+                .per_ip
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some(n) = map.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -151,22 +155,46 @@ mod tests {
     #[test]
     fn subprotocol_negotiation() {
         assert_eq!(subprotocol(&headers(&[])), Subprotocol::NoneOffered);
-        assert_eq!(subprotocol(&headers(&[("sec-websocket-protocol", "herald.v1.json")])), Subprotocol::Herald);
-        assert_eq!(subprotocol(&headers(&[("sec-websocket-protocol", "mqtt, herald.v1.json")])), Subprotocol::Herald);
         assert_eq!(
-            subprotocol(&headers(&[("sec-websocket-protocol", "mqtt"), ("sec-websocket-protocol", "herald.v1.json")])),
+            subprotocol(&headers(&[("sec-websocket-protocol", "herald.v1.json")])),
             Subprotocol::Herald
         );
-        assert_eq!(subprotocol(&headers(&[("sec-websocket-protocol", "mqtt, wamp")])), Subprotocol::Unsupported);
+        assert_eq!(
+            subprotocol(&headers(&[(
+                "sec-websocket-protocol",
+                "mqtt, herald.v1.json"
+            )])),
+            Subprotocol::Herald
+        );
+        assert_eq!(
+            subprotocol(&headers(&[
+                ("sec-websocket-protocol", "mqtt"),
+                ("sec-websocket-protocol", "herald.v1.json")
+            ])),
+            Subprotocol::Herald
+        );
+        assert_eq!(
+            subprotocol(&headers(&[("sec-websocket-protocol", "mqtt, wamp")])),
+            Subprotocol::Unsupported
+        );
     }
 
     #[test]
     fn origin_list() {
         let allowed = vec!["https://app.example".to_string()];
         assert!(origin_allowed(&headers(&[]), &allowed));
-        assert!(origin_allowed(&headers(&[("origin", "https://app.example")]), &allowed));
-        assert!(!origin_allowed(&headers(&[("origin", "https://evil.example")]), &allowed));
-        assert!(origin_allowed(&headers(&[("origin", "https://evil.example")]), &[]));
+        assert!(origin_allowed(
+            &headers(&[("origin", "https://app.example")]),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            &headers(&[("origin", "https://evil.example")]),
+            &allowed
+        ));
+        assert!(origin_allowed(
+            &headers(&[("origin", "https://evil.example")]),
+            &[]
+        ));
     }
 
     #[test]

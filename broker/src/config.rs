@@ -363,16 +363,18 @@ impl Config {
                     path: p.to_owned(),
                     source,
                 })?;
-                let table = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
-                    path: p.to_owned(),
-                    message: e.message().to_owned(),
-                })?;
+                let table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: p.to_owned(),
+                        message: e.message().to_owned(),
+                    })?;
                 (Origin::File(p.to_owned()), table)
             }
         };
         let from_env = apply_env(&mut table, env)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 let env = from_env
                     .iter()
@@ -412,16 +414,32 @@ impl Config {
         self.listen_addr()?;
         let s = &self.session;
         if s.heartbeat_interval_ms == 0 {
-            return Err(invalid("session.heartbeat_interval_ms", 0, "a positive number of milliseconds"));
+            return Err(invalid(
+                "session.heartbeat_interval_ms",
+                0,
+                "a positive number of milliseconds",
+            ));
         }
         if s.heartbeat_timeout_ms == 0 {
-            return Err(invalid("session.heartbeat_timeout_ms", 0, "a positive number of milliseconds"));
+            return Err(invalid(
+                "session.heartbeat_timeout_ms",
+                0,
+                "a positive number of milliseconds",
+            ));
         }
         if s.max_message_bytes < 128 {
-            return Err(invalid("session.max_message_bytes", s.max_message_bytes, "at least 128"));
+            return Err(invalid(
+                "session.max_message_bytes",
+                s.max_message_bytes,
+                "at least 128",
+            ));
         }
         if s.queue_max_bytes < 1024 {
-            return Err(invalid("session.queue_max_bytes", s.queue_max_bytes, "at least 1024"));
+            return Err(invalid(
+                "session.queue_max_bytes",
+                s.queue_max_bytes,
+                "at least 1024",
+            ));
         }
         if s.max_subscriptions == 0 {
             return Err(invalid("session.max_subscriptions", 0, "at least 1"));
@@ -439,10 +457,18 @@ impl Config {
             return Err(invalid("session.mailbox_capacity", 0, "at least 1"));
         }
         if self.history.size > 0 && self.history.ttl_ms == 0 {
-            return Err(invalid("history.ttl_ms", 0, "a positive number of milliseconds (or history.size = 0)"));
+            return Err(invalid(
+                "history.ttl_ms",
+                0,
+                "a positive number of milliseconds (or history.size = 0)",
+            ));
         }
         if self.publish.max_body_bytes == 0 {
-            return Err(invalid("publish.max_body_bytes", 0, "a positive number of bytes"));
+            return Err(invalid(
+                "publish.max_body_bytes",
+                0,
+                "a positive number of bytes",
+            ));
         }
         for (i, o) in self.server.allowed_origins.iter().enumerate() {
             if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
@@ -463,23 +489,38 @@ impl Config {
             ));
         }
         if !self.bridge.nats.is_empty() {
-            return Err(invalid("bridge.nats", "[[bridge.nats]]", "no entries (this build has no NATS bridge yet)"));
+            return Err(invalid(
+                "bridge.nats",
+                "[[bridge.nats]]",
+                "no entries (this build has no NATS bridge yet)",
+            ));
         }
         if !self.bridge.kafka.is_empty() {
-            return Err(invalid("bridge.kafka", "[[bridge.kafka]]", "no entries (this build has no Kafka bridge yet)"));
+            return Err(invalid(
+                "bridge.kafka",
+                "[[bridge.kafka]]",
+                "no entries (this build has no Kafka bridge yet)",
+            ));
         }
         if !self.cluster.backplane.is_empty() {
-            return Err(invalid("cluster.backplane", &self.cluster.backplane, "\"\" (this build has no NATS backplane yet)"));
+            return Err(invalid(
+                "cluster.backplane",
+                &self.cluster.backplane,
+                "\"\" (this build has no NATS backplane yet)",
+            ));
         }
         Ok(())
     }
 
     /// `server.listen` as a socket address.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server
-            .listen
-            .parse()
-            .map_err(|_| invalid("server.listen", &self.server.listen, "host:port, e.g. 127.0.0.1:8080"))
+        self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                &self.server.listen,
+                "host:port, e.g. 127.0.0.1:8080",
+            )
+        })
     }
 
     /// The effective configuration as TOML with every secret replaced by `***`.
@@ -613,28 +654,41 @@ mod tests {
     #[test]
     fn unknown_section_is_an_error() {
         let f = file("[sessions]\nx = 1\n");
-        let msg = Config::load(Some(f.path()), no_env()).expect_err("unknown").to_string();
+        let msg = Config::load(Some(f.path()), no_env())
+            .expect_err("unknown")
+            .to_string();
         assert!(msg.contains("sessions"), "{msg}");
     }
 
     #[test]
     fn bad_value_names_key_value_and_expectation() {
         let f = file("[session]\nslow_consumer = \"dropp\"\n");
-        let msg = Config::load(Some(f.path()), no_env()).expect_err("bad").to_string();
+        let msg = Config::load(Some(f.path()), no_env())
+            .expect_err("bad")
+            .to_string();
         assert!(msg.contains("session.slow_consumer"), "{msg}");
         assert!(msg.contains("dropp"), "{msg}");
         let f = file("[server]\nlisten = \"nowhere\"\n");
-        let msg = Config::load(Some(f.path()), no_env()).expect_err("bad").to_string();
-        assert!(msg.contains("server.listen") && msg.contains("nowhere") && msg.contains("host:port"), "{msg}");
+        let msg = Config::load(Some(f.path()), no_env())
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            msg.contains("server.listen") && msg.contains("nowhere") && msg.contains("host:port"),
+            "{msg}"
+        );
         let f = file("[session]\nmax_subscriptions = \"many\"\n");
-        let msg = Config::load(Some(f.path()), no_env()).expect_err("bad").to_string();
+        let msg = Config::load(Some(f.path()), no_env())
+            .expect_err("bad")
+            .to_string();
         assert!(msg.contains("session.max_subscriptions"), "{msg}");
     }
 
     #[test]
     fn syntax_error_names_file() {
         let f = file("[server\n");
-        let msg = Config::load(Some(f.path()), no_env()).expect_err("bad").to_string();
+        let msg = Config::load(Some(f.path()), no_env())
+            .expect_err("bad")
+            .to_string();
         assert!(msg.contains("not valid TOML"), "{msg}");
     }
 
@@ -642,11 +696,20 @@ mod tests {
     fn env_overrides_single_keys_with_types() {
         let f = file("[server]\nlisten = \"127.0.0.1:9000\"\n");
         let env = vec![
-            ("HERALD_SERVER__LISTEN".to_string(), "0.0.0.0:8080".to_string()),
+            (
+                "HERALD_SERVER__LISTEN".to_string(),
+                "0.0.0.0:8080".to_string(),
+            ),
             ("HERALD_SERVER__NODE_ID".to_string(), "42".to_string()),
-            ("HERALD_SESSION__MAX_SUBSCRIPTIONS".to_string(), "7".to_string()),
+            (
+                "HERALD_SESSION__MAX_SUBSCRIPTIONS".to_string(),
+                "7".to_string(),
+            ),
             ("HERALD_PUBLISH__HTTP".to_string(), "false".to_string()),
-            ("HERALD_SERVER__ALLOWED_ORIGINS".to_string(), "[\"https://a.example\"]".to_string()),
+            (
+                "HERALD_SERVER__ALLOWED_ORIGINS".to_string(),
+                "[\"https://a.example\"]".to_string(),
+            ),
             ("HERALD_LOG".to_string(), "debug".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
@@ -655,29 +718,52 @@ mod tests {
         assert_eq!(c.server.node_id, "42");
         assert_eq!(c.session.max_subscriptions, 7);
         assert!(!c.publish.http);
-        assert_eq!(c.server.allowed_origins, vec!["https://a.example".to_string()]);
+        assert_eq!(
+            c.server.allowed_origins,
+            vec!["https://a.example".to_string()]
+        );
     }
 
     #[test]
     fn env_errors_name_the_variable() {
         let env = vec![("HERALD_SERVER__LISTENN".to_string(), "x".to_string())];
         let msg = Config::load(None, env).expect_err("unknown").to_string();
-        assert!(msg.contains("HERALD_SERVER__LISTENN") && msg.contains("server.listenn"), "{msg}");
-        let env = vec![("HERALD_SESSION__MAX_SUBSCRIPTIONS".to_string(), "lots".to_string())];
+        assert!(
+            msg.contains("HERALD_SERVER__LISTENN") && msg.contains("server.listenn"),
+            "{msg}"
+        );
+        let env = vec![(
+            "HERALD_SESSION__MAX_SUBSCRIPTIONS".to_string(),
+            "lots".to_string(),
+        )];
         let msg = Config::load(None, env).expect_err("bad").to_string();
-        assert!(msg.contains("HERALD_SESSION__MAX_SUBSCRIPTIONS") && msg.contains("session.max_subscriptions"), "{msg}");
-        let env = vec![("HERALD_SESSION__QUEUE_MAX_BYTES".to_string(), "10".to_string())];
+        assert!(
+            msg.contains("HERALD_SESSION__MAX_SUBSCRIPTIONS")
+                && msg.contains("session.max_subscriptions"),
+            "{msg}"
+        );
+        let env = vec![(
+            "HERALD_SESSION__QUEUE_MAX_BYTES".to_string(),
+            "10".to_string(),
+        )];
         let msg = Config::load(None, env).expect_err("range").to_string();
-        assert!(msg.contains("HERALD_SESSION__QUEUE_MAX_BYTES") && msg.contains("at least 1024"), "{msg}");
+        assert!(
+            msg.contains("HERALD_SESSION__QUEUE_MAX_BYTES") && msg.contains("at least 1024"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn unbuilt_features_are_refused_by_name() {
         let f = file("[auth]\nmode = \"jwt\"\n");
-        let msg = Config::load(Some(f.path()), no_env()).expect_err("jwt").to_string();
+        let msg = Config::load(Some(f.path()), no_env())
+            .expect_err("jwt")
+            .to_string();
         assert!(msg.contains("auth.mode"), "{msg}");
         let f = file("[[bridge.nats]]\nurl = \"nats://127.0.0.1:4222\"\n");
-        let msg = Config::load(Some(f.path()), no_env()).expect_err("nats").to_string();
+        let msg = Config::load(Some(f.path()), no_env())
+            .expect_err("nats")
+            .to_string();
         assert!(msg.contains("bridge.nats"), "{msg}");
     }
 

@@ -61,7 +61,10 @@ pub fn render(meta: EventMeta<'_>, payload: &[u8]) -> Frame {
         Ok(raw) => (Some(Data::Json(raw)), None),
         Err(_) => match std::str::from_utf8(payload) {
             Ok(text) => (Some(Data::Text(text)), None),
-            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(payload))),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            ),
         },
     };
     let frame = EventFrame {
@@ -106,7 +109,14 @@ mod tests {
     use super::*;
 
     fn meta<'a>(headers: &'a BTreeMap<String, String>, key: Option<&'a str>) -> EventMeta<'a> {
-        EventMeta { topic: "orders.eu", seq: 42, ts: 1_763_800_000_123, source: Source::Kafka, key, headers }
+        EventMeta {
+            topic: "orders.eu",
+            seq: 42,
+            ts: 1_763_800_000_123,
+            source: Source::Kafka,
+            key,
+            headers,
+        }
     }
 
     fn json(frame: &Frame) -> serde_json::Value {

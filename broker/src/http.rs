@@ -104,13 +104,19 @@ async fn upgrade(
         ));
     }
     let identity = broker.authenticator().upgrade(&req).map_err(|e| {
-        ApiError::protocol(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
+        ApiError::protocol(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            e.to_string(),
+        )
     })?;
     let ip = req.peer_addr().map(|a| a.ip());
     let permit = broker.limiter().acquire(ip).map_err(|reason| {
         METRICS.refused(reason);
         let which = match reason {
-            RefusedReason::CapacityPerIp => "this client address has too many connections (server.max_connections_per_ip)",
+            RefusedReason::CapacityPerIp => {
+                "this client address has too many connections (server.max_connections_per_ip)"
+            }
             _ => "the server is at its connection limit (server.max_connections)",
         };
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", which);
@@ -145,7 +151,11 @@ async fn upgrade(
 
 fn api_identity(req: &HttpRequest, broker: &Broker) -> Result<Identity, ApiError> {
     broker.authenticator().api(req).map_err(|e| {
-        ApiError::protocol(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
+        ApiError::protocol(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            e.to_string(),
+        )
     })
 }
 
@@ -171,7 +181,11 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 /// Reads the body up to `max` bytes, answering 413 past it.
-async fn read_body(mut body: web::Payload, req: &HttpRequest, max: usize) -> Result<Bytes, ApiError> {
+async fn read_body(
+    mut body: web::Payload,
+    req: &HttpRequest,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::protocol(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -201,9 +215,16 @@ async fn read_body(mut body: web::Payload, req: &HttpRequest, max: usize) -> Res
 fn parse_batch(body: &[u8]) -> Result<Vec<PublishItem>, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let items: Vec<Box<RawValue>> = match first {
-        Some(b'[') => serde_json::from_slice(body).map_err(|e| bad_request(format!("not valid JSON: {e}")))?,
-        Some(b'{') => vec![serde_json::from_slice(body).map_err(|e| bad_request(format!("not valid JSON: {e}")))?],
-        _ => return Err(bad_request("the body must be a JSON object or an array of them")),
+        Some(b'[') => {
+            serde_json::from_slice(body).map_err(|e| bad_request(format!("not valid JSON: {e}")))?
+        }
+        Some(b'{') => vec![serde_json::from_slice(body)
+            .map_err(|e| bad_request(format!("not valid JSON: {e}")))?],
+        _ => {
+            return Err(bad_request(
+                "the body must be a JSON object or an array of them",
+            ))
+        }
     };
     if items.is_empty() {
         return Err(bad_request("the batch is empty"));
@@ -212,7 +233,8 @@ fn parse_batch(body: &[u8]) -> Result<Vec<PublishItem>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, raw)| {
-            serde_json::from_str::<PublishItem>(raw.get()).map_err(|e| bad_request(format!("event {i}: {e}")))
+            serde_json::from_str::<PublishItem>(raw.get())
+                .map_err(|e| bad_request(format!("event {i}: {e}")))
         })
         .collect()
 }
@@ -237,7 +259,11 @@ async fn publish(
     let mut events = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         pattern::validate_topic(&item.topic).map_err(|e| {
-            ApiError::protocol(StatusCode::BAD_REQUEST, ErrorCode::InvalidTopic, format!("event {i}: {e}"))
+            ApiError::protocol(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidTopic,
+                format!("event {i}: {e}"),
+            )
         })?;
         let data = item
             .data
@@ -247,7 +273,10 @@ async fn publish(
             return Err(ApiError::protocol(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::PayloadTooLarge,
-                format!("event {i}: data is {} bytes; the limit is {max} (session.max_message_bytes)", data.get().len()),
+                format!(
+                    "event {i}: data is {} bytes; the limit is {max} (session.max_message_bytes)",
+                    data.get().len()
+                ),
             ));
         }
         if !identity.may_publish(&item.topic) {
@@ -297,7 +326,8 @@ async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
     if ready {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not_ready", "reasons": reasons}))
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "not_ready", "reasons": reasons}))
     }
 }
 
@@ -318,9 +348,25 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 }
 
 fn route_error(req: &HttpRequest) -> ApiError {
-    let allowed = ["/ws", "/api/publish", "/api/topics", "/healthz", "/readyz", "/metrics", "/"];
+    let allowed = [
+        "/ws",
+        "/api/publish",
+        "/api/topics",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/",
+    ];
     if allowed.contains(&req.path()) {
-        return ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not allowed on {}", req.method(), req.path()));
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {}", req.method(), req.path()),
+        );
     }
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {}", req.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {}", req.path()),
+    )
 }

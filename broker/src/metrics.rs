@@ -171,15 +171,28 @@ impl Metrics {
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge("herald_connections", "Open WebSocket connections.", self.connections.load(Relaxed));
-        gauge("herald_subscriptions", "Active subscriptions (patterns) over all connections.", self.subscriptions.load(Relaxed));
-        gauge("herald_topics", "Topics this node holds (subscribed or with history).", self.topics.load(Relaxed));
-        let mut counter = |name: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
+        gauge(
+            "herald_connections",
+            "Open WebSocket connections.",
+            self.connections.load(Relaxed),
+        );
+        gauge(
+            "herald_subscriptions",
+            "Active subscriptions (patterns) over all connections.",
+            self.subscriptions.load(Relaxed),
+        );
+        gauge(
+            "herald_topics",
+            "Topics this node holds (subscribed or with history).",
+            self.topics.load(Relaxed),
+        );
+        let mut counter =
+            |name: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for (labels, v) in rows {
+                    let _ = writeln!(out, "{name}{labels} {v}");
+                }
+            };
         counter(
             "herald_connections_accepted_total",
             "WebSocket connections accepted.",
@@ -188,16 +201,22 @@ impl Metrics {
         counter(
             "herald_connections_refused_total",
             "WebSocket upgrades refused, by reason.",
-            &mut RefusedReason::ALL
-                .iter()
-                .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), self.refused[*r as usize].load(Relaxed))),
+            &mut RefusedReason::ALL.iter().map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.as_str()),
+                    self.refused[*r as usize].load(Relaxed),
+                )
+            }),
         );
         counter(
             "herald_events_in_total",
             "Events received, by source.",
-            &mut Source::ALL
-                .iter()
-                .map(|s| (format!("{{source=\"{}\"}}", s.as_str()), self.events_in[s.index()].load(Relaxed))),
+            &mut Source::ALL.iter().map(|s| {
+                (
+                    format!("{{source=\"{}\"}}", s.as_str()),
+                    self.events_in[s.index()].load(Relaxed),
+                )
+            }),
         );
         counter(
             "herald_events_delivered_total",
@@ -207,9 +226,12 @@ impl Metrics {
         counter(
             "herald_events_dropped_total",
             "Events not delivered, by reason.",
-            &mut DropReason::ALL
-                .iter()
-                .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), self.dropped[*r as usize].load(Relaxed))),
+            &mut DropReason::ALL.iter().map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.as_str()),
+                    self.dropped[*r as usize].load(Relaxed),
+                )
+            }),
         );
         counter(
             "herald_lagged_notices_total",
@@ -223,15 +245,20 @@ impl Metrics {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| (format!("{{code=\"{c}\"}}"), self.closed[i].load(Relaxed)))
-                .chain(std::iter::once(("{code=\"other\"}".to_string(), self.closed_other.load(Relaxed)))),
+                .chain(std::iter::once((
+                    "{code=\"other\"}".to_string(),
+                    self.closed_other.load(Relaxed),
+                ))),
         );
         counter(
             "herald_client_errors_total",
             "Error replies sent to clients, by error code.",
-            &mut ERROR_CODES
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (format!("{{code=\"{}\"}}", c.as_str()), self.client_errors[i].load(Relaxed))),
+            &mut ERROR_CODES.iter().enumerate().map(|(i, c)| {
+                (
+                    format!("{{code=\"{}\"}}", c.as_str()),
+                    self.client_errors[i].load(Relaxed),
+                )
+            }),
         );
         out
     }

@@ -97,7 +97,10 @@ impl Outbound {
     /// frames among them. Their bytes stay counted until [`Outbound::written`] says
     /// the writer is done with them.
     pub fn take_batch(&mut self) -> (Vec<Frame>, u64) {
-        (self.frames.drain(..).collect(), std::mem::take(&mut self.events))
+        (
+            self.frames.drain(..).collect(),
+            std::mem::take(&mut self.events),
+        )
     }
 
     /// The writer finished a batch of `bytes`.

@@ -150,7 +150,16 @@ mod tests {
 
     #[test]
     fn accepts_valid_topics_and_patterns() {
-        for ok in ["a", "orders.eu.created", "A-z_0:9", "a.*", "a.>", ">", "*", "*.b.*"] {
+        for ok in [
+            "a",
+            "orders.eu.created",
+            "A-z_0:9",
+            "a.*",
+            "a.>",
+            ">",
+            "*",
+            "*.b.*",
+        ] {
             assert!(validate_pattern(ok).is_ok(), "{ok}");
         }
         assert_eq!(validate_pattern("orders.eu"), Ok(false));
@@ -163,16 +172,46 @@ mod tests {
     fn rejects_invalid_topics_with_the_reason() {
         assert_eq!(validate_pattern(""), Err(TopicError::Empty));
         assert_eq!(validate_pattern(&"a".repeat(256)), Err(TopicError::TooLong));
-        assert!(matches!(validate_pattern("a..b"), Err(TopicError::EmptyToken(_))));
-        assert!(matches!(validate_pattern(".a"), Err(TopicError::EmptyToken(_))));
-        assert!(matches!(validate_pattern("a."), Err(TopicError::EmptyToken(_))));
-        assert!(matches!(validate_pattern("a b"), Err(TopicError::BadCharacter(_))));
-        assert!(matches!(validate_pattern("a/b"), Err(TopicError::BadCharacter(_))));
-        assert!(matches!(validate_pattern("é"), Err(TopicError::BadCharacter(_))));
-        assert!(matches!(validate_pattern("a*.b"), Err(TopicError::BadCharacter(_))));
-        assert!(matches!(validate_pattern("a.>.b"), Err(TopicError::TailNotLast(_))));
-        assert!(matches!(validate_topic("a.*"), Err(TopicError::Wildcard(_))));
-        assert!(matches!(validate_topic("a.>"), Err(TopicError::Wildcard(_))));
+        assert!(matches!(
+            validate_pattern("a..b"),
+            Err(TopicError::EmptyToken(_))
+        ));
+        assert!(matches!(
+            validate_pattern(".a"),
+            Err(TopicError::EmptyToken(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a."),
+            Err(TopicError::EmptyToken(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a b"),
+            Err(TopicError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a/b"),
+            Err(TopicError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            validate_pattern("é"),
+            Err(TopicError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a*.b"),
+            Err(TopicError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a.>.b"),
+            Err(TopicError::TailNotLast(_))
+        ));
+        assert!(matches!(
+            validate_topic("a.*"),
+            Err(TopicError::Wildcard(_))
+        ));
+        assert!(matches!(
+            validate_topic("a.>"),
+            Err(TopicError::Wildcard(_))
+        ));
     }
 
     #[test]

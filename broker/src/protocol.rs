@@ -224,7 +224,9 @@ fn checked_id(id: Option<&RawValue>) -> Result<RequestId, ProtocolError> {
             if first == b'"' || first == b'-' || first.is_ascii_digit() {
                 Ok(Some(raw.to_owned()))
             } else {
-                Err(ProtocolError::bad_request("`id` must be a string or a number"))
+                Err(ProtocolError::bad_request(
+                    "`id` must be a string or a number",
+                ))
             }
         }
     }
@@ -267,7 +269,9 @@ fn build_op(req: Request<'_>) -> Result<Op, ProtocolError> {
         "subscribe" => {
             let topics = topics_field(req.topics)?;
             if req.last.is_some() && req.resume.is_some() {
-                return Err(ProtocolError::bad_request("`last` and `resume` are exclusive"));
+                return Err(ProtocolError::bad_request(
+                    "`last` and `resume` are exclusive",
+                ));
             }
             Ok(Op::Subscribe {
                 topics,
@@ -393,7 +397,9 @@ impl ServerMessage<'_> {
         // Serializing these plain structs cannot fail; fall back to a valid error
         // frame rather than panicking if it ever did.
         serde_json::to_string(self)
-            .unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_owned())
+            .unwrap_or_else(|_| {
+                r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_owned()
+            })
             .into()
     }
 }
@@ -425,9 +431,12 @@ mod tests {
                 resume: None
             }
         );
-        let (_, op) = ok(r#"{"op":"subscribe","topics":["a.*"],"resume":{"epoch":"E","topics":{"a.b":41}}}"#);
+        let (_, op) =
+            ok(r#"{"op":"subscribe","topics":["a.*"],"resume":{"epoch":"E","topics":{"a.b":41}}}"#);
         match op {
-            Op::Subscribe { resume: Some(r), .. } => {
+            Op::Subscribe {
+                resume: Some(r), ..
+            } => {
                 assert_eq!(r.epoch, "E");
                 assert_eq!(r.topics.get("a.b"), Some(&41));
             }
@@ -444,24 +453,47 @@ mod tests {
                 headers: BTreeMap::new()
             }
         );
-        assert!(matches!(ok(r#"{"op":"publish","topic":"a","data":null}"#).1, Op::Publish { data, .. } if data == "null"));
+        assert!(
+            matches!(ok(r#"{"op":"publish","topic":"a","data":null}"#).1, Op::Publish { data, .. } if data == "null")
+        );
         assert_eq!(ok(r#"{"op":"ping","id":4}"#).1, Op::Ping);
         assert_eq!(ok(r#"{"op":"pong"}"#).1, Op::Pong);
-        assert_eq!(ok(r#"{"op":"unsubscribe","topics":["a"]}"#).1, Op::Unsubscribe { topics: vec!["a".into()] });
-        assert_eq!(ok(r#"{"op":"auth","token":"t"}"#).1, Op::Auth { token: "t".into() });
+        assert_eq!(
+            ok(r#"{"op":"unsubscribe","topics":["a"]}"#).1,
+            Op::Unsubscribe {
+                topics: vec!["a".into()]
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op":"auth","token":"t"}"#).1,
+            Op::Auth { token: "t".into() }
+        );
         // Unknown fields are ignored for forward compatibility.
         assert_eq!(ok(r#"{"op":"ping","future":true}"#).1, Op::Ping);
     }
 
     #[test]
     fn malformed_messages_are_bad_requests() {
-        for text in ["not json", "[1,2]", "42", "\"op\"", "{", "{}", r#"{"op":1}"#, r#"{"op":"subscribe"}"#,
-            r#"{"op":"subscribe","topics":[]}"#, r#"{"op":"subscribe","topics":"a"}"#,
+        for text in [
+            "not json",
+            "[1,2]",
+            "42",
+            "\"op\"",
+            "{",
+            "{}",
+            r#"{"op":1}"#,
+            r#"{"op":"subscribe"}"#,
+            r#"{"op":"subscribe","topics":[]}"#,
+            r#"{"op":"subscribe","topics":"a"}"#,
             r#"{"op":"subscribe","topics":["a"],"last":-1}"#,
             r#"{"op":"subscribe","topics":["a"],"last":1,"resume":{"epoch":"e","topics":{}}}"#,
-            r#"{"op":"publish","topic":"a"}"#, r#"{"op":"publish","data":1}"#,
+            r#"{"op":"publish","topic":"a"}"#,
+            r#"{"op":"publish","data":1}"#,
             r#"{"op":"publish","topic":"a","data":1,"headers":{"a":1}}"#,
-            r#"{"op":"auth"}"#, r#"{"op":"ping","id":{"a":1}}"#, r#"{"op":"ping","id":[1]}"#] {
+            r#"{"op":"auth"}"#,
+            r#"{"op":"ping","id":{"a":1}}"#,
+            r#"{"op":"ping","id":[1]}"#,
+        ] {
             let (_, e) = err(text);
             assert_eq!(e.code, ErrorCode::BadRequest, "{text}: {e}");
         }
@@ -482,32 +514,65 @@ mod tests {
         // `data` is skipped over iteratively (serde_json's ignore_value), so even
         // 100k levels cost no stack; it is carried verbatim to subscribers.
         let depth = 100_000;
-        let deep = format!(r#"{{"op":"publish","topic":"a","data":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let deep = format!(
+            r#"{{"op":"publish","topic":"a","data":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
         match ok(&deep).1 {
             Op::Publish { data, .. } => assert_eq!(data.len(), 2 * depth),
             other => panic!("{other:?}"),
         }
         // Unbalanced nesting is a syntax error, not a hang.
-        let broken = format!(r#"{{"op":"publish","topic":"a","data":{}}}"#, "[".repeat(depth));
+        let broken = format!(
+            r#"{{"op":"publish","topic":"a","data":{}}}"#,
+            "[".repeat(depth)
+        );
         assert_eq!(err(&broken).1.code, ErrorCode::BadRequest);
         // Typed fields go through serde's recursion limit.
-        let typed = format!(r#"{{"op":"subscribe","topics":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let typed = format!(
+            r#"{{"op":"subscribe","topics":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
         assert_eq!(err(&typed).1.code, ErrorCode::BadRequest);
         // Unknown fields are skipped the same iterative way.
-        let unknown = format!(r#"{{"op":"ping","x":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let unknown = format!(
+            r#"{{"op":"ping","x":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
         assert!(matches!(parse(&unknown), Ok((_, Op::Ping))));
     }
 
     #[test]
     fn server_messages_serialize_as_documented() {
         let id = RawValue::from_string("5".into()).expect("raw");
-        let f = ServerMessage::Error { id: Some(&id), code: ErrorCode::Forbidden, message: "no" }.to_frame();
-        assert_eq!(&*f, r#"{"type":"error","id":5,"code":"forbidden","message":"no"}"#);
-        assert_eq!(&*ServerMessage::Ok { id: None }.to_frame(), r#"{"type":"ok"}"#);
-        assert_eq!(&*ServerMessage::Ping.to_frame(), r#"{"type":"ping"}"#);
-        assert_eq!(&*ServerMessage::Lagged { dropped: 120 }.to_frame(), r#"{"type":"lagged","dropped":120}"#);
+        let f = ServerMessage::Error {
+            id: Some(&id),
+            code: ErrorCode::Forbidden,
+            message: "no",
+        }
+        .to_frame();
         assert_eq!(
-            &*ServerMessage::Reset { topic: "a", reason: ResetReason::HistoryExpired }.to_frame(),
+            &*f,
+            r#"{"type":"error","id":5,"code":"forbidden","message":"no"}"#
+        );
+        assert_eq!(
+            &*ServerMessage::Ok { id: None }.to_frame(),
+            r#"{"type":"ok"}"#
+        );
+        assert_eq!(&*ServerMessage::Ping.to_frame(), r#"{"type":"ping"}"#);
+        assert_eq!(
+            &*ServerMessage::Lagged { dropped: 120 }.to_frame(),
+            r#"{"type":"lagged","dropped":120}"#
+        );
+        assert_eq!(
+            &*ServerMessage::Reset {
+                topic: "a",
+                reason: ResetReason::HistoryExpired
+            }
+            .to_frame(),
             r#"{"type":"reset","topic":"a","reason":"history_expired"}"#
         );
     }

@@ -9,7 +9,7 @@
 //! [`Registry`] is the cheap, clonable handle publishers and sessions use.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -82,10 +82,11 @@ impl Shard {
             let mut first: HashMap<u64, Subscriber> = HashMap::new();
             let mut extra = Vec::new();
             for s in subscribers {
-                if first.contains_key(&s.id) {
-                    extra.push(s);
-                } else {
-                    first.insert(s.id, s);
+                match first.entry(s.id) {
+                    std::collections::hash_map::Entry::Occupied(_) => extra.push(s),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(s);
+                    }
                 }
             }
             let topic = Topic::new(
@@ -276,9 +277,7 @@ impl Handler<ListTopics> for Shard {
 }
 
 fn shard_of(hasher: &impl BuildHasher, topic: &str, shards: usize) -> usize {
-    let mut h = hasher.build_hasher();
-    topic.hash(&mut h);
-    (h.finish() % shards as u64) as usize
+    (hasher.hash_one(topic) % shards as u64) as usize
 }
 
 /// The handle to the registry: clone it freely (an `Arc`).
@@ -290,7 +289,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("shards", &self.shards.len()).finish()
+        f.debug_struct("Registry")
+            .field("shards", &self.shards.len())
+            .finish()
     }
 }
 

@@ -96,7 +96,12 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
     actix_rt::spawn(async move {
         let which = signal().await;
         let open = shutdown_broker.shutdown();
-        info!(signal = which, sessions = open, grace_ms = grace.as_millis() as u64, "shutting down: closing sessions with 1001");
+        info!(
+            signal = which,
+            sessions = open,
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: closing sessions with 1001"
+        );
         handle.stop(true).await;
     });
     let served = tokio::time::timeout(grace + Duration::from_secs(2), server).await;

@@ -272,15 +272,32 @@ impl Session {
 
     fn identity(&self) -> Result<&Identity, ProtocolError> {
         self.identity.as_ref().ok_or_else(|| {
-            ProtocolError::new(ErrorCode::Unauthorized, "authenticate first with {\"op\":\"auth\"}")
+            ProtocolError::new(
+                ErrorCode::Unauthorized,
+                "authenticate first with {\"op\":\"auth\"}",
+            )
         })
     }
 
-    fn execute(&mut self, op: Op, id: &RequestId, ctx: &mut Context<Self>) -> Result<(), ProtocolError> {
+    fn execute(
+        &mut self,
+        op: Op,
+        id: &RequestId,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), ProtocolError> {
         match op {
-            Op::Subscribe { topics, last, resume } => self.subscribe(topics, last, resume, id, ctx),
+            Op::Subscribe {
+                topics,
+                last,
+                resume,
+            } => self.subscribe(topics, last, resume, id, ctx),
             Op::Unsubscribe { topics } => self.unsubscribe(topics, id, ctx),
-            Op::Publish { topic, data, key, headers } => {
+            Op::Publish {
+                topic,
+                data,
+                key,
+                headers,
+            } => {
                 if !self.broker.config().publish.from_clients {
                     return Err(ProtocolError::new(
                         ErrorCode::PublishDisabled,
@@ -415,7 +432,12 @@ impl Session {
         Ok(())
     }
 
-    fn unsubscribe(&mut self, topics: Vec<String>, id: &RequestId, ctx: &mut Context<Self>) -> Result<(), ProtocolError> {
+    fn unsubscribe(
+        &mut self,
+        topics: Vec<String>,
+        id: &RequestId,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), ProtocolError> {
         let patterns = topics
             .iter()
             .map(|t| Pattern::parse(t).map_err(invalid_topic))
@@ -485,7 +507,9 @@ impl Actor for Session {
         );
         ctx.run_interval(tick, Self::heartbeat);
         METRICS.connection_opened();
-        self.broker.sessions().insert(self.id, ctx.address().recipient());
+        self.broker
+            .sessions()
+            .insert(self.id, ctx.address().recipient());
         info!(session = %self.name, ip = ?self.ip, "session opened");
         if self.identity.is_some() {
             self.welcome(ctx);
@@ -510,7 +534,11 @@ impl Actor for Session {
 }
 
 impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Session {
-    fn handle(&mut self, item: Result<AggregatedMessage, actix_ws::ProtocolError>, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        item: Result<AggregatedMessage, actix_ws::ProtocolError>,
+        ctx: &mut Self::Context,
+    ) {
         if self.closing {
             return;
         }
@@ -575,7 +603,11 @@ impl Handler<Deliver> for Session {
                 }
             }
             Deliver::Reset { topic, reason } => {
-                let frame = ServerMessage::Reset { topic: &topic, reason }.to_frame();
+                let frame = ServerMessage::Reset {
+                    topic: &topic,
+                    reason,
+                }
+                .to_frame();
                 self.control(frame, ctx);
             }
         }

@@ -79,7 +79,11 @@ impl History {
     /// The newest `n` events, oldest first, as replay frames.
     fn last(&self, n: usize) -> Vec<Frame> {
         let skip = self.events.len().saturating_sub(n);
-        self.events.iter().skip(skip).map(|k| event::replay_of(&k.frame)).collect()
+        self.events
+            .iter()
+            .skip(skip)
+            .map(|k| event::replay_of(&k.frame))
+            .collect()
     }
 
     /// Every event after `seq` when history still holds all of them (`current` is
@@ -188,7 +192,8 @@ impl Topic {
     }
 
     fn tick(&mut self, _ctx: &mut Context<Self>) {
-        self.history.expire(event::now_ms(), self.settings.history_ttl_ms);
+        self.history
+            .expire(event::now_ms(), self.settings.history_ttl_ms);
         if self.subscribers.is_empty() && self.history.is_empty() {
             if !self.reported_idle {
                 self.reported_idle = true;
@@ -239,7 +244,11 @@ impl Handler<Ingest> for Topic {
         let mut gone = Vec::new();
         for (id, entry) in &self.subscribers {
             // The frame is shared: this clone is a reference-count increment.
-            match entry.subscriber.addr.try_send(Deliver::Event(frame.clone())) {
+            match entry
+                .subscriber
+                .addr
+                .try_send(Deliver::Event(frame.clone()))
+            {
                 Ok(()) => {}
                 Err(SendError::Full(_)) => {
                     entry.subscriber.missed.fetch_add(1, Ordering::Relaxed);
@@ -267,7 +276,8 @@ impl Handler<AddSubscriber> for Topic {
 
     fn handle(&mut self, msg: AddSubscriber, _ctx: &mut Self::Context) {
         self.handled_one();
-        self.history.expire(event::now_ms(), self.settings.history_ttl_ms);
+        self.history
+            .expire(event::now_ms(), self.settings.history_ttl_ms);
         let id = msg.subscriber.id;
         match self.subscribers.get_mut(&id) {
             // Already receiving this topic live: a replay would duplicate events.
@@ -384,7 +394,10 @@ mod tests {
         assert_eq!(h.after(4, 9).map(|f| seqs(&f)), Some(vec![5, 6, 7, 8, 9]));
         assert_eq!(h.after(9, 9).map(|f| seqs(&f)), Some(vec![]));
         assert!(h.after(3, 9).is_none(), "event 4 was forgotten");
-        assert!(h.after(10, 9).is_none(), "ahead of the topic: history expired");
+        assert!(
+            h.after(10, 9).is_none(),
+            "ahead of the topic: history expired"
+        );
         let empty = History::default();
         assert_eq!(empty.after(0, 0).map(|f| f.len()), Some(0));
         assert!(empty.after(2, 3).is_none());

@@ -144,12 +144,18 @@ impl Broker {
 
     /// Sends SIGTERM and waits (up to `timeout`) for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("already stopped"))?;
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("already stopped"))?;
         let pid = i32::try_from(child.id())?;
         // SAFETY-free: libc::kill is a plain syscall wrapper; `unsafe` is needed by
         // its signature only. The workspace forbids unsafe in library code, so the
         // test helper shells out instead.
-        let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
         if !status.success() {
             bail!("kill -TERM {pid} failed");
         }
@@ -172,7 +178,11 @@ impl Broker {
     }
 
     /// `POST /api/publish` with a raw body; returns (status, JSON body).
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Result<(u16, Value)> {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(u16, Value)> {
         let res = reqwest::Client::new()
             .post(format!("{}{path}", self.http()))
             .body(body)
@@ -187,7 +197,10 @@ impl Broker {
     /// Publishes one event over HTTP; panics unless 202.
     pub async fn publish(&self, topic: &str, data: Value) -> Result<()> {
         let (status, body) = self
-            .post_raw("/api/publish", json!({"topic": topic, "data": data}).to_string())
+            .post_raw(
+                "/api/publish",
+                json!({"topic": topic, "data": data}).to_string(),
+            )
             .await?;
         if status != 202 {
             bail!("publish returned {status}: {body}");
@@ -263,8 +276,11 @@ impl Client {
     /// Connects with a custom upgrade request (headers), without reading anything.
     pub async fn connect_request(
         request: impl IntoClientRequest + Unpin,
-    ) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, tokio_tungstenite::tungstenite::Error> {
-        tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+    ) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, tokio_tungstenite::tungstenite::Error>
+    {
+        tokio_tungstenite::connect_async(request)
+            .await
+            .map(|(ws, _)| ws)
     }
 
     /// Sends a JSON value as a text frame.
@@ -367,7 +383,9 @@ impl Client {
 
     /// Subscribes and asserts the `subscribed` reply.
     pub async fn subscribe(&mut self, topics: &[&str]) -> Result<()> {
-        let (reply, _) = self.request(json!({"op": "subscribe", "topics": topics})).await?;
+        let (reply, _) = self
+            .request(json!({"op": "subscribe", "topics": topics}))
+            .await?;
         if reply["type"] != "subscribed" {
             bail!("subscribe failed: {reply}");
         }
