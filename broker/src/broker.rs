@@ -203,7 +203,9 @@ impl Broker {
     }
 
     /// Mounts Herald's routes (`/ws`, `/api/*`, `/healthz`, `/readyz`, `/metrics`,
-    /// `/`) in an actix-web `App`: `App::new().configure(broker.configure())`.
+    /// `/`) in an actix-web `App`: `App::new().configure(broker.configure())`, or
+    /// under a prefix with `web::scope("/realtime").configure(broker.configure())`.
+    /// It leaves the app's default service (its 404 handling) alone.
     pub fn configure(&self) -> impl Fn(&mut actix_web::web::ServiceConfig) + Clone + 'static {
         let broker = self.clone();
         move |cfg| crate::http::configure(cfg, broker.clone())

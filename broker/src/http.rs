@@ -76,8 +76,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, broker: Broker) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/", web::get().to(index))
-        .default_service(web::to(not_found));
+        .route("/", web::get().to(index));
 }
 
 async fn upgrade(
@@ -343,7 +342,9 @@ async fn index() -> HttpResponse {
         .body(include_str!("../assets/index.html"))
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
+/// JSON 404/405 for every route nobody serves. The `herald` binary installs it as
+/// its app's default service; an embedding app keeps its own.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
     route_error(&req).error_response()
 }
 

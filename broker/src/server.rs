@@ -70,6 +70,7 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
         App::new()
             .wrap(from_fn(access_log))
             .configure(app_broker.configure())
+            .default_service(actix_web::web::to(crate::http::not_found))
     })
     .workers(workers)
     .disable_signals()
