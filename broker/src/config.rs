@@ -376,11 +376,7 @@ impl Config {
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
-                let env = from_env
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, var)| format!(" (from {var})"))
-                    .unwrap_or_default();
+                let env = env_note(&from_env, &key).unwrap_or_default();
                 ConfigError::Invalid {
                     origin: origin.clone(),
                     env,
@@ -392,11 +388,7 @@ impl Config {
             ConfigError::Invalid {
                 key, message, env, ..
             } => {
-                let env = from_env
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, var)| format!(" (from {var})"))
-                    .unwrap_or(env);
+                let env = env_note(&from_env, &key).unwrap_or(env);
                 ConfigError::Invalid {
                     origin,
                     env,
@@ -552,6 +544,14 @@ impl Config {
         }
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// ` (from HERALD_…)` when an environment variable set `key`.
+fn env_note(from_env: &[(String, String)], key: &str) -> Option<String> {
+    from_env
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, var)| format!(" (from {var})"))
 }
 
 /// Applies `HERALD_<SECTION>__<KEY>=value` variables to `table`. A value is read as
