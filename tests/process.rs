@@ -69,6 +69,14 @@ fn config_errors_name_the_key_and_the_file() -> Result<()> {
     assert_eq!(code, 2);
     assert!(err.contains("HERALD_SESSION__NOPE"), "{err}");
 
+    std::fs::write(&path, "[session]\nmax_subscriptions = 5\n")?;
+    let (code, _, err) = run(&["--config", p, "--listen", "not-an-address"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--listen") && err.contains("not-an-address"),
+        "{err}"
+    );
+
     let (code, _, err) = run(&["--config", "/nonexistent/herald.toml"], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/herald.toml"), "{err}");
@@ -97,6 +105,18 @@ fn check_config_prints_the_effective_config_with_secrets_masked() -> Result<()> 
     assert!(out.contains("listen = \"127.0.0.1:8080\""), "{out}");
     assert!(!out.contains("super-secret-key"), "{out}");
     assert!(err.contains("valid"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_serving_long_past_the_shutdown_grace_period() -> Result<()> {
+    // The grace period starts at the signal, not at start-up.
+    let broker = Broker::start(&config("shutdown_grace_ms = 200", ""))?;
+    let mut c = broker.client().await?;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(broker.get("/healthz").await?.0, 200);
+    c.send(json!({"op":"ping","id":1})).await?;
+    assert_eq!(c.recv().await?, json!({"type":"pong","id":1}));
     Ok(())
 }
 

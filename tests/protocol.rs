@@ -448,3 +448,80 @@ async fn many_subscribers_across_shards_each_get_every_event() -> Result<()> {
     Client::connect(&broker.ws_url()).await?; // still accepting
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_patterns_answer_a_resume_position_once() -> Result<()> {
+    let broker = Broker::start(&config("", ""))?;
+    let mut c = broker.client().await?;
+    let epoch = c.welcome["epoch"].clone();
+    c.request(json!({"op":"subscribe","topics":["q.*","q.>"],"resume":{"epoch":epoch,"topics":{"q.x":3}}}))
+        .await?;
+    assert_eq!(
+        c.recv().await?,
+        json!({"type":"reset","topic":"q.x","reason":"history_expired"})
+    );
+    c.expect_silence(Duration::from_millis(300)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_into_a_reborn_topic_is_reset_not_misreplayed() -> Result<()> {
+    let broker = Broker::start(&config("", "[history]\nttl_ms = 200"))?;
+    let mut c = broker.client().await?;
+    let epoch = c.welcome["epoch"].clone();
+    c.subscribe(&["life.t"]).await?;
+    for i in 1..=3 {
+        broker.publish("life.t", json!(i)).await?;
+    }
+    for _ in 0..3 {
+        c.event().await?;
+    }
+    drop(c);
+    // Forgotten once its history expires and nobody is subscribed...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, topics) = broker.get("/api/topics").await?;
+        if !topics["topics"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|r| r["topic"] == "life.t"))
+        {
+            break;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "never forgotten");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and back, with seqs from 1 again, past the old client's position 3.
+    let mut other = broker.client().await?;
+    other.subscribe(&["life.t"]).await?;
+    for i in 1..=5 {
+        broker.publish("life.t", json!(i)).await?;
+    }
+    for _ in 0..5 {
+        other.event().await?;
+    }
+    // Position 3 of the first life must not be taken for position 3 of this one.
+    let mut c = broker.client().await?;
+    c.request(json!({"op":"subscribe","topics":["life.t"],"resume":{"epoch":epoch,"topics":{"life.t":3}}}))
+        .await?;
+    assert_eq!(
+        c.recv().await?,
+        json!({"type":"reset","topic":"life.t","reason":"history_expired"})
+    );
+    c.expect_silence(Duration::from_millis(200)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_queued_before_a_close_are_delivered_first() -> Result<()> {
+    let broker = Broker::start(&config("", ""))?;
+    let mut c = broker.client().await?;
+    c.send(json!({"op":"ping","id":"before"})).await?;
+    futures_util::SinkExt::send(
+        &mut c.ws,
+        tokio_tungstenite::tungstenite::Message::Binary(vec![1u8, 2, 3].into()),
+    )
+    .await?;
+    assert_eq!(c.recv().await?, json!({"type":"pong","id":"before"}));
+    assert_eq!(c.closed(Duration::from_secs(5)).await?.code, Some(1003));
+    Ok(())
+}

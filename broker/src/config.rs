@@ -43,6 +43,8 @@ pub enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("environment variable {var}: no such key `{key}` (keys look like HERALD_SESSION__QUEUE_MAX_BYTES)")]
     UnknownEnv { var: String, key: String },
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
     #[error("config error in {origin}{env}: `{key}`: {message}")]
     Invalid {
         origin: Origin,
@@ -504,15 +506,15 @@ impl Config {
         Ok(())
     }
 
-    /// `server.listen` as a socket address.
+    /// `server.listen` as a socket address (`localhost:8080` resolves too).
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| {
-            invalid(
-                "server.listen",
-                &self.server.listen,
-                "host:port, e.g. 127.0.0.1:8080",
-            )
-        })
+        use std::net::ToSocketAddrs as _;
+        let listen = &self.server.listen;
+        listen
+            .parse()
+            .ok()
+            .or_else(|| listen.to_socket_addrs().ok().and_then(|mut a| a.next()))
+            .ok_or_else(|| invalid("server.listen", listen, "host:port, e.g. 127.0.0.1:8080"))
     }
 
     /// The effective configuration as TOML with every secret replaced by `***`.

@@ -38,7 +38,15 @@ fn load(cli: &Cli) -> Result<Config, herald::config::ConfigError> {
     let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
     if let Some(listen) = &cli.listen {
         config.server.listen = listen.clone();
-        config.validate()?;
+        // Name the flag, not the file, when the flag is what is wrong.
+        config
+            .listen_addr()
+            .map_err(|_| herald::config::ConfigError::Flag {
+                flag: "--listen",
+                message: format!(
+                    "`{listen}` is not valid: expected host:port, e.g. 127.0.0.1:8080"
+                ),
+            })?;
     }
     Ok(config)
 }

@@ -243,6 +243,13 @@ fn topics_field(topics: Option<Vec<String>>) -> Result<Vec<String>, ProtocolErro
 /// Parses one client text frame. On error, returns the request's id when it could be
 /// read, so the error reply still carries it.
 pub fn parse(text: &str) -> Result<(RequestId, Op), (RequestId, ProtocolError)> {
+    // serde would also read a struct from a JSON array; the protocol takes objects.
+    if !text.trim_start().starts_with('{') {
+        return Err((
+            None,
+            ProtocolError::bad_request("a message must be a JSON object"),
+        ));
+    }
     let req: Request<'_> = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -251,10 +258,8 @@ pub fn parse(text: &str) -> Result<(RequestId, Op), (RequestId, ProtocolError)> 
                 .and_then(|r| checked_id(r.id).ok().flatten());
             let message = if e.is_syntax() || e.is_eof() {
                 format!("not valid JSON: {e}")
-            } else if text.trim_start().starts_with('{') {
-                e.to_string()
             } else {
-                "a message must be a JSON object".to_owned()
+                e.to_string()
             };
             return Err((id, ProtocolError::bad_request(message)));
         }
@@ -496,6 +501,14 @@ mod tests {
         ] {
             let (_, e) = err(text);
             assert_eq!(e.code, ErrorCode::BadRequest, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn arrays_are_not_messages_even_when_serde_could_read_them() {
+        for text in [r#"["ping"]"#, "[1]", r#"["subscribe",1,["a"]]"#] {
+            let (id, e) = err(text);
+            assert_eq!((id, e.code), (None, ErrorCode::BadRequest), "{text}");
         }
     }
 

@@ -53,6 +53,9 @@ impl Slot {
     }
 }
 
+/// Most forgotten topic names a shard remembers (see [`Shard::forgotten`]).
+const FORGOTTEN_CAP: usize = 100_000;
+
 /// One registry shard.
 pub struct Shard {
     index: usize,
@@ -62,6 +65,13 @@ pub struct Shard {
     /// Wildcard pattern → its subscribers (by session id).
     patterns: HashMap<Pattern, HashMap<u64, Subscriber>>,
     settings: Arc<TopicSettings>,
+    /// Names of topics forgotten in this epoch. A topic created again under such a
+    /// name starts at seq 1, so a client's resume position is ambiguous between the
+    /// two lives: the new topic answers every resume with `reset` (see
+    /// `Topic::reborn`). Bounded: past [`FORGOTTEN_CAP`] names the shard stops
+    /// remembering and treats every new topic as possibly re-born.
+    forgotten: std::collections::HashSet<String>,
+    forgotten_overflow: bool,
 }
 
 impl Shard {
@@ -89,11 +99,13 @@ impl Shard {
                     }
                 }
             }
+            let reborn = self.forgotten.remove(name) || self.forgotten_overflow;
             let topic = Topic::new(
                 name.to_owned(),
                 self.settings.clone(),
                 ctx.address(),
                 first.into_values().collect(),
+                reborn,
             );
             let mut slot = Slot {
                 addr: topic.start(),
@@ -240,6 +252,11 @@ impl Handler<TopicIdle> for Shard {
             if let Some(slot) = self.topics.remove(&msg.topic) {
                 slot.addr.do_send(StopTopic);
                 METRICS.topics_changed(-1);
+                if self.forgotten.len() < FORGOTTEN_CAP {
+                    self.forgotten.insert(msg.topic);
+                } else {
+                    self.forgotten_overflow = true;
+                }
             }
         }
     }
@@ -314,6 +331,8 @@ impl Registry {
                     topics: HashMap::new(),
                     patterns: HashMap::new(),
                     settings,
+                    forgotten: Default::default(),
+                    forgotten_overflow: false,
                 })
             })
             .collect();

@@ -103,13 +103,13 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
             grace_ms = grace.as_millis() as u64,
             "shutting down: closing sessions with 1001"
         );
-        handle.stop(true).await;
+        // Stop accepting and let connections finish; the grace period starts now.
+        actix_rt::spawn(handle.stop(true));
+        tokio::time::sleep(grace + Duration::from_secs(1)).await;
+        warn!("grace period over; exiting with connections still open");
+        std::process::exit(0);
     });
-    let served = tokio::time::timeout(grace + Duration::from_secs(2), server).await;
-    match served {
-        Ok(result) => result?,
-        Err(_) => warn!("grace period over; exiting with connections still open"),
-    }
+    server.await?;
     info!("herald stopped");
     Ok(())
 }

@@ -232,14 +232,32 @@ impl Session {
         if let Some(handle) = self.write_in_flight.take() {
             ctx.cancel_future(handle);
         }
+        // With no write in flight, replies already queued (an `error`, a `pong`) go
+        // out before the close frame, bounded by the same timeout.
+        let (batch, _) = self.out.take_batch();
+        let writer = self.writer.take();
         if let Some(ws) = self.ws.take() {
             let reason = CloseReason {
                 code: CloseCode::from(code),
                 description: Some(why.to_owned()),
             };
-            actix_rt::spawn(async move {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
-            });
+            // The actor (and with it the inbound stream) stays alive until the close
+            // frame is written: dropping the stream first stalls actix-http's
+            // dispatcher for most of a second before it writes the frame.
+            let goodbye = async move {
+                if let Some(mut writer) = writer {
+                    for frame in batch {
+                        if writer.feed(WsMessage::Text(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = writer.flush().await;
+                }
+                let _ = ws.close(Some(reason)).await;
+            };
+            let goodbye = tokio::time::timeout(CLOSE_TIMEOUT, goodbye);
+            ctx.spawn(goodbye.into_actor(self).map(|_, _, ctx| ctx.stop()));
+            return;
         }
         ctx.stop();
     }
@@ -384,27 +402,37 @@ impl Session {
                 ),
             ));
         }
+        // What each new pattern replays. A resume position belongs to the first new
+        // pattern that matches its topic, so overlapping patterns in one request
+        // answer it once (one replay or one `reset`, never two).
         let mut resets: Vec<String> = Vec::new();
-        let replay = match (last, resume) {
-            (Some(n), _) => Replay::Last(n.min(self.broker.config().history.size as u32)),
+        let replays: Vec<Replay> = match (last, resume) {
+            (Some(n), _) => {
+                let n = n.min(self.broker.config().history.size as u32);
+                vec![Replay::Last(n); new.len()]
+            }
             (None, Some(resume)) => {
                 for name in resume.topics.keys() {
                     pattern::validate_topic(name).map_err(invalid_topic)?;
                 }
-                // Positions count only for topics this request newly subscribes to.
-                let covered: BTreeMap<String, u64> = resume
-                    .topics
-                    .into_iter()
-                    .filter(|(name, _)| new.iter().any(|p| p.matches(name)))
-                    .collect();
+                let mut per_pattern = vec![BTreeMap::new(); new.len()];
+                // Positions for topics no new pattern matches are ignored.
+                for (name, seq) in resume.topics {
+                    if let Some(i) = new.iter().position(|p| p.matches(&name)) {
+                        per_pattern[i].insert(name, seq);
+                    }
+                }
                 if resume.epoch == self.broker.epoch() {
-                    Replay::Resume(covered)
+                    per_pattern.into_iter().map(Replay::Resume).collect()
                 } else {
-                    resets = covered.into_keys().collect();
-                    Replay::None
+                    resets = per_pattern
+                        .into_iter()
+                        .flat_map(BTreeMap::into_keys)
+                        .collect();
+                    vec![Replay::None; new.len()]
                 }
             }
-            (None, None) => Replay::None,
+            (None, None) => vec![Replay::None; new.len()],
         };
         self.control(
             ServerMessage::Subscribed {
@@ -423,9 +451,8 @@ impl Session {
             self.control(frame, ctx);
         }
         let me = self.subscriber(ctx);
-        let replay = Arc::new(replay);
-        for p in new {
-            self.broker.registry().subscribe(&me, &p, replay.clone());
+        for (p, replay) in new.into_iter().zip(replays) {
+            self.broker.registry().subscribe(&me, &p, Arc::new(replay));
             self.subscriptions.insert(p);
             METRICS.subscriptions_changed(1);
         }

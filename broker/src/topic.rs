@@ -136,6 +136,10 @@ pub struct Topic {
     handled: u64,
     /// Whether an idle report is outstanding (avoid repeating it every tick).
     reported_idle: bool,
+    /// A topic of this name was forgotten earlier in this epoch: its seqs restarted
+    /// at 1, so a resume position may belong to the earlier life and cannot be
+    /// trusted. Every resume with a position above 0 gets `reset`.
+    reborn: bool,
 }
 
 impl Topic {
@@ -145,6 +149,7 @@ impl Topic {
         settings: Arc<TopicSettings>,
         shard: Addr<Shard>,
         pattern_subscribers: Vec<Subscriber>,
+        reborn: bool,
     ) -> Self {
         let subscribers = pattern_subscribers
             .into_iter()
@@ -168,6 +173,7 @@ impl Topic {
             shard,
             handled: 0,
             reported_idle: false,
+            reborn,
         }
     }
 
@@ -176,8 +182,8 @@ impl Topic {
             TopicReplay::None => return,
             TopicReplay::Last(n) => self.history.last(n as usize),
             TopicReplay::After(seq) => match self.history.after(seq, self.seq) {
-                Some(frames) => frames,
-                None => {
+                Some(frames) if !(self.reborn && seq > 0) => frames,
+                _ => {
                     subscriber.addr.do_send(Deliver::Reset {
                         topic: self.name.clone(),
                         reason: ResetReason::HistoryExpired,
