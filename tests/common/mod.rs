@@ -23,7 +23,23 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for something that should happen "within milliseconds".
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// Path of the `herald` binary, building it once if needed.
+/// Newest modification time under `dir` (recursively).
+fn newest(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            self::newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+/// Path of the `herald` binary; built when missing or older than its sources, so a
+/// test never runs against a stale broker.
 pub fn herald_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -35,7 +51,13 @@ pub fn herald_bin() -> PathBuf {
             .expect("target/<profile>")
             .to_path_buf();
         let bin = profile_dir.join("herald");
-        if !bin.exists() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let sources = ["broker", "bridges"]
+            .iter()
+            .filter_map(|d| newest(&root.join(d)))
+            .max();
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        if built.is_none() || sources > built {
             let status = Command::new(env!("CARGO"))
                 .args(["build", "-p", "herald", "--bin", "herald"])
                 .status()
