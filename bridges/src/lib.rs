@@ -11,10 +11,17 @@
 //! - [`BridgeEvent`], [`Source`]: the event as it enters Herald.
 //! - [`Bridge`], [`BridgeStatus`]: what every bridge tells the broker about itself
 //!   (its name for `/readyz` and metrics, and whether its subscriptions are in effect).
-//! - The `nats` and `kafka` features will hold one module each.
+//! - [`BridgeCounters`]: what each bridge counts, for the broker's metrics.
+//! - `nats` (feature `nats`): the NATS bridge. The `kafka` feature will hold the
+//!   Kafka bridge.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[cfg(feature = "nats")]
+pub mod nats;
 
 use actix::{Message, Recipient};
 use bytes::Bytes;
@@ -125,6 +132,32 @@ pub trait Bridge {
 
 /// Where a bridge sends its events: normally the broker's topic registry.
 pub type EventSink = Recipient<BridgeEvent>;
+
+/// How a bridge reports its status (the broker records it for `/readyz`).
+pub type StatusSink = Arc<dyn Fn(BridgeStatus) + Send + Sync>;
+
+/// What a bridge counts, read by the broker's `/metrics` (label `bridge`, one value
+/// per configured bridge: bounded).
+#[derive(Debug, Default)]
+pub struct BridgeCounters {
+    /// Messages received from the external system.
+    pub received: AtomicU64,
+    /// Messages dropped because the broker's hand-off queue was full.
+    pub dropped: AtomicU64,
+    /// Messages the client library dropped itself (NATS slow consumer).
+    pub slow_consumer: AtomicU64,
+    /// Times the connection was lost.
+    pub disconnects: AtomicU64,
+    /// Whether the connection is up now.
+    pub connected: AtomicBool,
+}
+
+impl BridgeCounters {
+    /// Adds `n` to `counter`; returns the previous value.
+    pub fn add(&self, counter: &AtomicU64, n: u64) -> u64 {
+        counter.fetch_add(n, Ordering::Relaxed)
+    }
+}
 
 #[cfg(test)]
 mod tests {

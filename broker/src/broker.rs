@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use actix::Recipient;
-use herald_bridges::{BridgeEvent, BridgeStatus};
+use actix::{Actor as _, Recipient};
+use herald_bridges::{BridgeCounters, BridgeEvent, BridgeStatus};
 
 use crate::admission::ConnectionLimiter;
 use crate::auth::{Authenticator, NoAuth};
@@ -95,7 +95,9 @@ struct Inner {
     auth: Arc<dyn Authenticator>,
     limiter: Arc<ConnectionLimiter>,
     sessions: SessionDirectory,
-    readiness: Readiness,
+    readiness: Arc<Readiness>,
+    /// Counters of every running bridge, by name, for `/metrics`.
+    bridges: Vec<(String, Arc<BridgeCounters>)>,
 }
 
 /// A running Herald node. Clone it freely.
@@ -144,6 +146,8 @@ impl Broker {
             config.server.max_connections,
             config.server.max_connections_per_ip,
         );
+        let readiness = Arc::new(Readiness::default());
+        let bridges = start_bridges(&config, &registry, &readiness);
         Ok(Broker {
             inner: Arc::new(Inner {
                 registry,
@@ -152,7 +156,8 @@ impl Broker {
                 auth: Arc::new(NoAuth),
                 limiter,
                 sessions: SessionDirectory::default(),
-                readiness: Readiness::default(),
+                readiness,
+                bridges,
                 config,
             }),
         })
@@ -196,6 +201,11 @@ impl Broker {
         &self.inner.readiness
     }
 
+    /// Counters of every running bridge, by name.
+    pub fn bridges(&self) -> &[(String, Arc<BridgeCounters>)] {
+        &self.inner.bridges
+    }
+
     /// Publishes an event from the embedding application (best-effort, like every
     /// publish: `Ok` means accepted for fan-out, not delivered).
     pub fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
@@ -215,4 +225,47 @@ impl Broker {
     pub fn shutdown(&self) -> usize {
         self.inner.sessions.shutdown_all()
     }
+}
+
+/// Starts every configured bridge, each with its own [`crate::ingress::Ingress`].
+fn start_bridges(
+    config: &Config,
+    registry: &Registry,
+    readiness: &Arc<Readiness>,
+) -> Vec<(String, Arc<BridgeCounters>)> {
+    let mut started = Vec::new();
+    #[cfg(feature = "nats")]
+    for b in &config.bridge.nats {
+        use herald_bridges::nats::{NatsBridge, NatsSettings};
+        let counters = Arc::new(BridgeCounters::default());
+        let ingress =
+            crate::ingress::Ingress::new(registry.clone(), config.server.ingest_capacity).start();
+        let name = b.name.clone();
+        let status_readiness = readiness.clone();
+        let status: herald_bridges::StatusSink =
+            Arc::new(move |status| status_readiness.set(&name, status));
+        status(BridgeStatus::Starting);
+        let settings = NatsSettings {
+            name: b.name.clone(),
+            url: b.url.clone(),
+            subjects: b.subjects.clone(),
+            topic_prefix: b.topic_prefix.clone(),
+            strip_prefix: b.strip_prefix.clone(),
+            user: b.user.clone(),
+            password: b.password.clone(),
+            token: b.token.clone(),
+            nkey: b.nkey.clone(),
+            creds_file: b.creds_file.clone(),
+            tls_ca_file: b.tls_ca_file.clone(),
+            tls_cert_file: b.tls_cert_file.clone(),
+            tls_key_file: b.tls_key_file.clone(),
+            tls_required: b.tls_required,
+            subscription_capacity: b.subscription_capacity,
+        };
+        NatsBridge::new(settings, ingress.recipient(), status, counters.clone()).start();
+        started.push((b.name.clone(), counters));
+    }
+    #[cfg(not(feature = "nats"))]
+    let _ = (config, registry, readiness);
+    started
 }

@@ -270,15 +270,42 @@ pub struct BridgeConfig {
     pub kafka: Vec<KafkaBridgeConfig>,
 }
 
-/// One `[[bridge.nats]]` entry.
+/// One `[[bridge.nats]]` entry: core NATS subscriptions mapped to topics.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsBridgeConfig {
+    /// Bridge name (unique): in `/readyz`, logs and the `bridge` metric label.
     pub name: String,
+    /// Server URL, or several comma-separated. Default `nats://127.0.0.1:4222`.
     pub url: String,
+    /// Subjects to subscribe to; wildcards allowed. Default `["events.>"]`.
     pub subjects: Vec<String>,
+    /// Prepended to every topic. Default empty.
     pub topic_prefix: String,
+    /// Removed from the start of a subject when present. Default empty.
     pub strip_prefix: String,
+    /// Username (with `password`).
+    pub user: String,
+    /// Password (masked by `check-config`).
+    pub password: String,
+    /// Token (masked).
+    pub token: String,
+    /// NKey seed (masked).
+    pub nkey: String,
+    /// Path of a `.creds` file.
+    pub creds_file: String,
+    /// CA certificate (PEM) to trust.
+    pub tls_ca_file: String,
+    /// Client certificate (PEM), with `tls_key_file`, for mutual TLS.
+    pub tls_cert_file: String,
+    /// Client key (PEM).
+    pub tls_key_file: String,
+    /// Require TLS. Default false (a `tls://` URL requires it too).
+    pub tls_required: bool,
+    /// Messages buffered per subscription in the NATS client before it drops them
+    /// (counted as `herald_bridge_slow_consumer_total`). Default 65536.
+    pub subscription_capacity: usize,
+    /// JetStream start (not in this build: refused when set).
     pub jetstream: Option<BTreeMap<String, String>>,
 }
 
@@ -290,6 +317,16 @@ impl Default for NatsBridgeConfig {
             subjects: vec!["events.>".into()],
             topic_prefix: String::new(),
             strip_prefix: String::new(),
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            nkey: String::new(),
+            creds_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_required: false,
+            subscription_capacity: 65_536,
             jetstream: None,
         }
     }
@@ -482,12 +519,48 @@ impl Config {
                 "\"none\" (this build has no authentication yet)",
             ));
         }
-        if !self.bridge.nats.is_empty() {
-            return Err(invalid(
-                "bridge.nats",
-                "[[bridge.nats]]",
-                "no entries (this build has no NATS bridge yet)",
-            ));
+        let mut names = std::collections::BTreeSet::new();
+        for (i, b) in self.bridge.nats.iter().enumerate() {
+            let key = |k: &str| format!("bridge.nats[{i}].{k}");
+            if b.name.is_empty() || !names.insert(b.name.clone()) {
+                return Err(invalid(
+                    &key("name"),
+                    &b.name,
+                    "a name that no other bridge has",
+                ));
+            }
+            if b.url.trim().is_empty() {
+                return Err(invalid(
+                    &key("url"),
+                    &b.url,
+                    "a NATS URL like nats://127.0.0.1:4222",
+                ));
+            }
+            if b.subjects.is_empty() {
+                return Err(invalid(&key("subjects"), "[]", "at least one subject"));
+            }
+            for s in &b.subjects {
+                if s.is_empty()
+                    || s.contains(char::is_whitespace)
+                    || s.split('.').any(str::is_empty)
+                {
+                    return Err(invalid(
+                        &key("subjects"),
+                        s,
+                        "NATS subjects like `events.>`",
+                    ));
+                }
+            }
+            if b.subscription_capacity == 0 {
+                return Err(invalid(&key("subscription_capacity"), 0, "at least 1"));
+            }
+            if b.jetstream.is_some() {
+                return Err(invalid(
+                    &key("jetstream"),
+                    "{…}",
+                    "no JetStream start (not in this build yet)",
+                ));
+            }
         }
         if !self.bridge.kafka.is_empty() {
             return Err(invalid(
@@ -538,6 +611,9 @@ impl Config {
             }
         }
         for b in &mut masked.bridge.nats {
+            mask(&mut b.password);
+            mask(&mut b.token);
+            mask(&mut b.nkey);
             if let Some(at) = b.url.find('@') {
                 if let Some(scheme) = b.url.find("://") {
                     b.url.replace_range(scheme + 3..at, "***");
@@ -762,11 +838,31 @@ mod tests {
             .expect_err("jwt")
             .to_string();
         assert!(msg.contains("auth.mode"), "{msg}");
-        let f = file("[[bridge.nats]]\nurl = \"nats://127.0.0.1:4222\"\n");
-        let msg = Config::load(Some(f.path()), no_env())
-            .expect_err("nats")
+    }
+
+    #[test]
+    fn nats_bridges_are_validated_by_key() {
+        let load = |text: &str| Config::load(Some(file(text).path()), no_env());
+        let msg = load("[[bridge.nats]]\njetstream = { stream = \"E\", deliver = \"all\" }\n")
+            .expect_err("jetstream")
             .to_string();
-        assert!(msg.contains("bridge.nats"), "{msg}");
+        assert!(msg.contains("bridge.nats[0].jetstream"), "{msg}");
+        let msg = load("[[bridge.nats]]\nsubjects = [\"a..b\"]\n")
+            .expect_err("subject")
+            .to_string();
+        assert!(
+            msg.contains("bridge.nats[0].subjects") && msg.contains("a..b"),
+            "{msg}"
+        );
+        let msg = load("[[bridge.nats]]\n[[bridge.nats]]\n")
+            .expect_err("names")
+            .to_string();
+        assert!(msg.contains("bridge.nats[1].name"), "{msg}");
+        let c =
+            load("[[bridge.nats]]\nurl = \"nats://127.0.0.1:4222\"\npassword = \"pw-secret\"\n")
+                .expect("a NATS bridge is valid");
+        assert_eq!(c.bridge.nats[0].subjects, vec!["events.>".to_string()]);
+        assert!(!c.to_masked_toml().contains("pw-secret"));
     }
 
     #[test]

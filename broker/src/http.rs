@@ -330,10 +330,12 @@ async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
     }
 }
 
-async fn metrics() -> HttpResponse {
+async fn metrics(broker: web::Data<Broker>) -> HttpResponse {
+    let mut text = METRICS.render();
+    text.push_str(&crate::metrics::render_bridges(broker.bridges()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(METRICS.render())
+        .body(text)
 }
 
 async fn index() -> HttpResponse {

@@ -11,6 +11,7 @@
 //! - [`session`]: one actor per WebSocket connection.
 //! - [`topic`]: one actor per topic: seq, history ring, subscribers, fan-out.
 //! - [`registry`]: topic name → topic actor, sharded by hash; wildcard subscriptions.
+//! - [`ingress`]: where each bridge's events enter the topic layer.
 //! - [`message`]: the messages between those actors.
 //! - [`protocol`]: client ops, server messages, error and close codes.
 //! - [`event`]: rendering an event frame once, for every subscriber.
@@ -38,6 +39,7 @@ pub mod broker;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod ingress;
 pub mod message;
 pub mod metrics;
 pub mod outbound;

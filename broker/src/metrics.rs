@@ -264,6 +264,57 @@ impl Metrics {
     }
 }
 
+/// Per-bridge metrics (label `bridge`: one value per configured bridge).
+pub fn render_bridges(
+    bridges: &[(String, std::sync::Arc<herald_bridges::BridgeCounters>)],
+) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    if bridges.is_empty() {
+        return out;
+    }
+    type Pick = fn(&herald_bridges::BridgeCounters) -> u64;
+    let families: [(&str, &str, &str, Pick); 5] = [
+        (
+            "herald_bridge_connected",
+            "gauge",
+            "1 while the bridge is connected.",
+            |c| u64::from(c.connected.load(Relaxed)),
+        ),
+        (
+            "herald_bridge_messages_total",
+            "counter",
+            "Messages received by the bridge.",
+            |c| c.received.load(Relaxed),
+        ),
+        (
+            "herald_bridge_dropped_total",
+            "counter",
+            "Messages dropped because the broker's hand-off queue was full.",
+            |c| c.dropped.load(Relaxed),
+        ),
+        (
+            "herald_bridge_slow_consumer_total",
+            "counter",
+            "Messages the client library dropped (NATS slow consumer).",
+            |c| c.slow_consumer.load(Relaxed),
+        ),
+        (
+            "herald_bridge_disconnects_total",
+            "counter",
+            "Times the bridge lost its connection.",
+            |c| c.disconnects.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, pick) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (bridge, counters) in bridges {
+            let _ = writeln!(out, "{name}{{bridge=\"{bridge}\"}} {}", pick(counters));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +335,18 @@ mod tests {
         ] {
             assert!(text.contains(family), "missing {family} in\n{text}");
         }
+        let counters = std::sync::Arc::new(herald_bridges::BridgeCounters::default());
+        counters.add(&counters.received, 5);
+        let bridges = render_bridges(&[("events".to_string(), counters)]);
+        assert!(
+            bridges.contains("herald_bridge_messages_total{bridge=\"events\"} 5"),
+            "{bridges}"
+        );
+        assert!(
+            bridges.contains("herald_bridge_connected{bridge=\"events\"} 0"),
+            "{bridges}"
+        );
+        assert!(render_bridges(&[]).is_empty());
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().expect("value");

@@ -5,6 +5,8 @@
 //! The binary is the one cargo built for this workspace (`target/<profile>/herald`,
 //! next to the test executable's `deps/` folder); it is built when missing.
 
+pub mod nats;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

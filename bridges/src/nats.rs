@@ -1,0 +1,293 @@
+//! The NATS bridge: core NATS subscriptions (wildcards allowed) mapped to Herald
+//! topics, one connection per `[[bridge.nats]]` entry.
+//!
+//! Delivery through NATS is at-most-once too: core NATS does not redeliver. The
+//! bridge never blocks the NATS client on a slow broker: it hands each message to
+//! the broker with `try_send` and counts what does not fit. async-nats reconnects by
+//! itself (forever, with backoff) and re-subscribes on reconnect; the bridge reports
+//! `Down` while disconnected and `Ready` once its subscriptions are flushed to the
+//! server again, so `/readyz` tells a load balancer the truth.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::StreamExt as _;
+use tracing::{info, warn};
+
+use crate::{BridgeCounters, BridgeEvent, BridgeStatus, EventSink, Source, StatusSink};
+
+/// Settings of one NATS bridge (the broker maps `[[bridge.nats]]` onto this).
+#[derive(Debug, Clone, Default)]
+pub struct NatsSettings {
+    /// Bridge name, for `/readyz`, logs and metric labels.
+    pub name: String,
+    /// Server URL(s), comma-separated: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Core NATS subjects to subscribe to (wildcards allowed).
+    pub subjects: Vec<String>,
+    /// Prepended to the topic after `strip_prefix` is removed.
+    pub topic_prefix: String,
+    /// Removed from the start of a subject when present.
+    pub strip_prefix: String,
+    /// Username and password (both or neither).
+    pub user: String,
+    pub password: String,
+    /// Authentication token.
+    pub token: String,
+    /// NKey seed.
+    pub nkey: String,
+    /// Path of a `.creds` file (JWT + NKey).
+    pub creds_file: String,
+    /// CA certificate (PEM) to trust for TLS.
+    pub tls_ca_file: String,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// Require TLS even for `nats://` URLs.
+    pub tls_required: bool,
+    /// Messages async-nats buffers per subscription before it drops (and reports a
+    /// slow consumer). Sized on purpose: large enough to ride out a burst, bounded.
+    pub subscription_capacity: usize,
+}
+
+/// Maps a subject to a Herald topic: strip `strip_prefix` when present, then prepend
+/// `topic_prefix`. The result is validated by the topic layer (invalid topics are
+/// dropped and counted there).
+pub fn topic_for(subject: &str, strip_prefix: &str, topic_prefix: &str) -> String {
+    let rest = if strip_prefix.is_empty() {
+        subject
+    } else {
+        subject.strip_prefix(strip_prefix).unwrap_or(subject)
+    };
+    format!("{topic_prefix}{rest}")
+}
+
+/// Errors setting up a NATS connection.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("bridge {bridge}: cannot read {what} {path}: {source}")]
+    Credentials {
+        bridge: String,
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bridge {bridge}: cannot connect to {url}: {message}")]
+    Connect {
+        bridge: String,
+        url: String,
+        message: String,
+    },
+    #[error("bridge {bridge}: cannot subscribe to {subject}: {message}")]
+    Subscribe {
+        bridge: String,
+        subject: String,
+        message: String,
+    },
+}
+
+/// The NATS bridge actor.
+pub struct NatsBridge {
+    settings: Arc<NatsSettings>,
+    sink: EventSink,
+    status: StatusSink,
+    counters: Arc<BridgeCounters>,
+}
+
+impl NatsBridge {
+    pub fn new(
+        settings: NatsSettings,
+        sink: EventSink,
+        status: StatusSink,
+        counters: Arc<BridgeCounters>,
+    ) -> Self {
+        NatsBridge {
+            settings: Arc::new(settings),
+            sink,
+            status,
+            counters,
+        }
+    }
+}
+
+async fn options(
+    s: &NatsSettings,
+    status: StatusSink,
+    counters: Arc<BridgeCounters>,
+) -> Result<async_nats::ConnectOptions, NatsError> {
+    let mut opts = if !s.creds_file.is_empty() {
+        async_nats::ConnectOptions::with_credentials_file(&s.creds_file)
+            .await
+            .map_err(|source| NatsError::Credentials {
+                bridge: s.name.clone(),
+                what: "creds file",
+                path: s.creds_file.clone(),
+                source,
+            })?
+    } else if !s.nkey.is_empty() {
+        async_nats::ConnectOptions::with_nkey(s.nkey.clone())
+    } else if !s.token.is_empty() {
+        async_nats::ConnectOptions::with_token(s.token.clone())
+    } else if !s.user.is_empty() {
+        async_nats::ConnectOptions::with_user_and_password(s.user.clone(), s.password.clone())
+    } else {
+        async_nats::ConnectOptions::new()
+    };
+    if !s.tls_ca_file.is_empty() {
+        opts = opts.add_root_certificates(s.tls_ca_file.clone().into());
+    }
+    if !s.tls_cert_file.is_empty() {
+        opts = opts.add_client_certificate(
+            s.tls_cert_file.clone().into(),
+            s.tls_key_file.clone().into(),
+        );
+    }
+    let name = s.name.clone();
+    Ok(opts
+        .require_tls(s.tls_required)
+        .name(format!("herald-{}", s.name))
+        .subscription_capacity(s.subscription_capacity.max(1))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let status = status.clone();
+            let counters = counters.clone();
+            let name = name.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        counters.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                        // async-nats re-subscribes before it reports Connected.
+                        info!(bridge = %name, "nats connected");
+                        status(BridgeStatus::Ready);
+                    }
+                    async_nats::Event::Disconnected => {
+                        counters.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                        counters.add(&counters.disconnects, 1);
+                        warn!(bridge = %name, "nats disconnected; reconnecting");
+                        status(BridgeStatus::Down("disconnected from NATS; reconnecting".into()));
+                    }
+                    async_nats::Event::SlowConsumer(_) => {
+                        // Logged at most once per 1000 drops: a slow consumer is a
+                        // storm, not an event.
+                        let before = counters.add(&counters.slow_consumer, 1);
+                        if before % 1000 == 0 {
+                            warn!(bridge = %name, total = before + 1, "nats slow consumer: messages dropped by the client");
+                        }
+                    }
+                    other => info!(bridge = %name, event = %other, "nats event"),
+                }
+            }
+        }))
+}
+
+async fn run(
+    settings: Arc<NatsSettings>,
+    sink: EventSink,
+    status: StatusSink,
+    counters: Arc<BridgeCounters>,
+) -> Result<(), NatsError> {
+    let s = &*settings;
+    let client = options(s, status.clone(), counters.clone())
+        .await?
+        .connect(s.url.as_str())
+        .await
+        .map_err(|e| NatsError::Connect {
+            bridge: s.name.clone(),
+            url: s.url.clone(),
+            message: e.to_string(),
+        })?;
+    let mut subs = Vec::with_capacity(s.subjects.len());
+    for subject in &s.subjects {
+        let sub = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| NatsError::Subscribe {
+                bridge: s.name.clone(),
+                subject: subject.clone(),
+                message: e.to_string(),
+            })?;
+        subs.push(sub);
+    }
+    // Ready only once the server has the subscriptions (PING/PONG round trip).
+    if client.flush().await.is_ok() {
+        counters
+            .connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        status(BridgeStatus::Ready);
+        info!(bridge = %s.name, subjects = ?s.subjects, "nats bridge subscribed");
+    }
+    let mut messages = futures_util::stream::select_all(subs);
+    while let Some(msg) = messages.next().await {
+        counters.add(&counters.received, 1);
+        let mut headers = BTreeMap::new();
+        if let Some(h) = &msg.headers {
+            for (name, values) in h.iter() {
+                let joined: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
+                headers.insert(name.to_string(), joined.join(","));
+            }
+        }
+        let event = BridgeEvent {
+            topic: topic_for(msg.subject.as_str(), &s.strip_prefix, &s.topic_prefix),
+            payload: msg.payload,
+            key: None,
+            headers,
+            source: Source::Nats,
+        };
+        if sink.try_send(event).is_err() {
+            counters.add(&counters.dropped, 1);
+        }
+    }
+    Ok(())
+}
+
+impl Actor for NatsBridge {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        (self.status)(BridgeStatus::Starting);
+        let fut = run(
+            self.settings.clone(),
+            self.sink.clone(),
+            self.status.clone(),
+            self.counters.clone(),
+        );
+        let status = self.status.clone();
+        let name = self.settings.name.clone();
+        ctx.spawn(
+            async move {
+                match fut.await {
+                    Ok(()) => {
+                        warn!(bridge = %name, "nats subscriptions ended");
+                        status(BridgeStatus::Down("NATS subscriptions ended".into()));
+                    }
+                    Err(e) => {
+                        warn!(bridge = %name, error = %e, "nats bridge failed");
+                        status(BridgeStatus::Down(e.to_string()));
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_strips_then_prefixes() {
+        assert_eq!(topic_for("events.orders.eu", "events.", ""), "orders.eu");
+        assert_eq!(topic_for("events.orders.eu", "", ""), "events.orders.eu");
+        assert_eq!(
+            topic_for("events.orders.eu", "events.", "nats."),
+            "nats.orders.eu"
+        );
+        // A subject without the prefix is kept whole.
+        assert_eq!(topic_for("other.x", "events.", ""), "other.x");
+    }
+}
