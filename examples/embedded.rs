@@ -19,7 +19,7 @@ async fn create_order(path: web::Path<u64>, broker: web::Data<Broker>) -> HttpRe
     let mut event = BridgeEvent::new("orders.created", payload, Source::Http);
     event.key = Some(format!("order-{id}"));
     // Best-effort: `Ok` means accepted for fan-out, not delivered.
-    match broker.publish(event) {
+    match broker.publish(event).await {
         Ok(()) => HttpResponse::Created().json(serde_json::json!({ "id": id })),
         Err(e) => {
             HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() }))

@@ -61,19 +61,19 @@ async fn nats_messages_reach_websocket_subscribers() -> Result<()> {
         .await?;
     publisher.flush().await?;
 
-    let e = c.event().await?;
-    assert_eq!(e["topic"], "orders.eu");
+    // Three topics, three shards: order is per topic only, so look them up by name.
+    let mut by_topic = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let e = c.event().await?;
+        by_topic.insert(e["topic"].as_str().unwrap_or_default().to_string(), e);
+    }
+    let e = &by_topic["orders.eu"];
     assert_eq!(e["source"], "nats");
     assert_eq!(e["data"], json!({"id": 7}));
     assert_eq!(e["headers"], json!({"trace": "abc"}));
     assert_eq!(e["seq"], 1);
-    let e = c.event().await?;
-    assert_eq!(
-        (e["topic"].as_str(), &e["data"]),
-        (Some("orders.us"), &json!("plain text"))
-    );
-    let e = c.event().await?;
-    assert_eq!(e["topic"], "orders.bin");
+    assert_eq!(by_topic["orders.us"]["data"], json!("plain text"));
+    let e = &by_topic["orders.bin"];
     assert_eq!(e["data_b64"], "/wAQ");
     assert!(e.get("data").is_none());
     c.expect_silence(Duration::from_millis(300)).await?;
@@ -177,5 +177,143 @@ async fn a_bridge_that_cannot_connect_is_not_ready_but_herald_serves() -> Result
     c.subscribe(&["x"]).await?;
     broker.publish("x", json!(1)).await?;
     assert_eq!(c.event().await?["data"], 1);
+    Ok(())
+}
+
+fn cluster_node(url: &str) -> String {
+    config(
+        "",
+        &format!(
+            "[cluster]\nbackplane = \"bus\"\nsubject_prefix = \"herald.\"\n\
+             [[bridge.nats]]\nname = \"bus\"\nurl = \"{url}\"\nsubjects = [\"herald.>\"]\nstrip_prefix = \"herald.\"\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_sharing_nats_deliver_each_publish_exactly_once_everywhere() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let nodes = [
+        Broker::start(&cluster_node(&nats.url()))?,
+        Broker::start(&cluster_node(&nats.url()))?,
+        Broker::start(&cluster_node(&nats.url()))?,
+    ];
+    let mut clients = Vec::new();
+    for node in &nodes {
+        ready(node, 200).await?;
+        let mut c = node.client().await?;
+        c.subscribe(&["chat.*"]).await?;
+        clients.push(c);
+    }
+    // HTTP on node 0, with a key and a header.
+    let (status, body) = nodes[0]
+        .post_raw(
+            "/api/publish",
+            json!({"topic":"chat.room1","data":{"n":1},"key":"k1","headers":{"trace":"t1"}})
+                .to_string(),
+        )
+        .await?;
+    assert_eq!((status, &body), (202, &json!({"accepted": 1})));
+    // WebSocket on node 1 (from a client that is not subscribed).
+    let mut publisher = nodes[1].client().await?;
+    let (ok, _) = publisher
+        .request(json!({"op":"publish","topic":"chat.room1","data":{"n":2}}))
+        .await?;
+    assert_eq!(ok["type"], "ok", "{ok}");
+
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = [c.event().await?, c.event().await?];
+        got.sort_by_key(|e| e["data"]["n"].as_u64());
+        assert_eq!(got[0]["source"], "http", "node {i}: {}", got[0]);
+        assert_eq!(got[0]["key"], "k1", "node {i}");
+        assert_eq!(got[0]["headers"], json!({"trace":"t1"}), "node {i}");
+        assert_eq!(got[1]["source"], "ws", "node {i}: {}", got[1]);
+        assert!(
+            got[1].get("key").is_none() && got[1].get("headers").is_none(),
+            "node {i}: {}",
+            got[1]
+        );
+        // Exactly once: nothing more arrives.
+        c.expect_silence(Duration::from_millis(400)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_fail_clearly_while_the_backplane_is_down() -> Result<()> {
+    let mut nats = NatsServer::start()?;
+    let broker = Broker::start(&cluster_node(&nats.url()))?;
+    ready(&broker, 200).await?;
+    let mut c = broker.client().await?;
+    c.subscribe(&["chat.*"]).await?;
+
+    nats.stop();
+    ready(&broker, 503).await?;
+    let (status, body) = broker.publish_status("chat.a", json!(1)).await?;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("backplane")),
+        "{body}"
+    );
+    let (reply, _) = c
+        .request(json!({"op":"publish","topic":"chat.a","data":1}))
+        .await?;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("internal")),
+        "{reply}"
+    );
+
+    nats.restart()?;
+    ready(&broker, 200).await?;
+    broker.publish("chat.a", json!("back")).await?;
+    assert_eq!(c.event().await?["data"], "back");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_nats_cannot_carry_are_a_400_not_a_crash() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let broker = Broker::start(&cluster_node(&nats.url()))?;
+    ready(&broker, 200).await?;
+    let (status, body) = broker
+        .post_raw(
+            "/api/publish",
+            json!({"topic":"a","data":1,"headers":{"bad:name":"x"}}).to_string(),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (status, _) = broker
+        .post_raw(
+            "/api/publish",
+            json!({"topic":"a","data":1,"headers":{"v":"line\r\nbreak"}}).to_string(),
+        )
+        .await?;
+    assert_eq!(status, 400);
+    assert_eq!(broker.get("/healthz").await?.0, 200, "the broker survived");
+    Ok(())
+}
+
+#[test]
+fn backplane_config_must_round_trip_topics() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("herald.toml");
+    let bad = "[cluster]\nbackplane = \"bus\"\nsubject_prefix = \"herald.\"\n\
+               [[bridge.nats]]\nname = \"bus\"\nsubjects = [\"events.>\"]\n";
+    std::fs::write(&path, bad)?;
+    let out = std::process::Command::new(herald_e2e::herald_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cluster.backplane") && err.contains("herald.>"),
+        "{err}"
+    );
     Ok(())
 }

@@ -16,6 +16,9 @@ use actix::prelude::*;
 use futures_util::StreamExt as _;
 use tracing::{info, warn};
 
+/// The NATS client crate, for code that publishes through a bridge's connection.
+pub use async_nats;
+
 use crate::{BridgeCounters, BridgeEvent, BridgeStatus, EventSink, Source, StatusSink};
 
 /// Settings of one NATS bridge (the broker maps `[[bridge.nats]]` onto this).
@@ -88,12 +91,22 @@ pub enum NatsError {
     },
 }
 
+/// The bridge's connection, once made, for publishing through it (the cluster
+/// backplane). async-nats reconnects behind the same handle.
+pub type ClientSlot = Arc<std::sync::OnceLock<async_nats::Client>>;
+
+/// Header carrying an event's original `source` through the backplane.
+pub const SOURCE_HEADER: &str = "Herald-Source";
+/// Header carrying an event's `key` through the backplane.
+pub const KEY_HEADER: &str = "Herald-Key";
+
 /// The NATS bridge actor.
 pub struct NatsBridge {
     settings: Arc<NatsSettings>,
     sink: EventSink,
     status: StatusSink,
     counters: Arc<BridgeCounters>,
+    client: ClientSlot,
 }
 
 impl NatsBridge {
@@ -102,13 +115,51 @@ impl NatsBridge {
         sink: EventSink,
         status: StatusSink,
         counters: Arc<BridgeCounters>,
+        client: ClientSlot,
     ) -> Self {
         NatsBridge {
             settings: Arc::new(settings),
             sink,
             status,
             counters,
+            client,
         }
+    }
+}
+
+/// Builds the event for a NATS message. `Herald-Source` and `Herald-Key` headers
+/// (set by a Herald node publishing through the backplane) restore the event's
+/// source and key; other headers pass through, multiple values joined by `,`.
+pub fn event_for(s: &NatsSettings, msg: async_nats::Message) -> BridgeEvent {
+    let mut headers = BTreeMap::new();
+    let mut source = Source::Nats;
+    let mut key = None;
+    if let Some(h) = &msg.headers {
+        for (name, values) in h.iter() {
+            let joined: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
+            let value = joined.join(",");
+            match name.as_ref() {
+                SOURCE_HEADER => {
+                    source = match value.as_str() {
+                        "http" => Source::Http,
+                        "ws" => Source::Ws,
+                        "kafka" => Source::Kafka,
+                        _ => Source::Nats,
+                    }
+                }
+                KEY_HEADER => key = Some(value),
+                _ => {
+                    headers.insert(name.to_string(), value);
+                }
+            }
+        }
+    }
+    BridgeEvent {
+        topic: topic_for(msg.subject.as_str(), &s.strip_prefix, &s.topic_prefix),
+        payload: msg.payload,
+        key,
+        headers,
+        source,
     }
 }
 
@@ -189,6 +240,7 @@ async fn run(
     sink: EventSink,
     status: StatusSink,
     counters: Arc<BridgeCounters>,
+    slot: ClientSlot,
 ) -> Result<(), NatsError> {
     let s = &*settings;
     let client = options(s, status.clone(), counters.clone())
@@ -221,23 +273,10 @@ async fn run(
         info!(bridge = %s.name, subjects = ?s.subjects, "nats bridge subscribed");
     }
     let mut messages = futures_util::stream::select_all(subs);
+    let _ = slot.set(client);
     while let Some(msg) = messages.next().await {
         counters.add(&counters.received, 1);
-        let mut headers = BTreeMap::new();
-        if let Some(h) = &msg.headers {
-            for (name, values) in h.iter() {
-                let joined: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
-                headers.insert(name.to_string(), joined.join(","));
-            }
-        }
-        let event = BridgeEvent {
-            topic: topic_for(msg.subject.as_str(), &s.strip_prefix, &s.topic_prefix),
-            payload: msg.payload,
-            key: None,
-            headers,
-            source: Source::Nats,
-        };
-        if sink.try_send(event).is_err() {
+        if sink.try_send(event_for(s, msg)).is_err() {
             counters.add(&counters.dropped, 1);
         }
     }
@@ -254,6 +293,7 @@ impl Actor for NatsBridge {
             self.sink.clone(),
             self.status.clone(),
             self.counters.clone(),
+            self.client.clone(),
         );
         let status = self.status.clone();
         let name = self.settings.name.clone();

@@ -98,6 +98,9 @@ struct Inner {
     readiness: Arc<Readiness>,
     /// Counters of every running bridge, by name, for `/metrics`.
     bridges: Vec<(String, Arc<BridgeCounters>)>,
+    /// Where publishes go when a cluster backplane is configured.
+    #[cfg(feature = "nats")]
+    backplane: Option<crate::backplane::Backplane>,
 }
 
 /// A running Herald node. Clone it freely.
@@ -147,7 +150,7 @@ impl Broker {
             config.server.max_connections_per_ip,
         );
         let readiness = Arc::new(Readiness::default());
-        let bridges = start_bridges(&config, &registry, &readiness);
+        let started = start_bridges(&config, &registry, &readiness);
         Ok(Broker {
             inner: Arc::new(Inner {
                 registry,
@@ -157,7 +160,9 @@ impl Broker {
                 limiter,
                 sessions: SessionDirectory::default(),
                 readiness,
-                bridges,
+                bridges: started.counters,
+                #[cfg(feature = "nats")]
+                backplane: started.backplane,
                 config,
             }),
         })
@@ -206,9 +211,17 @@ impl Broker {
         &self.inner.bridges
     }
 
-    /// Publishes an event from the embedding application (best-effort, like every
-    /// publish: `Ok` means accepted for fan-out, not delivered).
-    pub fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
+    /// Publishes an event: to the cluster backplane when one is configured (every
+    /// node, this one included, receives it through its NATS bridge), else straight
+    /// to the local topic. Best-effort: `Ok` means accepted for fan-out, not
+    /// delivered. HTTP, WebSocket and embedding applications all publish here.
+    pub async fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
+        crate::pattern::validate_topic(&event.topic)?;
+        #[cfg(feature = "nats")]
+        if let Some(backplane) = &self.inner.backplane {
+            // Counted in herald_events_in_total when it comes back through the bridge.
+            return backplane.publish(event).await;
+        }
         self.inner.registry.publish(event)
     }
 
@@ -227,13 +240,21 @@ impl Broker {
     }
 }
 
-/// Starts every configured bridge, each with its own [`crate::ingress::Ingress`].
-fn start_bridges(
-    config: &Config,
-    registry: &Registry,
-    readiness: &Arc<Readiness>,
-) -> Vec<(String, Arc<BridgeCounters>)> {
-    let mut started = Vec::new();
+/// What [`start_bridges`] started.
+struct Started {
+    counters: Vec<(String, Arc<BridgeCounters>)>,
+    #[cfg(feature = "nats")]
+    backplane: Option<crate::backplane::Backplane>,
+}
+
+/// Starts every configured bridge, each with its own [`crate::ingress::Ingress`],
+/// and the backplane when `cluster.backplane` names one of them.
+fn start_bridges(config: &Config, registry: &Registry, readiness: &Arc<Readiness>) -> Started {
+    let mut started = Started {
+        counters: Vec::new(),
+        #[cfg(feature = "nats")]
+        backplane: None,
+    };
     #[cfg(feature = "nats")]
     for b in &config.bridge.nats {
         use herald_bridges::nats::{NatsBridge, NatsSettings};
@@ -262,8 +283,24 @@ fn start_bridges(
             tls_required: b.tls_required,
             subscription_capacity: b.subscription_capacity,
         };
-        NatsBridge::new(settings, ingress.recipient(), status, counters.clone()).start();
-        started.push((b.name.clone(), counters));
+        let client = herald_bridges::nats::ClientSlot::default();
+        NatsBridge::new(
+            settings,
+            ingress.recipient(),
+            status,
+            counters.clone(),
+            client.clone(),
+        )
+        .start();
+        if config.cluster.backplane == b.name {
+            started.backplane = Some(crate::backplane::Backplane {
+                bridge: b.name.clone(),
+                client,
+                counters: counters.clone(),
+                prefix: config.cluster.subject_prefix.clone(),
+            });
+        }
+        started.counters.push((b.name.clone(), counters));
     }
     #[cfg(not(feature = "nats"))]
     let _ = (config, registry, readiness);

@@ -570,10 +570,45 @@ impl Config {
             ));
         }
         if !self.cluster.backplane.is_empty() {
+            self.validate_backplane()?;
+        }
+        Ok(())
+    }
+
+    /// The backplane must name a NATS bridge whose subscriptions bring every
+    /// publish back under the same topic name, or nodes would miss or rename events.
+    fn validate_backplane(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let Some(b) = self.bridge.nats.iter().find(|b| b.name == c.backplane) else {
             return Err(invalid(
                 "cluster.backplane",
-                &self.cluster.backplane,
-                "\"\" (this build has no NATS backplane yet)",
+                &c.backplane,
+                "the name of a [[bridge.nats]] entry",
+            ));
+        };
+        if !c.subject_prefix.is_empty() && !c.subject_prefix.ends_with('.') {
+            return Err(invalid(
+                "cluster.subject_prefix",
+                &c.subject_prefix,
+                "empty or ending with `.`, like `herald.`",
+            ));
+        }
+        let all = format!("{}>", c.subject_prefix);
+        if !b.subjects.iter().any(|s| crate::pattern::covers(s, &all)) {
+            return Err(invalid(
+                "cluster.backplane",
+                &c.backplane,
+                &format!("a bridge that subscribes to `{all}` (its subjects must cover every backplane subject)"),
+            ));
+        }
+        if b.strip_prefix != c.subject_prefix || !b.topic_prefix.is_empty() {
+            return Err(invalid(
+                "cluster.subject_prefix",
+                &c.subject_prefix,
+                &format!(
+                    "the backplane bridge `{}` to have strip_prefix = \"{}\" and no topic_prefix, so subjects map back to the same topics",
+                    b.name, c.subject_prefix
+                ),
             ));
         }
         Ok(())

@@ -295,15 +295,19 @@ async fn publish(
     }
     let total = events.len();
     for (accepted, event) in events.into_iter().enumerate() {
-        if let Err(e) = broker.publish(event) {
+        if let Err(e) = broker.publish(event).await {
             let status = match e {
-                PublishError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-                PublishError::InvalidTopic(_) => StatusCode::BAD_REQUEST,
+                PublishError::Busy | PublishError::BackplaneDown(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                PublishError::InvalidTopic(_) | PublishError::InvalidHeader(_) => {
+                    StatusCode::BAD_REQUEST
+                }
             };
             return Err(ApiError::protocol(
                 status,
-                ErrorCode::Internal,
-                format!("{e}; accepted {accepted} of {total}"),
+                e.code(),
+                format!("event {accepted}: {e}; accepted {accepted} of {total}"),
             ));
         }
     }

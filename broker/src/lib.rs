@@ -11,7 +11,8 @@
 //! - [`session`]: one actor per WebSocket connection.
 //! - [`topic`]: one actor per topic: seq, history ring, subscribers, fan-out.
 //! - [`registry`]: topic name → topic actor, sharded by hash; wildcard subscriptions.
-//! - [`ingress`]: where each bridge's events enter the topic layer.
+//! - [`ingress`]: where each bridge's events enter the topic layer; `backplane`:
+//!   publishing through NATS to every node (feature `nats`).
 //! - [`message`]: the messages between those actors.
 //! - [`protocol`]: client ops, server messages, error and close codes.
 //! - [`event`]: rendering an event frame once, for every subscriber.
@@ -35,6 +36,8 @@
 
 pub mod admission;
 pub mod auth;
+#[cfg(feature = "nats")]
+pub mod backplane;
 pub mod broker;
 pub mod config;
 pub mod event;

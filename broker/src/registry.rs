@@ -33,6 +33,22 @@ pub enum PublishError {
     InvalidTopic(#[from] pattern::TopicError),
     #[error("the broker is overloaded (topic queue full); event dropped")]
     Busy,
+    #[error("the cluster backplane is down ({0}); event not published")]
+    BackplaneDown(String),
+    #[error("{0}")]
+    InvalidHeader(String),
+}
+
+impl PublishError {
+    /// The error code a client sees for it.
+    pub fn code(&self) -> crate::protocol::ErrorCode {
+        use crate::protocol::ErrorCode;
+        match self {
+            PublishError::InvalidTopic(_) => ErrorCode::InvalidTopic,
+            PublishError::InvalidHeader(_) => ErrorCode::BadRequest,
+            PublishError::Busy | PublishError::BackplaneDown(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 /// A known topic and the count of messages the shard sent it.

@@ -37,7 +37,6 @@ use crate::protocol::{
     ServerMessage, SUBPROTOCOL,
 };
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::registry::PublishError;
 
 /// The JSON heartbeat, identical for every connection: built once, shared.
 static PING: ByteString = ByteString::from_static(r#"{"type":"ping"}"#);
@@ -336,11 +335,22 @@ impl Session {
                     headers,
                     source: Source::Ws,
                 };
-                self.broker.registry().publish(event).map_err(|e| match e {
-                    PublishError::InvalidTopic(e) => invalid_topic(e),
-                    PublishError::Busy => ProtocolError::new(ErrorCode::Internal, e.to_string()),
-                })?;
-                self.control(ServerMessage::Ok { id: id.as_deref() }.to_frame(), ctx);
+                // Through the backplane this waits on NATS; the reply follows once
+                // the event is accepted (or refused), without blocking the session.
+                let broker = self.broker.clone();
+                let id = id.clone();
+                let publish = async move { broker.publish(event).await };
+                ctx.spawn(publish.into_actor(self).map(move |result, act, ctx| {
+                    match result {
+                        Ok(()) => {
+                            act.control(ServerMessage::Ok { id: id.as_deref() }.to_frame(), ctx)
+                        }
+                        Err(e) => {
+                            act.reply_error(&id, &ProtocolError::new(e.code(), e.to_string()), ctx)
+                        }
+                    }
+                    act.flush(ctx);
+                }));
                 Ok(())
             }
             Op::Ping => {

@@ -218,7 +218,16 @@ impl Broker {
         Ok((status, value))
     }
 
-    /// Publishes one event over HTTP; panics unless 202.
+    /// Publishes one event over HTTP; returns (status, body) whatever they are.
+    pub async fn publish_status(&self, topic: &str, data: Value) -> Result<(u16, Value)> {
+        self.post_raw(
+            "/api/publish",
+            json!({"topic": topic, "data": data}).to_string(),
+        )
+        .await
+    }
+
+    /// Publishes one event over HTTP; fails unless 202.
     pub async fn publish(&self, topic: &str, data: Value) -> Result<()> {
         let (status, body) = self
             .post_raw(
