@@ -160,6 +160,12 @@ async fn an_outage_is_reported_and_recovered_from_without_a_restart() -> Result<
             .await?
             >= 1.0
     );
+    assert!(
+        broker
+            .metric("herald_bridge_reconnects_total{bridge=\"events\"}")
+            .await?
+            >= 1.0
+    );
     Ok(())
 }
 
@@ -315,5 +321,91 @@ fn backplane_config_must_round_trip_topics() -> Result<()> {
         err.contains("cluster.backplane") && err.contains("herald.>"),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_start_gives_the_last_message_per_subject_then_live() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let client = nats.client().await?;
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    // State published before Herald starts.
+    for (subject, v) in [("events.a.x", 1), ("events.a.x", 2), ("events.a.y", 1)] {
+        js.publish(subject, json!({"v": v}).to_string().into())
+            .await?
+            .await?;
+    }
+    let broker = Broker::start(&bridge(
+        &nats.url(),
+        "strip_prefix = \"events.\"\njetstream = { stream = \"EVENTS\", deliver = \"last_per_subject\" }",
+    ))?;
+    ready(&broker, 200).await?;
+    // Wait until the replayed state reached both topics.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, topics) = broker.get("/api/topics").await?;
+        let n = topics["topics"]
+            .as_array()
+            .map_or(0, |t| t.iter().filter(|r| r["seq"] == 1).count());
+        if n == 2 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "state not replayed: {topics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = broker.client().await?;
+    c.request(json!({"op":"subscribe","topics":["a.*"],"last":10}))
+        .await?;
+    let mut state = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let e = c.event().await?;
+        assert_eq!(e["replay"], true);
+        state.insert(
+            e["topic"].as_str().unwrap_or_default().to_string(),
+            e["data"].clone(),
+        );
+    }
+    // The last message of each subject only: a.x is at v2, its v1 was skipped.
+    assert_eq!(state["a.x"], json!({"v": 2}));
+    assert_eq!(state["a.y"], json!({"v": 1}));
+    c.expect_silence(Duration::from_millis(300)).await?;
+    // Then live.
+    js.publish("events.a.x", json!({"v": 3}).to_string().into())
+        .await?
+        .await?;
+    let live = c.event().await?;
+    assert_eq!(
+        (live["topic"].as_str(), &live["data"], live["seq"].as_u64()),
+        (Some("a.x"), &json!({"v": 3}), Some(2))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_start_on_a_missing_stream_is_not_ready_and_says_why() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let broker = Broker::start(&bridge(&nats.url(), "jetstream = { stream = \"NOPE\" }"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = broker.get("/readyz").await?;
+        if body["reasons"].to_string().contains("NOPE") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "reason never named the stream: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(broker.get("/readyz").await?.0, 503);
     Ok(())
 }

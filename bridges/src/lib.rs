@@ -148,6 +148,8 @@ pub struct BridgeCounters {
     pub slow_consumer: AtomicU64,
     /// Times the connection was lost.
     pub disconnects: AtomicU64,
+    /// Times the connection came back after a loss.
+    pub reconnects: AtomicU64,
     /// Whether the connection is up now.
     pub connected: AtomicBool,
 }

@@ -53,6 +53,28 @@ pub struct NatsSettings {
     /// Messages async-nats buffers per subscription before it drops (and reports a
     /// slow consumer). Sized on purpose: large enough to ride out a burst, bounded.
     pub subscription_capacity: usize,
+    /// Start from a JetStream stream instead of core subscriptions.
+    pub jetstream: Option<JetStreamStart>,
+}
+
+/// Where a JetStream start begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deliver {
+    /// Only messages stored after the consumer is created.
+    New,
+    /// Everything the stream holds, then live.
+    All,
+    /// The last message of every subject, then live: dashboards get current state
+    /// right after a broker restart.
+    LastPerSubject,
+}
+
+/// `jetstream = { stream, deliver }`: an ordered, ephemeral push consumer on an
+/// existing stream, filtered by the bridge's subjects.
+#[derive(Debug, Clone)]
+pub struct JetStreamStart {
+    pub stream: String,
+    pub deliver: Deliver,
 }
 
 /// Maps a subject to a Herald topic: strip `strip_prefix` when present, then prepend
@@ -81,6 +103,12 @@ pub enum NatsError {
     Connect {
         bridge: String,
         url: String,
+        message: String,
+    },
+    #[error("bridge {bridge}: JetStream stream {stream}: {message}")]
+    JetStream {
+        bridge: String,
+        stream: String,
         message: String,
     },
     #[error("bridge {bridge}: cannot subscribe to {subject}: {message}")]
@@ -211,6 +239,9 @@ async fn options(
                 match event {
                     async_nats::Event::Connected => {
                         counters.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                        if counters.disconnects.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                            counters.add(&counters.reconnects, 1);
+                        }
                         // async-nats re-subscribes before it reports Connected.
                         info!(bridge = %name, "nats connected");
                         status(BridgeStatus::Ready);
@@ -252,6 +283,24 @@ async fn run(
             url: s.url.clone(),
             message: e.to_string(),
         })?;
+    if let Some(start) = &s.jetstream {
+        let mut messages = jetstream_consumer(s, start, &client).await?;
+        counters
+            .connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        status(BridgeStatus::Ready);
+        info!(bridge = %s.name, stream = %start.stream, "nats bridge consuming from JetStream");
+        let _ = slot.set(client);
+        while let Some(msg) = messages.next().await {
+            match msg {
+                Ok(msg) => forward(s, msg.message, &sink, &counters),
+                // The ordered consumer recreates itself after a gap or a lost
+                // connection; an error here is reported and the stream goes on.
+                Err(e) => warn!(bridge = %s.name, error = %e, "jetstream consumer"),
+            }
+        }
+        return Ok(());
+    }
     let mut subs = Vec::with_capacity(s.subjects.len());
     for subject in &s.subjects {
         let sub = client
@@ -275,12 +324,62 @@ async fn run(
     let mut messages = futures_util::stream::select_all(subs);
     let _ = slot.set(client);
     while let Some(msg) = messages.next().await {
-        counters.add(&counters.received, 1);
-        if sink.try_send(event_for(s, msg)).is_err() {
-            counters.add(&counters.dropped, 1);
-        }
+        forward(s, msg, &sink, &counters);
     }
     Ok(())
+}
+
+/// Hands one message to the broker without waiting; a full hand-off is counted.
+fn forward(
+    s: &NatsSettings,
+    msg: async_nats::Message,
+    sink: &EventSink,
+    counters: &BridgeCounters,
+) {
+    counters.add(&counters.received, 1);
+    if sink.try_send(event_for(s, msg)).is_err() {
+        counters.add(&counters.dropped, 1);
+    }
+}
+
+/// The ordered consumer of a JetStream start. One subject uses `filter_subject`
+/// (any nats-server with JetStream); several use `filter_subjects` (2.10+).
+async fn jetstream_consumer(
+    s: &NatsSettings,
+    start: &JetStreamStart,
+    client: &async_nats::Client,
+) -> Result<async_nats::jetstream::consumer::push::Ordered, NatsError> {
+    use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
+    let err = |message: String| NatsError::JetStream {
+        bridge: s.name.clone(),
+        stream: start.stream.clone(),
+        message,
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js
+        .get_stream(&start.stream)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let (filter_subject, filter_subjects) = match s.subjects.as_slice() {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
+    let config = OrderedConfig {
+        deliver_subject: client.new_inbox(),
+        filter_subject,
+        filter_subjects,
+        deliver_policy: match start.deliver {
+            Deliver::New => DeliverPolicy::New,
+            Deliver::All => DeliverPolicy::All,
+            Deliver::LastPerSubject => DeliverPolicy::LastPerSubject,
+        },
+        ..Default::default()
+    };
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    consumer.messages().await.map_err(|e| err(e.to_string()))
 }
 
 impl Actor for NatsBridge {

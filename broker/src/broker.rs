@@ -282,6 +282,19 @@ fn start_bridges(config: &Config, registry: &Registry, readiness: &Arc<Readiness
             tls_key_file: b.tls_key_file.clone(),
             tls_required: b.tls_required,
             subscription_capacity: b.subscription_capacity,
+            jetstream: b
+                .jetstream
+                .as_ref()
+                .map(|j| herald_bridges::nats::JetStreamStart {
+                    stream: j.stream.clone(),
+                    deliver: match j.deliver {
+                        crate::config::JetStreamDeliver::New => herald_bridges::nats::Deliver::New,
+                        crate::config::JetStreamDeliver::All => herald_bridges::nats::Deliver::All,
+                        crate::config::JetStreamDeliver::LastPerSubject => {
+                            herald_bridges::nats::Deliver::LastPerSubject
+                        }
+                    },
+                }),
         };
         let client = herald_bridges::nats::ClientSlot::default();
         NatsBridge::new(

@@ -305,8 +305,33 @@ pub struct NatsBridgeConfig {
     /// Messages buffered per subscription in the NATS client before it drops them
     /// (counted as `herald_bridge_slow_consumer_total`). Default 65536.
     pub subscription_capacity: usize,
-    /// JetStream start (not in this build: refused when set).
-    pub jetstream: Option<BTreeMap<String, String>>,
+    /// Start from a JetStream stream instead of core subscriptions:
+    /// `{ stream = "EVENTS", deliver = "last_per_subject" }`. Default: none.
+    pub jetstream: Option<JetStreamConfig>,
+}
+
+/// `jetstream = { stream, deliver }` of a `[[bridge.nats]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// An existing stream holding the bridge's subjects.
+    pub stream: String,
+    /// `new`, `all` or `last_per_subject` (default): what to replay at start.
+    #[serde(default = "default_deliver")]
+    pub deliver: JetStreamDeliver,
+}
+
+/// Where a JetStream start begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JetStreamDeliver {
+    New,
+    All,
+    LastPerSubject,
+}
+
+fn default_deliver() -> JetStreamDeliver {
+    JetStreamDeliver::LastPerSubject
 }
 
 impl Default for NatsBridgeConfig {
@@ -554,11 +579,11 @@ impl Config {
             if b.subscription_capacity == 0 {
                 return Err(invalid(&key("subscription_capacity"), 0, "at least 1"));
             }
-            if b.jetstream.is_some() {
+            if b.jetstream.as_ref().is_some_and(|j| j.stream.is_empty()) {
                 return Err(invalid(
-                    &key("jetstream"),
-                    "{…}",
-                    "no JetStream start (not in this build yet)",
+                    &key("jetstream.stream"),
+                    "",
+                    "the name of an existing stream",
                 ));
             }
         }
@@ -878,10 +903,19 @@ mod tests {
     #[test]
     fn nats_bridges_are_validated_by_key() {
         let load = |text: &str| Config::load(Some(file(text).path()), no_env());
-        let msg = load("[[bridge.nats]]\njetstream = { stream = \"E\", deliver = \"all\" }\n")
-            .expect_err("jetstream")
+        let c = load("[[bridge.nats]]\njetstream = { stream = \"E\", deliver = \"all\" }\n")
+            .expect("jetstream");
+        assert_eq!(
+            c.bridge.nats[0].jetstream.as_ref().map(|j| j.deliver),
+            Some(JetStreamDeliver::All)
+        );
+        let msg = load("[[bridge.nats]]\njetstream = { stream = \"E\", deliver = \"latest\" }\n")
+            .expect_err("bad deliver")
             .to_string();
-        assert!(msg.contains("bridge.nats[0].jetstream"), "{msg}");
+        assert!(
+            msg.contains("bridge.nats[0].jetstream.deliver") && msg.contains("latest"),
+            "{msg}"
+        );
         let msg = load("[[bridge.nats]]\nsubjects = [\"a..b\"]\n")
             .expect_err("subject")
             .to_string();

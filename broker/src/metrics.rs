@@ -274,7 +274,7 @@ pub fn render_bridges(
         return out;
     }
     type Pick = fn(&herald_bridges::BridgeCounters) -> u64;
-    let families: [(&str, &str, &str, Pick); 5] = [
+    let families: [(&str, &str, &str, Pick); 6] = [
         (
             "herald_bridge_connected",
             "gauge",
@@ -304,6 +304,12 @@ pub fn render_bridges(
             "counter",
             "Times the bridge lost its connection.",
             |c| c.disconnects.load(Relaxed),
+        ),
+        (
+            "herald_bridge_reconnects_total",
+            "counter",
+            "Times the bridge's connection came back after a loss.",
+            |c| c.reconnects.load(Relaxed),
         ),
     ];
     for (name, kind, help, pick) in families {
