@@ -195,6 +195,7 @@ async fn options(
     s: &NatsSettings,
     status: StatusSink,
     counters: Arc<BridgeCounters>,
+    subscribed: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<async_nats::ConnectOptions, NatsError> {
     let mut opts = if !s.creds_file.is_empty() {
         async_nats::ConnectOptions::with_credentials_file(&s.creds_file)
@@ -235,6 +236,7 @@ async fn options(
             let status = status.clone();
             let counters = counters.clone();
             let name = name.clone();
+            let subscribed = subscribed.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
@@ -242,9 +244,13 @@ async fn options(
                         if counters.disconnects.load(std::sync::atomic::Ordering::Relaxed) > 0 {
                             counters.add(&counters.reconnects, 1);
                         }
-                        // async-nats re-subscribes before it reports Connected.
                         info!(bridge = %name, "nats connected");
-                        status(BridgeStatus::Ready);
+                        // On a reconnect async-nats has re-subscribed before it reports
+                        // Connected. The first Connected comes before `run` has
+                        // subscribed: `run` reports Ready itself then.
+                        if subscribed.load(std::sync::atomic::Ordering::Acquire) {
+                            status(BridgeStatus::Ready);
+                        }
                     }
                     async_nats::Event::Disconnected => {
                         counters.connected.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -274,7 +280,10 @@ async fn run(
     slot: ClientSlot,
 ) -> Result<(), NatsError> {
     let s = &*settings;
-    let client = options(s, status.clone(), counters.clone())
+    // Set once subscriptions (or the JetStream consumer) exist, so a first
+    // `Connected` event cannot report Ready before they do.
+    let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = options(s, status.clone(), counters.clone(), subscribed.clone())
         .await?
         .connect(s.url.as_str())
         .await
@@ -314,6 +323,9 @@ async fn run(
         subs.push(sub);
     }
     // Ready only once the server has the subscriptions (PING/PONG round trip).
+    // The subscriptions exist now (async-nats re-creates them on reconnect), so a
+    // later Connected may report Ready even if this first flush fails.
+    subscribed.store(true, std::sync::atomic::Ordering::Release);
     if client.flush().await.is_ok() {
         counters
             .connected
