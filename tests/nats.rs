@@ -409,3 +409,52 @@ async fn jetstream_start_on_a_missing_stream_is_not_ready_and_says_why() -> Resu
     assert_eq!(broker.get("/readyz").await?.0, 503);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backplane_publishers_cannot_forge_source_or_key_and_batches_fail_whole() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let broker = Broker::start(&cluster_node(&nats.url()))?;
+    ready(&broker, 200).await?;
+    let mut c = broker.client().await?;
+    c.subscribe(&["f.*"]).await?;
+    let forged = json!({"topic":"f.a","data":1,"headers":{"Herald-Source":"kafka","herald-key":"stolen","x":"y"}});
+    assert_eq!(
+        broker.post_raw("/api/publish", forged.to_string()).await?.0,
+        202
+    );
+    let e = c.event().await?;
+    assert_eq!(e["source"], "http", "{e}");
+    assert!(e.get("key").is_none(), "{e}");
+    assert_eq!(e["headers"], json!({"x":"y"}), "{e}");
+    // A header NATS cannot carry in event 1 refuses the batch before event 0 is sent.
+    let batch =
+        json!([{"topic":"f.a","data":2},{"topic":"f.a","data":3,"headers":{"bad:name":"v"}}]);
+    let (status, body) = broker.post_raw("/api/publish", batch.to_string()).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("accepted 0 of 2")),
+        "{body}"
+    );
+    c.expect_silence(Duration::from_millis(400)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_list_fails_over_to_a_live_server() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let urls = format!("nats://127.0.0.1:{dead}, {}", nats.url());
+    let broker = Broker::start(&bridge(&urls, ""))?;
+    ready(&broker, 200).await?;
+    let mut c = broker.client().await?;
+    c.subscribe(&["events.>"]).await?;
+    let publisher = nats.client().await?;
+    publisher.publish("events.z", "1".into()).await?;
+    publisher.flush().await?;
+    assert_eq!(c.event().await?["topic"], "events.z");
+    Ok(())
+}

@@ -12,6 +12,7 @@
 //! - [`Bridge`], [`BridgeStatus`]: what every bridge tells the broker about itself
 //!   (its name for `/readyz` and metrics, and whether its subscriptions are in effect).
 //! - [`BridgeCounters`]: what each bridge counts, for the broker's metrics.
+//! - [`config`]: the bridges' configuration (`[[bridge.nats]]`), always compiled.
 //! - `nats` (feature `nats`): the NATS bridge. The `kafka` feature will hold the
 //!   Kafka bridge.
 
@@ -20,6 +21,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod config;
 #[cfg(feature = "nats")]
 pub mod nats;
 

@@ -21,61 +21,7 @@ pub use async_nats;
 
 use crate::{BridgeCounters, BridgeEvent, BridgeStatus, EventSink, Source, StatusSink};
 
-/// Settings of one NATS bridge (the broker maps `[[bridge.nats]]` onto this).
-#[derive(Debug, Clone, Default)]
-pub struct NatsSettings {
-    /// Bridge name, for `/readyz`, logs and metric labels.
-    pub name: String,
-    /// Server URL(s), comma-separated: `nats://127.0.0.1:4222`.
-    pub url: String,
-    /// Core NATS subjects to subscribe to (wildcards allowed).
-    pub subjects: Vec<String>,
-    /// Prepended to the topic after `strip_prefix` is removed.
-    pub topic_prefix: String,
-    /// Removed from the start of a subject when present.
-    pub strip_prefix: String,
-    /// Username and password (both or neither).
-    pub user: String,
-    pub password: String,
-    /// Authentication token.
-    pub token: String,
-    /// NKey seed.
-    pub nkey: String,
-    /// Path of a `.creds` file (JWT + NKey).
-    pub creds_file: String,
-    /// CA certificate (PEM) to trust for TLS.
-    pub tls_ca_file: String,
-    /// Client certificate and key (PEM) for mutual TLS.
-    pub tls_cert_file: String,
-    pub tls_key_file: String,
-    /// Require TLS even for `nats://` URLs.
-    pub tls_required: bool,
-    /// Messages async-nats buffers per subscription before it drops (and reports a
-    /// slow consumer). Sized on purpose: large enough to ride out a burst, bounded.
-    pub subscription_capacity: usize,
-    /// Start from a JetStream stream instead of core subscriptions.
-    pub jetstream: Option<JetStreamStart>,
-}
-
-/// Where a JetStream start begins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deliver {
-    /// Only messages stored after the consumer is created.
-    New,
-    /// Everything the stream holds, then live.
-    All,
-    /// The last message of every subject, then live: dashboards get current state
-    /// right after a broker restart.
-    LastPerSubject,
-}
-
-/// `jetstream = { stream, deliver }`: an ordered, ephemeral push consumer on an
-/// existing stream, filtered by the bridge's subjects.
-#[derive(Debug, Clone)]
-pub struct JetStreamStart {
-    pub stream: String,
-    pub deliver: Deliver,
-}
+pub use crate::config::{Deliver, JetStreamStart, NatsSettings};
 
 /// Maps a subject to a Herald topic: strip `strip_prefix` when present, then prepend
 /// `topic_prefix`. The result is validated by the topic layer (invalid topics are
@@ -89,29 +35,48 @@ pub fn topic_for(subject: &str, strip_prefix: &str, topic_prefix: &str) -> Strin
     format!("{topic_prefix}{rest}")
 }
 
+/// Parses `url` (one URL or several, comma-separated) into server addresses.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("`{u}`: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|v| {
+            if v.is_empty() {
+                Err("no URL".to_owned())
+            } else {
+                Ok(v)
+            }
+        })
+}
+
 /// Errors setting up a NATS connection.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    #[error("bridge {bridge}: cannot read {what} {path}: {source}")]
+    #[error("cannot read {what} {path}: {source}")]
     Credentials {
         bridge: String,
         what: &'static str,
         path: String,
         source: std::io::Error,
     },
-    #[error("bridge {bridge}: cannot connect to {url}: {message}")]
+    #[error("cannot connect to {url}: {message}")]
     Connect {
         bridge: String,
         url: String,
         message: String,
     },
-    #[error("bridge {bridge}: JetStream stream {stream}: {message}")]
+    #[error("JetStream stream {stream}: {message}")]
     JetStream {
         bridge: String,
         stream: String,
         message: String,
     },
-    #[error("bridge {bridge}: cannot subscribe to {subject}: {message}")]
+    #[error("cannot subscribe to {subject}: {message}")]
     Subscribe {
         bridge: String,
         subject: String,
@@ -196,6 +161,7 @@ async fn options(
     status: StatusSink,
     counters: Arc<BridgeCounters>,
     subscribed: Arc<std::sync::atomic::AtomicBool>,
+    slot: ClientSlot,
 ) -> Result<async_nats::ConnectOptions, NatsError> {
     let mut opts = if !s.creds_file.is_empty() {
         async_nats::ConnectOptions::with_credentials_file(&s.creds_file)
@@ -237,6 +203,7 @@ async fn options(
             let counters = counters.clone();
             let name = name.clone();
             let subscribed = subscribed.clone();
+            let slot = slot.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
@@ -245,10 +212,14 @@ async fn options(
                             counters.add(&counters.reconnects, 1);
                         }
                         info!(bridge = %name, "nats connected");
-                        // On a reconnect async-nats has re-subscribed before it reports
-                        // Connected. The first Connected comes before `run` has
-                        // subscribed: `run` reports Ready itself then.
+                        // The first Connected comes before `run` has subscribed: `run`
+                        // reports Ready itself then.
                         if subscribed.load(std::sync::atomic::Ordering::Acquire) {
+                            // Connected can precede the re-subscriptions; a flush is
+                            // queued behind them, so its PONG proves they are in effect.
+                            if let Some(client) = slot.get() {
+                                let _ = client.flush().await;
+                            }
                             status(BridgeStatus::Ready);
                         }
                     }
@@ -283,15 +254,26 @@ async fn run(
     // Set once subscriptions (or the JetStream consumer) exist, so a first
     // `Connected` event cannot report Ready before they do.
     let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = options(s, status.clone(), counters.clone(), subscribed.clone())
-        .await?
-        .connect(s.url.as_str())
-        .await
-        .map_err(|e| NatsError::Connect {
-            bridge: s.name.clone(),
-            url: s.url.clone(),
-            message: e.to_string(),
-        })?;
+    let addrs = server_addrs(&s.url).map_err(|message| NatsError::Connect {
+        bridge: s.name.clone(),
+        url: s.url.clone(),
+        message,
+    })?;
+    let client = options(
+        s,
+        status.clone(),
+        counters.clone(),
+        subscribed.clone(),
+        slot.clone(),
+    )
+    .await?
+    .connect(addrs)
+    .await
+    .map_err(|e| NatsError::Connect {
+        bridge: s.name.clone(),
+        url: s.url.clone(),
+        message: e.to_string(),
+    })?;
     if let Some(start) = &s.jetstream {
         let mut messages = jetstream_consumer(s, start, &client).await?;
         counters

@@ -35,6 +35,44 @@ impl std::fmt::Debug for Backplane {
 }
 
 impl Backplane {
+    /// Checks what NATS itself would refuse, before anything of a batch is sent:
+    /// header names and values NATS cannot carry, and payloads over the server's
+    /// `max_payload`.
+    pub fn check(&self, event: &BridgeEvent) -> Result<(), PublishError> {
+        self.headers(event).map(drop)?;
+        if let Some(client) = self.client.get() {
+            let max = client.server_info().max_payload;
+            if max > 0 && event.payload.len() > max {
+                return Err(PublishError::TooLarge(format!(
+                    "data is {} bytes; the NATS server accepts at most {max}",
+                    event.payload.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The NATS headers of `event`. User headers named like Herald's own are left
+    /// out, so a publisher cannot forge `Herald-Source` or `Herald-Key`.
+    fn headers(&self, event: &BridgeEvent) -> Result<async_nats::HeaderMap, PublishError> {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in &event.headers {
+            if name.eq_ignore_ascii_case(SOURCE_HEADER) || name.eq_ignore_ascii_case(KEY_HEADER) {
+                continue;
+            }
+            // Parsed, not `insert(&str)`: that asserts, and these come from users.
+            let parsed = async_nats::HeaderName::from_str(name).map_err(|_| {
+                PublishError::InvalidHeader(format!("header name `{name}` is not valid for NATS"))
+            })?;
+            headers.insert(parsed, header_value(name, value)?);
+        }
+        headers.insert(SOURCE_HEADER, event.source.as_str());
+        if let Some(key) = &event.key {
+            headers.insert(KEY_HEADER, header_value(KEY_HEADER, key)?);
+        }
+        Ok(headers)
+    }
+
     /// Publishes `event` to NATS. `Ok` means handed to a connected NATS client.
     pub async fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
         let down =
@@ -46,18 +84,8 @@ impl Backplane {
             .client
             .get()
             .ok_or_else(|| down("not connected yet".into()))?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(SOURCE_HEADER, event.source.as_str());
-        if let Some(key) = &event.key {
-            headers.insert(KEY_HEADER, header_value(KEY_HEADER, key)?);
-        }
-        for (name, value) in &event.headers {
-            // Parsed, not `insert(&str)`: that asserts, and these come from users.
-            let parsed = async_nats::HeaderName::from_str(name).map_err(|_| {
-                PublishError::InvalidHeader(format!("header name `{name}` is not valid for NATS"))
-            })?;
-            headers.insert(parsed, header_value(name, value)?);
-        }
+        self.check(&event)?;
+        let headers = self.headers(&event)?;
         let subject = format!("{}{}", self.prefix, event.topic);
         client
             .publish_with_headers(subject, headers, event.payload)

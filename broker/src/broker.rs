@@ -211,6 +211,17 @@ impl Broker {
         &self.inner.bridges
     }
 
+    /// Checks an event as [`Broker::publish`] would, without publishing it, so a
+    /// batch can be refused as a whole before any of it goes out.
+    pub fn check(&self, event: &BridgeEvent) -> Result<(), PublishError> {
+        crate::pattern::validate_topic(&event.topic)?;
+        #[cfg(feature = "nats")]
+        if let Some(backplane) = &self.inner.backplane {
+            backplane.check(event)?;
+        }
+        Ok(())
+    }
+
     /// Publishes an event: to the cluster backplane when one is configured (every
     /// node, this one included, receives it through its NATS bridge), else straight
     /// to the local topic. Best-effort: `Ok` means accepted for fan-out, not
@@ -257,7 +268,7 @@ fn start_bridges(config: &Config, registry: &Registry, readiness: &Arc<Readiness
     };
     #[cfg(feature = "nats")]
     for b in &config.bridge.nats {
-        use herald_bridges::nats::{NatsBridge, NatsSettings};
+        use herald_bridges::nats::NatsBridge;
         let counters = Arc::new(BridgeCounters::default());
         let ingress =
             crate::ingress::Ingress::new(registry.clone(), config.server.ingest_capacity).start();
@@ -266,39 +277,9 @@ fn start_bridges(config: &Config, registry: &Registry, readiness: &Arc<Readiness
         let status: herald_bridges::StatusSink =
             Arc::new(move |status| status_readiness.set(&name, status));
         status(BridgeStatus::Starting);
-        let settings = NatsSettings {
-            name: b.name.clone(),
-            url: b.url.clone(),
-            subjects: b.subjects.clone(),
-            topic_prefix: b.topic_prefix.clone(),
-            strip_prefix: b.strip_prefix.clone(),
-            user: b.user.clone(),
-            password: b.password.clone(),
-            token: b.token.clone(),
-            nkey: b.nkey.clone(),
-            creds_file: b.creds_file.clone(),
-            tls_ca_file: b.tls_ca_file.clone(),
-            tls_cert_file: b.tls_cert_file.clone(),
-            tls_key_file: b.tls_key_file.clone(),
-            tls_required: b.tls_required,
-            subscription_capacity: b.subscription_capacity,
-            jetstream: b
-                .jetstream
-                .as_ref()
-                .map(|j| herald_bridges::nats::JetStreamStart {
-                    stream: j.stream.clone(),
-                    deliver: match j.deliver {
-                        crate::config::JetStreamDeliver::New => herald_bridges::nats::Deliver::New,
-                        crate::config::JetStreamDeliver::All => herald_bridges::nats::Deliver::All,
-                        crate::config::JetStreamDeliver::LastPerSubject => {
-                            herald_bridges::nats::Deliver::LastPerSubject
-                        }
-                    },
-                }),
-        };
         let client = herald_bridges::nats::ClientSlot::default();
         NatsBridge::new(
-            settings,
+            b.clone(),
             ingress.recipient(),
             status,
             counters.clone(),

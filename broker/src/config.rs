@@ -270,92 +270,10 @@ pub struct BridgeConfig {
     pub kafka: Vec<KafkaBridgeConfig>,
 }
 
-/// One `[[bridge.nats]]` entry: core NATS subscriptions mapped to topics.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsBridgeConfig {
-    /// Bridge name (unique): in `/readyz`, logs and the `bridge` metric label.
-    pub name: String,
-    /// Server URL, or several comma-separated. Default `nats://127.0.0.1:4222`.
-    pub url: String,
-    /// Subjects to subscribe to; wildcards allowed. Default `["events.>"]`.
-    pub subjects: Vec<String>,
-    /// Prepended to every topic. Default empty.
-    pub topic_prefix: String,
-    /// Removed from the start of a subject when present. Default empty.
-    pub strip_prefix: String,
-    /// Username (with `password`).
-    pub user: String,
-    /// Password (masked by `check-config`).
-    pub password: String,
-    /// Token (masked).
-    pub token: String,
-    /// NKey seed (masked).
-    pub nkey: String,
-    /// Path of a `.creds` file.
-    pub creds_file: String,
-    /// CA certificate (PEM) to trust.
-    pub tls_ca_file: String,
-    /// Client certificate (PEM), with `tls_key_file`, for mutual TLS.
-    pub tls_cert_file: String,
-    /// Client key (PEM).
-    pub tls_key_file: String,
-    /// Require TLS. Default false (a `tls://` URL requires it too).
-    pub tls_required: bool,
-    /// Messages buffered per subscription in the NATS client before it drops them
-    /// (counted as `herald_bridge_slow_consumer_total`). Default 65536.
-    pub subscription_capacity: usize,
-    /// Start from a JetStream stream instead of core subscriptions:
-    /// `{ stream = "EVENTS", deliver = "last_per_subject" }`. Default: none.
-    pub jetstream: Option<JetStreamConfig>,
-}
-
+/// One `[[bridge.nats]]` entry (defined beside the bridge that uses it).
+pub use herald_bridges::config::NatsSettings as NatsBridgeConfig;
 /// `jetstream = { stream, deliver }` of a `[[bridge.nats]]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JetStreamConfig {
-    /// An existing stream holding the bridge's subjects.
-    pub stream: String,
-    /// `new`, `all` or `last_per_subject` (default): what to replay at start.
-    #[serde(default = "default_deliver")]
-    pub deliver: JetStreamDeliver,
-}
-
-/// Where a JetStream start begins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JetStreamDeliver {
-    New,
-    All,
-    LastPerSubject,
-}
-
-fn default_deliver() -> JetStreamDeliver {
-    JetStreamDeliver::LastPerSubject
-}
-
-impl Default for NatsBridgeConfig {
-    fn default() -> Self {
-        NatsBridgeConfig {
-            name: "nats".into(),
-            url: "nats://127.0.0.1:4222".into(),
-            subjects: vec!["events.>".into()],
-            topic_prefix: String::new(),
-            strip_prefix: String::new(),
-            user: String::new(),
-            password: String::new(),
-            token: String::new(),
-            nkey: String::new(),
-            creds_file: String::new(),
-            tls_ca_file: String::new(),
-            tls_cert_file: String::new(),
-            tls_key_file: String::new(),
-            tls_required: false,
-            subscription_capacity: 65_536,
-            jetstream: None,
-        }
-    }
-}
+pub use herald_bridges::config::{Deliver as JetStreamDeliver, JetStreamStart as JetStreamConfig};
 
 /// One `[[bridge.kafka]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -396,7 +314,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `tracing` filter, e.g. `info` or `herald=debug`. Default `info`.
+    /// `tracing` filter, e.g. `info` or `herald=debug`. Default
+    /// `info,async_nats=warn`: the NATS client logs every connection event at
+    /// `info`, which would flood the log during a slow-consumer storm.
     pub level: String,
     /// `text` (default) or `json`.
     pub format: LogFormat,
@@ -405,7 +325,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".into(),
+            level: "info,async_nats=warn".into(),
             format: LogFormat::Text,
         }
     }
@@ -576,6 +496,14 @@ impl Config {
                     ));
                 }
             }
+            #[cfg(feature = "nats")]
+            if let Err(why) = herald_bridges::nats::server_addrs(&b.url) {
+                return Err(invalid(
+                    &key("url"),
+                    &b.url,
+                    &format!("NATS URLs like nats://127.0.0.1:4222 ({why})"),
+                ));
+            }
             if b.subscription_capacity == 0 {
                 return Err(invalid(&key("subscription_capacity"), 0, "at least 1"));
             }
@@ -596,6 +524,12 @@ impl Config {
         }
         if !self.cluster.backplane.is_empty() {
             self.validate_backplane()?;
+        } else if !self.cluster.subject_prefix.is_empty() {
+            return Err(invalid(
+                "cluster.subject_prefix",
+                &self.cluster.subject_prefix,
+                "empty unless cluster.backplane is set (it has no effect without one)",
+            ));
         }
         Ok(())
     }
@@ -611,11 +545,18 @@ impl Config {
                 "the name of a [[bridge.nats]] entry",
             ));
         };
-        if !c.subject_prefix.is_empty() && !c.subject_prefix.ends_with('.') {
+        let prefix_tokens = c
+            .subject_prefix
+            .strip_suffix('.')
+            .unwrap_or(&c.subject_prefix);
+        if !c.subject_prefix.is_empty()
+            && (!c.subject_prefix.ends_with('.')
+                || crate::pattern::validate_topic(prefix_tokens).is_err())
+        {
             return Err(invalid(
                 "cluster.subject_prefix",
                 &c.subject_prefix,
-                "empty or ending with `.`, like `herald.`",
+                "empty, or topic tokens ending with `.` (no wildcards), like `herald.`",
             ));
         }
         let all = format!("{}>", c.subject_prefix);
@@ -898,6 +839,34 @@ mod tests {
             .expect_err("jwt")
             .to_string();
         assert!(msg.contains("auth.mode"), "{msg}");
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let load = |text: &str| Config::load(Some(file(text).path()), no_env());
+        let node = |prefix: &str| {
+            format!(
+                "[cluster]\nbackplane = \"bus\"\nsubject_prefix = \"{prefix}\"\n[[bridge.nats]]\nname = \"bus\"\nsubjects = [\">\"]\nstrip_prefix = \"{prefix}\"\n"
+            )
+        };
+        assert!(load(&node("herald.")).is_ok());
+        assert!(load(&node("")).is_ok());
+        for bad in ["*.", "herald", "a..b."] {
+            let msg = load(&node(bad)).expect_err(bad).to_string();
+            assert!(msg.contains("cluster.subject_prefix"), "{bad}: {msg}");
+        }
+        let msg = load("[cluster]\nsubject_prefix = \"herald.\"\n")
+            .expect_err("no backplane")
+            .to_string();
+        assert!(msg.contains("cluster.subject_prefix"), "{msg}");
+        let msg = load("[[bridge.nats]]\nurl = \"nats://a:notaport\"\n")
+            .expect_err("url")
+            .to_string();
+        assert!(msg.contains("bridge.nats[0].url"), "{msg}");
+        assert!(
+            load("[[bridge.nats]]\nurl = \"nats://127.0.0.1:4222, nats://127.0.0.1:4223\"\n")
+                .is_ok()
+        );
     }
 
     #[test]

@@ -294,21 +294,27 @@ async fn publish(
         });
     }
     let total = events.len();
+    let refuse = |i: usize, accepted: usize, e: PublishError| {
+        let status = match e {
+            PublishError::Busy | PublishError::BackplaneDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PublishError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            PublishError::InvalidTopic(_) | PublishError::InvalidHeader(_) => {
+                StatusCode::BAD_REQUEST
+            }
+        };
+        ApiError::protocol(
+            status,
+            e.code(),
+            format!("event {i}: {e}; accepted {accepted} of {total}"),
+        )
+    };
+    // What the backplane would refuse is refused for the whole batch, up front.
+    for (i, event) in events.iter().enumerate() {
+        broker.check(event).map_err(|e| refuse(i, 0, e))?;
+    }
     for (accepted, event) in events.into_iter().enumerate() {
         if let Err(e) = broker.publish(event).await {
-            let status = match e {
-                PublishError::Busy | PublishError::BackplaneDown(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                PublishError::InvalidTopic(_) | PublishError::InvalidHeader(_) => {
-                    StatusCode::BAD_REQUEST
-                }
-            };
-            return Err(ApiError::protocol(
-                status,
-                e.code(),
-                format!("event {accepted}: {e}; accepted {accepted} of {total}"),
-            ));
+            return Err(refuse(accepted, accepted, e));
         }
     }
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "accepted": total })))

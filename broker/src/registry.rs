@@ -37,6 +37,8 @@ pub enum PublishError {
     BackplaneDown(String),
     #[error("{0}")]
     InvalidHeader(String),
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl PublishError {
@@ -46,6 +48,7 @@ impl PublishError {
         match self {
             PublishError::InvalidTopic(_) => ErrorCode::InvalidTopic,
             PublishError::InvalidHeader(_) => ErrorCode::BadRequest,
+            PublishError::TooLarge(_) => ErrorCode::PayloadTooLarge,
             PublishError::Busy | PublishError::BackplaneDown(_) => ErrorCode::Internal,
         }
     }
