@@ -458,3 +458,43 @@ async fn a_url_list_fails_over_to_a_live_server() -> Result<()> {
     assert_eq!(c.event().await?["topic"], "events.z");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_authenticate_the_bridge() -> Result<()> {
+    // User and password.
+    let nats = NatsServer::start_with(&["--user", "herald", "--pass", "s3cret-pw"])?;
+    let good = Broker::start(&bridge(
+        &nats.url(),
+        "user = \"herald\"\npassword = \"s3cret-pw\"",
+    ))?;
+    ready(&good, 200).await?;
+    let mut c = good.client().await?;
+    c.subscribe(&["events.>"]).await?;
+    let publisher =
+        async_nats::ConnectOptions::with_user_and_password("herald".into(), "s3cret-pw".into())
+            .connect(nats.url())
+            .await?;
+    publisher.publish("events.auth", "1".into()).await?;
+    publisher.flush().await?;
+    assert_eq!(c.event().await?["topic"], "events.auth");
+    let bad = Broker::start(&bridge(
+        &nats.url(),
+        "user = \"herald\"\npassword = \"wrong\"",
+    ))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        bad.get("/readyz").await?.0,
+        503,
+        "a refused login is not ready"
+    );
+    assert!(
+        !bad.log_text().contains("wrong"),
+        "the password never reaches the logs"
+    );
+
+    // Token.
+    let nats = NatsServer::start_with(&["--auth", "tok-123"])?;
+    let broker = Broker::start(&bridge(&nats.url(), "token = \"tok-123\""))?;
+    ready(&broker, 200).await?;
+    Ok(())
+}

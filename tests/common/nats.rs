@@ -14,6 +14,8 @@ pub struct NatsServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Extra `nats-server` arguments (e.g. `--user a --pass b`).
+    args: Vec<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -23,10 +25,16 @@ fn free_port() -> Result<u16> {
 impl NatsServer {
     /// Starts a server with JetStream on a free port.
     pub fn start() -> Result<NatsServer> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `nats-server` arguments.
+    pub fn start_with(args: &[&str]) -> Result<NatsServer> {
         let mut server = NatsServer {
             port: free_port()?,
             child: None,
             dir: tempfile::tempdir()?,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.restart()?;
         Ok(server)
@@ -49,6 +57,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
