@@ -9,8 +9,9 @@
 //!
 //! ## Layout
 //! - [`BridgeEvent`], [`Source`]: the event as it enters Herald.
-//! - [`Bridge`], [`BridgeStatus`]: what every bridge tells the broker about itself
-//!   (its name for `/readyz` and metrics, and whether its subscriptions are in effect).
+//! - The contract every bridge actor follows: it is started with an [`EventSink`]
+//!   (where its events go), a [`StatusSink`] (its [`BridgeStatus`], for `/readyz`)
+//!   and its [`BridgeCounters`] (for `/metrics`), all labelled by its configured name.
 //! - [`BridgeCounters`]: what each bridge counts, for the broker's metrics.
 //! - [`config`]: the bridges' configuration (`[[bridge.nats]]`), always compiled.
 //! - `nats` (feature `nats`): the NATS bridge. The `kafka` feature will hold the
@@ -116,20 +117,6 @@ impl BridgeStatus {
     pub fn is_ready(&self) -> bool {
         matches!(self, BridgeStatus::Ready)
     }
-}
-
-/// What every bridge actor provides to the broker.
-///
-/// A bridge is started with the recipient of its events (see [`BridgeEvent`]) and
-/// reports its status through [`Bridge::status`], which the broker reads for
-/// `/readyz`. The NATS and Kafka bridges implement it.
-pub trait Bridge {
-    /// The configured name of this bridge (`[[bridge.nats]] name`), used in
-    /// `/readyz` reasons and as a metric label (bounded: one per configured bridge).
-    fn name(&self) -> &str;
-
-    /// Current status.
-    fn status(&self) -> BridgeStatus;
 }
 
 /// Where a bridge sends its events: normally the broker's topic registry.

@@ -59,29 +59,16 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
 pub enum NatsError {
     #[error("cannot read {what} {path}: {source}")]
     Credentials {
-        bridge: String,
         what: &'static str,
         path: String,
         source: std::io::Error,
     },
     #[error("cannot connect to {url}: {message}")]
-    Connect {
-        bridge: String,
-        url: String,
-        message: String,
-    },
+    Connect { url: String, message: String },
     #[error("JetStream stream {stream}: {message}")]
-    JetStream {
-        bridge: String,
-        stream: String,
-        message: String,
-    },
+    JetStream { stream: String, message: String },
     #[error("cannot subscribe to {subject}: {message}")]
-    Subscribe {
-        bridge: String,
-        subject: String,
-        message: String,
-    },
+    Subscribe { subject: String, message: String },
 }
 
 /// The bridge's connection, once made, for publishing through it (the cluster
@@ -167,7 +154,6 @@ async fn options(
         async_nats::ConnectOptions::with_credentials_file(&s.creds_file)
             .await
             .map_err(|source| NatsError::Credentials {
-                bridge: s.name.clone(),
                 what: "creds file",
                 path: s.creds_file.clone(),
                 source,
@@ -255,7 +241,6 @@ async fn run(
     // `Connected` event cannot report Ready before they do.
     let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let addrs = server_addrs(&s.url).map_err(|message| NatsError::Connect {
-        bridge: s.name.clone(),
         url: s.url.clone(),
         message,
     })?;
@@ -270,7 +255,6 @@ async fn run(
     .connect(addrs)
     .await
     .map_err(|e| NatsError::Connect {
-        bridge: s.name.clone(),
         url: s.url.clone(),
         message: e.to_string(),
     })?;
@@ -298,7 +282,6 @@ async fn run(
             .subscribe(subject.clone())
             .await
             .map_err(|e| NatsError::Subscribe {
-                bridge: s.name.clone(),
                 subject: subject.clone(),
                 message: e.to_string(),
             })?;
@@ -345,7 +328,6 @@ async fn jetstream_consumer(
 ) -> Result<async_nats::jetstream::consumer::push::Ordered, NatsError> {
     use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
     let err = |message: String| NatsError::JetStream {
-        bridge: s.name.clone(),
         stream: start.stream.clone(),
         message,
     };

@@ -118,7 +118,9 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-fn cores() -> usize {
+/// CPU cores available to this process (1 when unknown): the default for
+/// `server.workers` and `server.shards`.
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

@@ -61,7 +61,7 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let workers = match config.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => crate::broker::cores(),
         n => n,
     };
     let broker = Broker::start(config)?;
