@@ -1,15 +1,25 @@
-//! End-to-end tests of the NATS bridge against a real, private nats-server:
-//! NATS → WebSocket with wildcards, prefix mapping, headers, JSON, text and binary
-//! payloads; an outage (`/readyz` 503 naming the bridge, local publishing unaffected)
-//! and recovery without restarting Herald.
+//! End-to-end tests of the NATS bridge against a real nats-server: NATS → WebSocket
+//! with wildcards, prefix mapping, headers, JSON, text and binary payloads; outages
+//! (`/readyz` 503 naming the bridge, local publishing unaffected) and recovery
+//! without restarting Herald; the cluster backplane; JetStream starts (`deliver`
+//! `all`, `new`, `last_per_subject`, a missing stream retried until it exists); and a
+//! NATS slow consumer.
+//!
+//! Tests that need no special server options and never stop the server take it from
+//! [`TestNats`]: the server named by `HERALD_TEST_NATS_URL` when set (e.g. the
+//! machine's `nats://127.0.0.1:4222`), else a private one. They keep every subject
+//! under their own `t<unique>.` root. The others start private servers.
+//! TLS, NKey and `.creds` authentication are in `nats_auth.rs`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use herald_e2e::nats::NatsServer;
-use herald_e2e::{config, Broker};
+use herald_e2e::nats::{wait_ready as ready, wait_reason, NatsServer, TestNats};
+use herald_e2e::{config, Broker, Client};
 use serde_json::{json, Value};
 
+/// A bridge `events` on `url`, subscribed to `events.>`, with `extra` TOML lines.
 fn bridge(url: &str, extra: &str) -> String {
     config(
         "",
@@ -17,26 +27,24 @@ fn bridge(url: &str, extra: &str) -> String {
     )
 }
 
-/// Waits until `/readyz` answers `status`; returns its body.
-async fn ready(broker: &Broker, status: u16) -> Result<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, body) = broker.get("/readyz").await?;
-        if code == status {
-            return Ok(body);
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz stayed {code}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// A bridge `events` subscribed to `subject` on `nats`, with `strip_prefix =
+/// "<root>.events."`: NATS `<root>.events.orders.eu` is topic `orders.eu`.
+fn test_bridge(nats: &TestNats, subject: &str, extra: &str) -> String {
+    config(
+        "",
+        &format!(
+            "[[bridge.nats]]\nname = \"events\"\nurl = \"{}\"\nsubjects = [\"{}\"]\nstrip_prefix = \"{}\"\n{extra}\n",
+            nats.url(),
+            nats.subject(subject),
+            nats.subject("events."),
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_messages_reach_websocket_subscribers() -> Result<()> {
-    let nats = NatsServer::start()?;
-    let broker = Broker::start(&bridge(&nats.url(), "strip_prefix = \"events.\""))?;
+    let nats = TestNats::start()?;
+    let broker = Broker::start(&test_bridge(&nats, "events.>", ""))?;
     ready(&broker, 200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["orders.*"]).await?;
@@ -44,25 +52,29 @@ async fn nats_messages_reach_websocket_subscribers() -> Result<()> {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("trace", "abc");
     publisher
-        .publish_with_headers("events.orders.eu", headers, r#"{"id":7}"#.into())
+        .publish_with_headers(
+            nats.subject("events.orders.eu"),
+            headers,
+            r#"{"id":7}"#.into(),
+        )
         .await?;
     publisher
-        .publish("events.orders.us", "plain text".into())
+        .publish(nats.subject("events.orders.us"), "plain text".into())
         .await?;
     publisher
         .publish(
-            "events.orders.bin",
+            nats.subject("events.orders.bin"),
             bytes::Bytes::from_static(&[0xff, 0x00, 0x10]),
         )
         .await?;
     // Not matched by the subscription: a deeper subject.
     publisher
-        .publish("events.orders.eu.created", "{}".into())
+        .publish(nats.subject("events.orders.eu.created"), "{}".into())
         .await?;
     publisher.flush().await?;
 
     // Three topics, three shards: order is per topic only, so look them up by name.
-    let mut by_topic = std::collections::BTreeMap::new();
+    let mut by_topic = BTreeMap::new();
     for _ in 0..3 {
         let e = c.event().await?;
         by_topic.insert(e["topic"].as_str().unwrap_or_default().to_string(), e);
@@ -100,16 +112,15 @@ async fn nats_messages_reach_websocket_subscribers() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subjects_map_to_topics_with_prefixes() -> Result<()> {
-    let nats = NatsServer::start()?;
-    let broker = Broker::start(&bridge(
-        &nats.url(),
-        "strip_prefix = \"events.\"\ntopic_prefix = \"live.\"",
-    ))?;
+    let nats = TestNats::start()?;
+    let broker = Broker::start(&test_bridge(&nats, "events.>", "topic_prefix = \"live.\""))?;
     ready(&broker, 200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["live.>"]).await?;
     let publisher = nats.client().await?;
-    publisher.publish("events.metrics.cpu", "1".into()).await?;
+    publisher
+        .publish(nats.subject("events.metrics.cpu"), "1".into())
+        .await?;
     publisher.flush().await?;
     let e = c.event().await?;
     assert_eq!(e["topic"], "live.metrics.cpu");
@@ -179,6 +190,9 @@ async fn a_bridge_that_cannot_connect_is_not_ready_but_herald_serves() -> Result
     let (code, body) = broker.get("/readyz").await?;
     assert_eq!(code, 503, "{body}");
     assert!(body["reasons"].to_string().contains("events"), "{body}");
+    // Once an attempt has failed, the reason says what failed.
+    let reason = wait_reason(&broker, "cannot connect to NATS").await?;
+    assert!(reason.starts_with("bridge events: down: "), "{reason}");
     let mut c = broker.client().await?;
     c.subscribe(&["x"]).await?;
     broker.publish("x", json!(1)).await?;
@@ -186,23 +200,25 @@ async fn a_bridge_that_cannot_connect_is_not_ready_but_herald_serves() -> Result
     Ok(())
 }
 
-fn cluster_node(url: &str) -> String {
+/// A node of a cluster whose backplane bridge `bus` uses subjects `<prefix>>`.
+fn cluster_node(url: &str, prefix: &str) -> String {
     config(
         "",
         &format!(
-            "[cluster]\nbackplane = \"bus\"\nsubject_prefix = \"herald.\"\n\
-             [[bridge.nats]]\nname = \"bus\"\nurl = \"{url}\"\nsubjects = [\"herald.>\"]\nstrip_prefix = \"herald.\"\n"
+            "[cluster]\nbackplane = \"bus\"\nsubject_prefix = \"{prefix}\"\n\
+             [[bridge.nats]]\nname = \"bus\"\nurl = \"{url}\"\nsubjects = [\"{prefix}>\"]\nstrip_prefix = \"{prefix}\"\n"
         ),
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_sharing_nats_deliver_each_publish_exactly_once_everywhere() -> Result<()> {
-    let nats = NatsServer::start()?;
+    let nats = TestNats::start()?;
+    let node = cluster_node(&nats.url(), &nats.prefix());
     let nodes = [
-        Broker::start(&cluster_node(&nats.url()))?,
-        Broker::start(&cluster_node(&nats.url()))?,
-        Broker::start(&cluster_node(&nats.url()))?,
+        Broker::start(&node)?,
+        Broker::start(&node)?,
+        Broker::start(&node)?,
     ];
     let mut clients = Vec::new();
     for node in &nodes {
@@ -248,7 +264,7 @@ async fn three_nodes_sharing_nats_deliver_each_publish_exactly_once_everywhere()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_fail_clearly_while_the_backplane_is_down() -> Result<()> {
     let mut nats = NatsServer::start()?;
-    let broker = Broker::start(&cluster_node(&nats.url()))?;
+    let broker = Broker::start(&cluster_node(&nats.url(), "herald."))?;
     ready(&broker, 200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["chat.*"]).await?;
@@ -282,8 +298,8 @@ async fn publishes_fail_clearly_while_the_backplane_is_down() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_names_nats_cannot_carry_are_a_400_not_a_crash() -> Result<()> {
-    let nats = NatsServer::start()?;
-    let broker = Broker::start(&cluster_node(&nats.url()))?;
+    let nats = TestNats::start()?;
+    let broker = Broker::start(&cluster_node(&nats.url(), &nats.prefix()))?;
     ready(&broker, 200).await?;
     let (status, body) = broker
         .post_raw(
@@ -325,95 +341,9 @@ fn backplane_config_must_round_trip_topics() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_start_gives_the_last_message_per_subject_then_live() -> Result<()> {
-    let nats = NatsServer::start()?;
-    let client = nats.client().await?;
-    let js = async_nats::jetstream::new(client.clone());
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "EVENTS".into(),
-        subjects: vec!["events.>".into()],
-        ..Default::default()
-    })
-    .await?;
-    // State published before Herald starts.
-    for (subject, v) in [("events.a.x", 1), ("events.a.x", 2), ("events.a.y", 1)] {
-        js.publish(subject, json!({"v": v}).to_string().into())
-            .await?
-            .await?;
-    }
-    let broker = Broker::start(&bridge(
-        &nats.url(),
-        "strip_prefix = \"events.\"\njetstream = { stream = \"EVENTS\", deliver = \"last_per_subject\" }",
-    ))?;
-    ready(&broker, 200).await?;
-    // Wait until the replayed state reached both topics.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, topics) = broker.get("/api/topics").await?;
-        let n = topics["topics"]
-            .as_array()
-            .map_or(0, |t| t.iter().filter(|r| r["seq"] == 1).count());
-        if n == 2 {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "state not replayed: {topics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut c = broker.client().await?;
-    c.request(json!({"op":"subscribe","topics":["a.*"],"last":10}))
-        .await?;
-    let mut state = std::collections::BTreeMap::new();
-    for _ in 0..2 {
-        let e = c.event().await?;
-        assert_eq!(e["replay"], true);
-        state.insert(
-            e["topic"].as_str().unwrap_or_default().to_string(),
-            e["data"].clone(),
-        );
-    }
-    // The last message of each subject only: a.x is at v2, its v1 was skipped.
-    assert_eq!(state["a.x"], json!({"v": 2}));
-    assert_eq!(state["a.y"], json!({"v": 1}));
-    c.expect_silence(Duration::from_millis(300)).await?;
-    // Then live.
-    js.publish("events.a.x", json!({"v": 3}).to_string().into())
-        .await?
-        .await?;
-    let live = c.event().await?;
-    assert_eq!(
-        (live["topic"].as_str(), &live["data"], live["seq"].as_u64()),
-        (Some("a.x"), &json!({"v": 3}), Some(2))
-    );
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_start_on_a_missing_stream_is_not_ready_and_says_why() -> Result<()> {
-    let nats = NatsServer::start()?;
-    let broker = Broker::start(&bridge(&nats.url(), "jetstream = { stream = \"NOPE\" }"))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = broker.get("/readyz").await?;
-        if body["reasons"].to_string().contains("NOPE") {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "reason never named the stream: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(broker.get("/readyz").await?.0, 503);
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backplane_publishers_cannot_forge_source_or_key_and_batches_fail_whole() -> Result<()> {
-    let nats = NatsServer::start()?;
-    let broker = Broker::start(&cluster_node(&nats.url()))?;
+    let nats = TestNats::start()?;
+    let broker = Broker::start(&cluster_node(&nats.url(), &nats.prefix()))?;
     ready(&broker, 200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["f.*"]).await?;
@@ -443,19 +373,22 @@ async fn backplane_publishers_cannot_forge_source_or_key_and_batches_fail_whole(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_list_fails_over_to_a_live_server() -> Result<()> {
-    let nats = NatsServer::start()?;
+    let nats = TestNats::start()?;
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let urls = format!("nats://127.0.0.1:{dead}, {}", nats.url());
-    let broker = Broker::start(&bridge(&urls, ""))?;
+    let config = test_bridge(&nats, "events.>", "").replace(&nats.url(), &urls);
+    let broker = Broker::start(&config)?;
     ready(&broker, 200).await?;
     let mut c = broker.client().await?;
-    c.subscribe(&["events.>"]).await?;
+    c.subscribe(&["z"]).await?;
     let publisher = nats.client().await?;
-    publisher.publish("events.z", "1".into()).await?;
+    publisher
+        .publish(nats.subject("events.z"), "1".into())
+        .await?;
     publisher.flush().await?;
-    assert_eq!(c.event().await?["topic"], "events.z");
+    assert_eq!(c.event().await?["topic"], "z");
     Ok(())
 }
 
@@ -481,12 +414,9 @@ async fn credentials_authenticate_the_bridge() -> Result<()> {
         &nats.url(),
         "user = \"herald\"\npassword = \"wrong\"",
     ))?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        bad.get("/readyz").await?.0,
-        503,
-        "a refused login is not ready"
-    );
+    // Refused logins are retried; /readyz says why.
+    let reason = wait_reason(&bad, "authorization violation").await?;
+    assert!(reason.contains("bridge events"), "{reason}");
     assert!(
         !bad.log_text().contains("wrong"),
         "the password never reaches the logs"
@@ -496,5 +426,380 @@ async fn credentials_authenticate_the_bridge() -> Result<()> {
     let nats = NatsServer::start_with(&["--auth", "tok-123"])?;
     let broker = Broker::start(&bridge(&nats.url(), "token = \"tok-123\""))?;
     ready(&broker, 200).await?;
+    Ok(())
+}
+
+/// Publishes `(subject under the test's root, value)` pairs into JetStream, each
+/// acknowledged (stored) before the next.
+async fn store(
+    nats: &TestNats,
+    js: &async_nats::jetstream::Context,
+    messages: &[(&str, i64)],
+) -> Result<()> {
+    for (subject, v) in messages {
+        js.publish(nats.subject(subject), json!({ "v": v }).to_string().into())
+            .await?
+            .await?;
+    }
+    Ok(())
+}
+
+/// A stream `NAME_<root>` holding every subject under `<root>.events.>`.
+async fn events_stream(
+    nats: &TestNats,
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Result<String> {
+    let name = nats.stream_name(name);
+    nats.create_stream(
+        js,
+        async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![nats.subject("events.>")],
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(name)
+}
+
+/// Waits (up to 10 s) until `/api/topics` shows each `(topic, seq)`.
+async fn wait_topics(broker: &Broker, want: &[(&str, u64)]) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, topics) = broker.get("/api/topics").await?;
+        let rows = topics["topics"].as_array().cloned().unwrap_or_default();
+        let done = want.iter().all(|(topic, seq)| {
+            rows.iter()
+                .any(|r| r["topic"] == *topic && r["seq"].as_u64() == Some(*seq))
+        });
+        if done {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "topics never reached {want:?}: {topics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The replayed history a new subscriber of `topics` gets with `"last":10`.
+async fn history(broker: &Broker, topics: &[&str]) -> Result<(Client, Vec<Value>)> {
+    let mut c = broker.client().await?;
+    let (reply, mut early) = c
+        .request(json!({"op":"subscribe","topics":topics,"last":10}))
+        .await?;
+    ensure!(reply["type"] == "subscribed", "{reply}");
+    // Replayed events come before live ones; a short silence ends the replay.
+    loop {
+        match tokio::time::timeout(Duration::from_millis(400), c.event()).await {
+            Ok(e) => early.push(e?),
+            Err(_) => return Ok((c, early)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_start_gives_the_last_message_per_subject_then_live() -> Result<()> {
+    let nats = TestNats::start()?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    let stream = events_stream(&nats, &js, "EVENTS").await?;
+    // State published before Herald starts.
+    store(
+        &nats,
+        &js,
+        &[("events.a.x", 1), ("events.a.x", 2), ("events.a.y", 1)],
+    )
+    .await?;
+    let broker = Broker::start(&test_bridge(
+        &nats,
+        "events.>",
+        &format!("jetstream = {{ stream = \"{stream}\", deliver = \"last_per_subject\" }}"),
+    ))?;
+    ready(&broker, 200).await?;
+    wait_topics(&broker, &[("a.x", 1), ("a.y", 1)]).await?;
+    let (mut c, replayed) = history(&broker, &["a.*"]).await?;
+    let state: BTreeMap<_, _> = replayed
+        .iter()
+        .inspect(|e| assert_eq!(e["replay"], true, "{e}"))
+        .map(|e| (e["topic"].as_str().unwrap_or_default(), e["data"].clone()))
+        .collect();
+    // The last message of each subject only: a.x is at v2, its v1 was skipped.
+    assert_eq!(replayed.len(), 2, "{replayed:?}");
+    assert_eq!(state["a.x"], json!({"v": 2}));
+    assert_eq!(state["a.y"], json!({"v": 1}));
+    // Then live.
+    store(&nats, &js, &[("events.a.x", 3)]).await?;
+    let live = c.event().await?;
+    assert_eq!(
+        (live["topic"].as_str(), &live["data"], live["seq"].as_u64()),
+        (Some("a.x"), &json!({"v": 3}), Some(2))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_start_all_replays_every_stored_message_in_order_then_live() -> Result<()> {
+    let nats = TestNats::start()?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    let stream = events_stream(&nats, &js, "EVENTS").await?;
+    // Stored before Herald starts; events.b.* is in the stream but outside the
+    // bridge's subject (the consumer's filter).
+    store(
+        &nats,
+        &js,
+        &[
+            ("events.a.x", 1),
+            ("events.a.y", 1),
+            ("events.a.x", 2),
+            ("events.b.z", 1),
+            ("events.a.x", 3),
+        ],
+    )
+    .await?;
+    let broker = Broker::start(&test_bridge(
+        &nats,
+        "events.a.>",
+        &format!("jetstream = {{ stream = \"{stream}\", deliver = \"all\" }}"),
+    ))?;
+    ready(&broker, 200).await?;
+    wait_topics(&broker, &[("a.x", 3), ("a.y", 1)]).await?;
+    let (mut c, replayed) = history(&broker, &[">"]).await?;
+    let x: Vec<_> = replayed
+        .iter()
+        .filter(|e| e["topic"] == "a.x")
+        .map(|e| (e["seq"].as_u64(), e["data"]["v"].as_i64()))
+        .collect();
+    // Every stored message of a.x, in the order it was stored.
+    assert_eq!(
+        x,
+        [(Some(1), Some(1)), (Some(2), Some(2)), (Some(3), Some(3))],
+        "{replayed:?}"
+    );
+    let y: Vec<_> = replayed.iter().filter(|e| e["topic"] == "a.y").collect();
+    assert_eq!(y.len(), 1, "{replayed:?}");
+    // Nothing outside the filter (b.z) became an event.
+    assert_eq!(replayed.len(), 4, "{replayed:?}");
+    // Then live, continuing the topic's numbering.
+    store(&nats, &js, &[("events.a.x", 4)]).await?;
+    let live = c.event().await?;
+    assert_eq!(
+        (live["topic"].as_str(), live["seq"].as_u64(), &live["data"]),
+        (Some("a.x"), Some(4), &json!({"v": 4}))
+    );
+    assert!(live.get("replay").is_none(), "{live}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_start_new_replays_nothing_and_delivers_what_comes_after() -> Result<()> {
+    let nats = TestNats::start()?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    let stream = events_stream(&nats, &js, "EVENTS").await?;
+    store(&nats, &js, &[("events.a.x", 1), ("events.a.x", 2)]).await?;
+    let broker = Broker::start(&test_bridge(
+        &nats,
+        "events.>",
+        &format!("jetstream = {{ stream = \"{stream}\", deliver = \"new\" }}"),
+    ))?;
+    ready(&broker, 200).await?;
+    let mut c = broker.client().await?;
+    c.subscribe(&["a.*"]).await?;
+    // Nothing stored became an event: no topic exists, nothing arrives.
+    c.expect_silence(Duration::from_millis(500)).await?;
+    let (_, topics) = broker.get("/api/topics").await?;
+    assert_eq!(topics["topics"], json!([]), "{topics}");
+    // Published after the bridge is ready: delivered, as the topic's first event.
+    store(&nats, &js, &[("events.a.x", 3)]).await?;
+    let live = c.event().await?;
+    assert_eq!(
+        (live["topic"].as_str(), live["seq"].as_u64(), &live["data"]),
+        (Some("a.x"), Some(1), &json!({"v": 3}))
+    );
+    c.expect_silence(Duration::from_millis(300)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_start_on_a_missing_stream_retries_until_the_stream_exists() -> Result<()> {
+    let nats = TestNats::start()?;
+    let stream = nats.stream_name("LATER");
+    let broker = Broker::start(&test_bridge(
+        &nats,
+        "events.>",
+        &format!("jetstream = {{ stream = \"{stream}\", deliver = \"all\" }}"),
+    ))?;
+    let reason = wait_reason(&broker, &stream).await?;
+    assert!(
+        reason.starts_with("bridge events: down: JetStream stream") && reason.contains("retrying"),
+        "{reason}"
+    );
+    // Attempts fail meanwhile (at 0, 0.25, 0.75 and 1.75 s). The same error is
+    // logged once, not once per attempt (two lines at most, should the first
+    // attempt have failed differently, e.g. timed out).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(broker.get("/readyz").await?.0, 503);
+    let log = broker.log_text();
+    let failures = log
+        .lines()
+        .filter(|l| l.contains("attempt failed") && l.contains(&stream))
+        .count();
+    assert!((1..=2).contains(&failures), "{failures} lines: {log}");
+
+    // Someone creates the stream: the bridge becomes ready without a restart,
+    // replays what the stream holds, and goes live.
+    let js = async_nats::jetstream::new(nats.client().await?);
+    nats.create_stream(
+        &js,
+        async_nats::jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![nats.subject("events.>")],
+            ..Default::default()
+        },
+    )
+    .await?;
+    store(&nats, &js, &[("events.s.a", 1)]).await?;
+    let pid = broker.pid();
+    ready(&broker, 200).await?;
+    assert_eq!(broker.pid(), pid, "the same Herald process");
+    assert!(
+        broker
+            .log_text()
+            .contains("jetstream consumer created after retrying"),
+        "{}",
+        broker.log_text()
+    );
+    wait_topics(&broker, &[("s.a", 1)]).await?;
+    let (mut c, replayed) = history(&broker, &["s.a"]).await?;
+    assert_eq!(replayed.len(), 1, "{replayed:?}");
+    assert_eq!(replayed[0]["data"], json!({"v": 1}));
+    store(&nats, &js, &[("events.s.a", 2)]).await?;
+    let live = c.event().await?;
+    assert_eq!(
+        (live["seq"].as_u64(), &live["data"]),
+        (Some(2), &json!({"v": 2}))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_bridge_is_ready_again_after_an_outage() -> Result<()> {
+    let mut nats = NatsServer::start()?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["events.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let broker = Broker::start(&bridge(
+        &nats.url(),
+        "strip_prefix = \"events.\"\njetstream = { stream = \"EVENTS\", deliver = \"new\" }",
+    ))?;
+    ready(&broker, 200).await?;
+    let mut c = broker.client().await?;
+    c.subscribe(&["o.*"]).await?;
+    js.publish("events.o.a", "1".into()).await?.await?;
+    assert_eq!(c.event().await?["data"], 1);
+
+    nats.stop();
+    wait_reason(&broker, "bridge events").await?;
+    nats.restart()?;
+    // Ready again without restarting Herald, and messages flow again (the ordered
+    // consumer recreates itself; the stream survived on disk).
+    ready(&broker, 200).await?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    js.publish("events.o.a", "2".into()).await?.await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let e = loop {
+        let v = c.recv_any(Duration::from_secs(20)).await?;
+        if v["type"] == "event" {
+            break v;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no event after the outage"
+        );
+    };
+    assert_eq!((e["topic"].as_str(), &e["data"]), (Some("o.a"), &json!(2)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_slow_consumer_is_counted_logged_sparingly_and_survived() -> Result<()> {
+    const BURST: u64 = 50_000;
+    let nats = TestNats::start()?;
+    // One message of room between the NATS client and the bridge: a burst overflows.
+    let broker = Broker::start(&test_bridge(&nats, "events.>", "subscription_capacity = 1"))?;
+    ready(&broker, 200).await?;
+    let publisher = nats.client().await?;
+    let subject = nats.subject("events.burst");
+    for _ in 0..BURST {
+        publisher
+            .publish(subject.clone(), bytes::Bytes::from_static(b"1"))
+            .await?;
+    }
+    publisher.flush().await?;
+
+    // Wait until the counts stop moving.
+    let metric = |name: &'static str| {
+        let broker = &broker;
+        async move { broker.metric(&format!("{name}{{bridge=\"events\"}}")).await }
+    };
+    let mut last = (-1.0, -1.0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (received, slow) = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = (
+            metric("herald_bridge_messages_total").await?,
+            metric("herald_bridge_slow_consumer_total").await?,
+        );
+        if now == last {
+            break now;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "counts kept moving: {now:?}"
+        );
+        last = now;
+    };
+    let (received, slow) = (received as u64, slow as u64);
+    println!("published {BURST}, received {received}, slow consumer {slow}");
+    assert!(slow > 0, "no slow consumer counted ({received} received)");
+    // Every message was either received or dropped by the client; a drop is counted
+    // at most once (async-nats can undercount: its event queue drops reports when
+    // full), so received + counted drops cannot exceed what was published.
+    assert!((1..BURST).contains(&received), "received {received}");
+    assert!(
+        received + slow <= BURST,
+        "received {received} + slow {slow} > {BURST}"
+    );
+    // The server did not cut the bridge off: the drops happened in the client.
+    assert_eq!(metric("herald_bridge_disconnects_total").await?, 0.0);
+    // Logged at the first drop and then once per 1000, not once per drop.
+    let lines = broker.log_text().matches("nats slow consumer").count() as u64;
+    assert!(
+        lines >= 1 && lines <= slow / 1000 + 1,
+        "{lines} log lines for {slow} drops"
+    );
+    assert!(
+        slow >= 100 && lines * 100 <= slow,
+        "{lines} lines, {slow} drops"
+    );
+
+    // The bridge and its subscribers still work.
+    assert_eq!(broker.get("/readyz").await?.0, 200);
+    let mut c = broker.client().await?;
+    c.subscribe(&["after"]).await?;
+    publisher
+        .publish(nats.subject("events.after"), "\"fine\"".into())
+        .await?;
+    publisher.flush().await?;
+    let e = c.event().await?;
+    assert_eq!(
+        (e["topic"].as_str(), &e["data"]),
+        (Some("after"), &json!("fine"))
+    );
     Ok(())
 }

@@ -1,6 +1,9 @@
-//! Bridge configuration: the `[[bridge.nats]]` entries of Herald's TOML, as the
-//! bridges use them. Always compiled (without the `nats` feature too), so a config
-//! file stays valid whatever features a build has. Field docs are user docs.
+//! Bridge configuration: the `[[bridge.nats]]` and `[[bridge.kafka]]` entries of
+//! Herald's TOML, as the bridges use them. Always compiled (without the `nats` or
+//! `kafka` feature too), so a config file stays valid whatever features a build has.
+//! Field docs are user docs.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,4 +98,142 @@ pub enum Deliver {
     /// right after a broker restart.
     #[default]
     LastPerSubject,
+}
+
+/// One `[[bridge.kafka]]` entry: every partition of `topics`, read by this node alone
+/// (no consumer-group split between nodes), mapped to Herald topics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Bridge name (unique among all bridges): in `/readyz`, logs, the `bridge`
+    /// metric label and the per-node `group.id`. Default `kafka`.
+    pub name: String,
+    /// Bootstrap brokers, comma-separated `host:port`. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Kafka topics to read (exact names). Default `["orders"]`.
+    pub topics: Vec<String>,
+    /// Herald topic for a record: `{topic}` is the Kafka topic, `{key}` the record key
+    /// made into one topic token (see the Kafka bridge docs). Default `{topic}`.
+    pub topic_template: String,
+    /// Where each partition starts when the bridge first sees it: `latest`,
+    /// `earliest` or `last:N` (the last N records of every partition). Default `latest`.
+    pub start: Start,
+    /// librdkafka properties passed through as they are (SASL, TLS, fetch tuning).
+    /// Values may be strings, numbers or booleans. Masked by `check-config` when the
+    /// name mentions a password, secret or key.
+    #[serde(deserialize_with = "properties")]
+    pub properties: BTreeMap<String, String>,
+    /// How often the bridge re-reads topic metadata to pick up new partitions
+    /// (and notice a deleted topic), in milliseconds. Default 10000.
+    pub metadata_refresh_ms: u64,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            name: "kafka".into(),
+            brokers: "127.0.0.1:9092".into(),
+            topics: vec!["orders".into()],
+            topic_template: "{topic}".into(),
+            start: Start::Latest,
+            properties: BTreeMap::new(),
+            metadata_refresh_ms: 10_000,
+        }
+    }
+}
+
+/// Where a Kafka partition starts (`start = "latest" | "earliest" | "last:N"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Start {
+    /// Only records produced from now on.
+    #[default]
+    Latest,
+    /// Everything the partition still holds.
+    Earliest,
+    /// The last N records of every partition, then live.
+    Last(u32),
+}
+
+impl std::str::FromStr for Start {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "latest" => Ok(Start::Latest),
+            "earliest" => Ok(Start::Earliest),
+            _ => s
+                .strip_prefix("last:")
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| *n > 0)
+                .map(Start::Last)
+                .ok_or_else(|| {
+                    format!("`{s}`: expected \"latest\", \"earliest\" or \"last:N\" with N ≥ 1")
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Start::Latest => f.write_str("latest"),
+            Start::Earliest => f.write_str("earliest"),
+            Start::Last(n) => write!(f, "last:{n}"),
+        }
+    }
+}
+
+impl Serialize for Start {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Start {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// librdkafka takes every property as a string; TOML users write `50` or `true`.
+fn properties<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let raw = BTreeMap::<String, Value>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::Text(s) => s,
+                Value::Int(n) => n.to_string(),
+                Value::Float(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions_parse_and_print_back() {
+        for s in ["latest", "earliest", "last:20"] {
+            assert_eq!(s.parse::<Start>().map(|v| v.to_string()), Ok(s.to_owned()));
+        }
+        for bad in ["last:0", "last:", "last:-1", "newest", ""] {
+            assert!(bad.parse::<Start>().is_err(), "{bad}");
+        }
+    }
 }

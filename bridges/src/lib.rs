@@ -13,9 +13,10 @@
 //!   (where its events go), a [`StatusSink`] (its [`BridgeStatus`], for `/readyz`)
 //!   and its [`BridgeCounters`] (for `/metrics`), all labelled by its configured name.
 //! - [`BridgeCounters`]: what each bridge counts, for the broker's metrics.
-//! - [`config`]: the bridges' configuration (`[[bridge.nats]]`), always compiled.
-//! - `nats` (feature `nats`): the NATS bridge. The `kafka` feature will hold the
-//!   Kafka bridge.
+//! - [`config`]: the bridges' configuration (`[[bridge.nats]]`, `[[bridge.kafka]]`),
+//!   always compiled.
+//! - `nats` (feature `nats`): the NATS bridge.
+//! - `kafka` (feature `kafka`): the Kafka bridge.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub mod config;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
 
@@ -141,6 +144,9 @@ pub struct BridgeCounters {
     pub reconnects: AtomicU64,
     /// Whether the connection is up now.
     pub connected: AtomicBool,
+    /// Records between what the bridge has handed on and the end of its partitions,
+    /// summed over the bridge (Kafka; always 0 for NATS).
+    pub lag: AtomicU64,
 }
 
 impl BridgeCounters {

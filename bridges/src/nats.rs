@@ -6,7 +6,10 @@
 //! the broker with `try_send` and counts what does not fit. async-nats reconnects by
 //! itself (forever, with backoff) and re-subscribes on reconnect; the bridge reports
 //! `Down` while disconnected and `Ready` once its subscriptions are flushed to the
-//! server again, so `/readyz` tells a load balancer the truth.
+//! server again, so `/readyz` tells a load balancer the truth. While it cannot
+//! connect, the reason is the last attempt's error (a TLS error, an authorization
+//! violation, …). A JetStream start whose stream is missing retries with capped
+//! exponential backoff (250 ms doubling to 30 s), Down with the error meanwhile.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -181,7 +184,9 @@ async fn options(
         .require_tls(s.tls_required)
         .name(format!("herald-{}", s.name))
         .subscription_capacity(s.subscription_capacity.max(1))
-        .retry_on_initial_connect()
+        // No `retry_on_initial_connect`: `connect_with_retry` retries the first
+        // connection itself, because only a failed `connect` returns the whole error
+        // (async-nats' events carry just its kind, such as "IO error").
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
@@ -215,6 +220,22 @@ async fn options(
                         warn!(bridge = %name, "nats disconnected; reconnecting");
                         status(BridgeStatus::Down("disconnected from NATS; reconnecting".into()));
                     }
+                    async_nats::Event::ClientError(e) => {
+                        // A failed reconnect attempt. One line per attempt: async-nats
+                        // spaces them out (up to 4 s apart), so this cannot flood the log.
+                        info!(bridge = %name, event = %e, "nats event");
+                        // The event carries only the kind of error (an authorization
+                        // violation, an IO error), but that still helps say why.
+                        if !counters.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                            let why = match e {
+                                async_nats::ClientError::Other(why) => why,
+                                other => other.to_string(),
+                            };
+                            status(BridgeStatus::Down(format!(
+                                "disconnected from NATS; reconnecting (last attempt: {why})"
+                            )));
+                        }
+                    }
                     async_nats::Event::SlowConsumer(_) => {
                         // Logged at most once per 1000 drops: a slow consumer is a
                         // storm, not an event.
@@ -227,6 +248,111 @@ async fn options(
                 }
             }
         }))
+}
+
+/// Capped exponential backoff between attempts at something that fails until the
+/// world changes (a server that is not up yet, a stream nobody created yet), and a
+/// log that does not repeat itself: one line when an error first appears or changes,
+/// then at most one per [`RETRY_LOG_EVERY`] while it stays the same.
+struct Retry {
+    /// The wait after the next failure; doubles up to `max`.
+    delay: Duration,
+    max: Duration,
+    /// Attempts so far, the failed ones and the one in progress.
+    attempts: u64,
+    /// The error last logged, and when.
+    logged: Option<(String, tokio::time::Instant)>,
+}
+
+/// While the same error repeats, it is logged again at most this often.
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(30);
+
+impl Retry {
+    fn new(first: Duration, max: Duration) -> Self {
+        Retry {
+            delay: first,
+            max,
+            attempts: 1,
+            logged: None,
+        }
+    }
+
+    /// Counts a failed attempt: whether to log `error` now, and how long to wait
+    /// before the next attempt.
+    fn record(&mut self, error: &str) -> (bool, Duration) {
+        let due = self
+            .logged
+            .as_ref()
+            .is_none_or(|(last, at)| last != error || at.elapsed() >= RETRY_LOG_EVERY);
+        if due {
+            self.logged = Some((error.to_owned(), tokio::time::Instant::now()));
+        }
+        let wait = self.delay;
+        self.delay = (self.delay * 2).min(self.max);
+        self.attempts += 1;
+        (due, wait)
+    }
+
+    /// Logs a failed attempt (when due) and waits before the next one.
+    async fn failed(&mut self, bridge: &str, error: String) {
+        let attempts = self.attempts;
+        let (due, wait) = self.record(&error);
+        if due {
+            warn!(
+                bridge = %bridge,
+                error = %error,
+                attempts,
+                retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "nats bridge attempt failed; retrying with backoff"
+            );
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// First delay before trying the first connection again.
+const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Largest delay between two attempts at the first connection (as async-nats'
+/// reconnects).
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(4);
+
+/// The first connection, retried forever. Each failure reports the bridge Down with
+/// the whole error ("cannot connect to NATS: IO error: invalid peer certificate:
+/// UnknownIssuer"); the URL is left out, as it may hold a password. Once connected,
+/// async-nats reconnects by itself.
+async fn connect_with_retry(
+    s: &NatsSettings,
+    addrs: &[async_nats::ServerAddr],
+    status: &StatusSink,
+    counters: &Arc<BridgeCounters>,
+    subscribed: &Arc<std::sync::atomic::AtomicBool>,
+    slot: &ClientSlot,
+) -> Result<async_nats::Client, NatsError> {
+    let mut retry = Retry::new(CONNECT_RETRY_FIRST, CONNECT_RETRY_MAX);
+    loop {
+        // Built again for every attempt: `connect` consumes the options.
+        let opts = options(
+            s,
+            status.clone(),
+            counters.clone(),
+            subscribed.clone(),
+            slot.clone(),
+        )
+        .await?;
+        match opts.connect(addrs.to_vec()).await {
+            Ok(client) => {
+                if retry.attempts > 1 {
+                    info!(bridge = %s.name, attempts = retry.attempts, "nats connected after retrying");
+                }
+                return Ok(client);
+            }
+            Err(e) => {
+                let error = format!("cannot connect to NATS: {e}");
+                status(BridgeStatus::Down(format!("{error}; retrying")));
+                retry.failed(&s.name, error).await;
+            }
+        }
+    }
 }
 
 async fn run(
@@ -244,22 +370,12 @@ async fn run(
         url: s.url.clone(),
         message,
     })?;
-    let client = options(
-        s,
-        status.clone(),
-        counters.clone(),
-        subscribed.clone(),
-        slot.clone(),
-    )
-    .await?
-    .connect(addrs)
-    .await
-    .map_err(|e| NatsError::Connect {
-        url: s.url.clone(),
-        message: e.to_string(),
-    })?;
+    let client = connect_with_retry(s, &addrs, &status, &counters, &subscribed, &slot).await?;
     if let Some(start) = &s.jetstream {
-        let mut messages = jetstream_consumer(s, start, &client).await?;
+        let mut messages = jetstream_consumer_with_retry(s, start, &client, &status).await;
+        // The ordered consumer recreates itself after a lost connection, so a later
+        // `Connected` may report Ready again (after its flush).
+        subscribed.store(true, std::sync::atomic::Ordering::Release);
         counters
             .connected
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -316,6 +432,38 @@ fn forward(
     counters.add(&counters.received, 1);
     if sink.try_send(event_for(s, msg)).is_err() {
         counters.add(&counters.dropped, 1);
+    }
+}
+
+/// First delay before setting up the JetStream consumer again after a failure.
+const JETSTREAM_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Largest delay between two attempts at the JetStream consumer.
+const JETSTREAM_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// [`jetstream_consumer`], retried until it succeeds: a missing stream (or
+/// JetStream not being available yet) is usually fixed without restarting Herald,
+/// by whoever creates the stream. Meanwhile the bridge is Down with the error.
+async fn jetstream_consumer_with_retry(
+    s: &NatsSettings,
+    start: &JetStreamStart,
+    client: &async_nats::Client,
+    status: &StatusSink,
+) -> async_nats::jetstream::consumer::push::Ordered {
+    let mut retry = Retry::new(JETSTREAM_RETRY_FIRST, JETSTREAM_RETRY_MAX);
+    loop {
+        match jetstream_consumer(s, start, client).await {
+            Ok(messages) => {
+                if retry.attempts > 1 {
+                    info!(bridge = %s.name, stream = %start.stream, attempts = retry.attempts, "jetstream consumer created after retrying");
+                }
+                return messages;
+            }
+            Err(e) => {
+                let error = e.to_string();
+                status(BridgeStatus::Down(format!("{error}; retrying")));
+                retry.failed(&s.name, error).await;
+            }
+        }
     }
 }
 
@@ -393,6 +541,25 @@ impl Actor for NatsBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_to_a_cap_and_log_an_error_once_until_it_changes() {
+        let mut retry = Retry::new(Duration::from_millis(250), Duration::from_secs(30));
+        let mut waits = Vec::new();
+        let mut logged = 0;
+        for _ in 0..10 {
+            let (due, wait) = retry.record("stream not found");
+            waits.push(wait.as_millis());
+            logged += usize::from(due);
+        }
+        assert_eq!(
+            waits,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(logged, 1, "the same error is logged once per 30 s");
+        assert!(retry.record("timed out").0, "a new error is logged at once");
+        assert_eq!(retry.attempts, 12);
+    }
 
     #[test]
     fn mapping_strips_then_prefixes() {

@@ -152,7 +152,7 @@ impl Broker {
             config.server.max_connections_per_ip,
         );
         let readiness = Arc::new(Readiness::default());
-        let started = start_bridges(&config, &registry, &readiness);
+        let started = start_bridges(&config, &node, &registry, &readiness);
         Ok(Broker {
             inner: Arc::new(Inner {
                 registry,
@@ -263,43 +263,52 @@ struct Started {
 
 /// Starts every configured bridge, each with its own [`crate::ingress::Ingress`],
 /// and the backplane when `cluster.backplane` names one of them.
-fn start_bridges(config: &Config, registry: &Registry, readiness: &Arc<Readiness>) -> Started {
+fn start_bridges(
+    config: &Config,
+    node: &str,
+    registry: &Registry,
+    readiness: &Arc<Readiness>,
+) -> Started {
     let mut started = Started {
         counters: Vec::new(),
         #[cfg(feature = "nats")]
         backplane: None,
     };
-    #[cfg(feature = "nats")]
-    for b in &config.bridge.nats {
-        use herald_bridges::nats::NatsBridge;
+    // What every bridge gets: counters, its own ingress, and a status sink that
+    // records its state for /readyz (Starting until it says otherwise).
+    #[allow(unused_variables)]
+    let wire = |name: &str, started: &mut Started| {
         let counters = Arc::new(BridgeCounters::default());
         let ingress =
             crate::ingress::Ingress::new(registry.clone(), config.server.ingest_capacity).start();
-        let name = b.name.clone();
+        let owned = name.to_owned();
         let status_readiness = readiness.clone();
         let status: herald_bridges::StatusSink =
-            Arc::new(move |status| status_readiness.set(&name, status));
+            Arc::new(move |status| status_readiness.set(&owned, status));
         status(BridgeStatus::Starting);
+        started.counters.push((name.to_owned(), counters.clone()));
+        (counters, ingress.recipient(), status)
+    };
+    #[cfg(feature = "nats")]
+    for b in &config.bridge.nats {
+        use herald_bridges::nats::NatsBridge;
+        let (counters, sink, status) = wire(&b.name, &mut started);
         let client = herald_bridges::nats::ClientSlot::default();
-        NatsBridge::new(
-            b.clone(),
-            ingress.recipient(),
-            status,
-            counters.clone(),
-            client.clone(),
-        )
-        .start();
+        NatsBridge::new(b.clone(), sink, status, counters.clone(), client.clone()).start();
         if config.cluster.backplane == b.name {
             started.backplane = Some(crate::backplane::Backplane {
                 bridge: b.name.clone(),
                 client,
-                counters: counters.clone(),
+                counters,
                 prefix: config.cluster.subject_prefix.clone(),
             });
         }
-        started.counters.push((b.name.clone(), counters));
     }
-    #[cfg(not(feature = "nats"))]
-    let _ = (config, registry, readiness);
+    #[cfg(feature = "kafka")]
+    for b in &config.bridge.kafka {
+        let (counters, sink, status) = wire(&b.name, &mut started);
+        herald_bridges::kafka::KafkaBridge::new(b.clone(), node, sink, status, counters).start();
+    }
+    let _ = (&wire, node);
     started
 }

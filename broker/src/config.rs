@@ -6,7 +6,6 @@
 //! source (the file or the environment variable) and what was expected. Unknown keys
 //! are errors: a typo must never silently fall back to a default.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -275,30 +274,10 @@ pub use herald_bridges::config::NatsSettings as NatsBridgeConfig;
 /// `jetstream = { stream, deliver }` of a `[[bridge.nats]]`.
 pub use herald_bridges::config::{Deliver as JetStreamDeliver, JetStreamStart as JetStreamConfig};
 
-/// One `[[bridge.kafka]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaBridgeConfig {
-    pub name: String,
-    pub brokers: String,
-    pub topics: Vec<String>,
-    pub topic_template: String,
-    pub start: String,
-    pub properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaBridgeConfig {
-    fn default() -> Self {
-        KafkaBridgeConfig {
-            name: "kafka".into(),
-            brokers: "127.0.0.1:9092".into(),
-            topics: vec!["orders".into()],
-            topic_template: "{topic}".into(),
-            start: "latest".into(),
-            properties: BTreeMap::new(),
-        }
-    }
-}
+/// One `[[bridge.kafka]]` entry (defined beside the bridge that uses it).
+pub use herald_bridges::config::KafkaSettings as KafkaBridgeConfig;
+/// `start` of a `[[bridge.kafka]]`.
+pub use herald_bridges::config::Start as KafkaStart;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -515,12 +494,8 @@ impl Config {
                 ));
             }
         }
-        if !self.bridge.kafka.is_empty() {
-            return Err(invalid(
-                "bridge.kafka",
-                "[[bridge.kafka]]",
-                "no entries (this build has no Kafka bridge yet)",
-            ));
+        for (i, b) in self.bridge.kafka.iter().enumerate() {
+            self.validate_kafka(i, b, &mut names)?;
         }
         if !self.cluster.backplane.is_empty() {
             self.validate_backplane()?;
@@ -531,6 +506,89 @@ impl Config {
                 "empty unless cluster.backplane is set (it has no effect without one)",
             ));
         }
+        Ok(())
+    }
+
+    /// One `[[bridge.kafka]]` entry: a unique name, brokers, Kafka topic names, a
+    /// template that makes valid Herald topics of them, and properties librdkafka
+    /// accepts (checked without connecting).
+    fn validate_kafka(
+        &self,
+        i: usize,
+        b: &KafkaBridgeConfig,
+        names: &mut std::collections::BTreeSet<String>,
+    ) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("bridge.kafka[{i}].{k}");
+        if b.name.is_empty() || !names.insert(b.name.clone()) {
+            return Err(invalid(
+                &key("name"),
+                &b.name,
+                "a name that no other bridge has",
+            ));
+        }
+        if b.brokers.trim().is_empty() {
+            return Err(invalid(
+                &key("brokers"),
+                &b.brokers,
+                "host:port of one or more brokers, comma-separated",
+            ));
+        }
+        if b.topics.is_empty() {
+            return Err(invalid(&key("topics"), "[]", "at least one Kafka topic"));
+        }
+        for t in &b.topics {
+            let kafka_name = !t.is_empty()
+                && t.len() <= 249
+                && t.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+            if !kafka_name {
+                return Err(invalid(
+                    &key("topics"),
+                    t,
+                    "Kafka topic names (1 to 249 of `a-z A-Z 0-9 . _ -`, no wildcards)",
+                ));
+            }
+        }
+        if b.metadata_refresh_ms < 100 {
+            return Err(invalid(
+                &key("metadata_refresh_ms"),
+                b.metadata_refresh_ms,
+                "at least 100",
+            ));
+        }
+        #[cfg(feature = "kafka")]
+        {
+            use herald_bridges::kafka::{check, Template};
+            if let Err((field, why)) = check(b) {
+                return Err(ConfigError::Invalid {
+                    origin: Origin::Defaults,
+                    env: String::new(),
+                    key: key(field),
+                    message: why,
+                });
+            }
+            let template = Template::parse(&b.topic_template)
+                .map_err(|why| invalid(&key("topic_template"), &b.topic_template, &why))?;
+            for t in &b.topics {
+                let sample = template.render(t, Some(b"key"));
+                if crate::pattern::validate_topic(&sample).is_err() {
+                    return Err(invalid(
+                        &key("topic_template"),
+                        &b.topic_template,
+                        &format!(
+                            "a template that makes Herald topics of Kafka topic `{t}` (it gives `{sample}`; topics are dot-separated tokens of `A-Z a-z 0-9 _ - :`)"
+                        ),
+                    ));
+                }
+            }
+        }
+        #[cfg(not(feature = "kafka"))]
+        return Err(invalid(
+            "bridge.kafka",
+            &b.name,
+            "no entries (this build has no Kafka bridge: build with the `kafka` feature)",
+        ));
+        #[cfg(feature = "kafka")]
         Ok(())
     }
 

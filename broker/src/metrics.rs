@@ -274,7 +274,7 @@ pub fn render_bridges(
         return out;
     }
     type Pick = fn(&herald_bridges::BridgeCounters) -> u64;
-    let families: [(&str, &str, &str, Pick); 6] = [
+    let families: [(&str, &str, &str, Pick); 7] = [
         (
             "herald_bridge_connected",
             "gauge",
@@ -310,6 +310,12 @@ pub fn render_bridges(
             "counter",
             "Times the bridge's connection came back after a loss.",
             |c| c.reconnects.load(Relaxed),
+        ),
+        (
+            "herald_bridge_lag",
+            "gauge",
+            "Kafka records not yet read from the bridge's partitions (0 for NATS).",
+            |c| c.lag.load(Relaxed),
         ),
     ];
     for (name, kind, help, pick) in families {

@@ -5,6 +5,7 @@
 //! The binary is the one cargo built for this workspace (`target/<profile>/herald`,
 //! next to the test executable's `deps/` folder); it is built when missing.
 
+pub mod kafka;
 pub mod nats;
 
 use std::io::{BufRead, BufReader};
@@ -255,6 +256,21 @@ impl Broker {
         Client::connect(&self.ws_url()).await
     }
 
+    /// Waits (up to 20 s) until `/readyz` answers `status`; returns its body.
+    pub async fn wait_readyz(&self, status: u16) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, body) = self.get("/readyz").await?;
+            if code == status {
+                return Ok(body);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("/readyz stayed {code}: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Value of one Prometheus sample (`name{labels}` exactly as rendered).
     pub async fn metric(&self, sample: &str) -> Result<f64> {
         let (_, text) = self.get("/metrics").await?;
@@ -330,8 +346,18 @@ impl Client {
 
     /// Next server message that is not a heartbeat `ping`, within [`WAIT`].
     pub async fn recv(&mut self) -> Result<Value> {
+        self.recv_within(WAIT).await
+    }
+
+    /// Next server message that is not a heartbeat `ping`, within `timeout`.
+    pub async fn recv_within(&mut self, timeout: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let v = self.recv_any(WAIT).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self
+                .recv_any(left)
+                .await
+                .map_err(|e| anyhow!("{e} (waited {timeout:?})"))?;
             if v["type"] != "ping" {
                 return Ok(v);
             }
