@@ -14,8 +14,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::MaybeTlsStream;
 
@@ -927,7 +928,11 @@ async fn subprotocol_is_echoed_or_refused() -> Result<()> {
 
 /// Sends raw frames on a fresh connection and returns how the server closed it.
 async fn close_after_frames(broker: &Broker, frames: Vec<Frame>) -> Result<Closed> {
-    let mut c = broker.client().await?;
+    close_after(broker.client().await?, frames).await
+}
+
+/// Sends raw frames on `c` and returns how the server closed it.
+async fn close_after(mut c: Client, frames: Vec<Frame>) -> Result<Closed> {
     for frame in frames {
         c.ws.feed(Message::Frame(frame))
             .await
@@ -937,9 +942,9 @@ async fn close_after_frames(broker: &Broker, frames: Vec<Frame>) -> Result<Close
     c.closed(WAIT).await
 }
 
-/// Binary frames, invalid UTF-8 (whole or split across fragments) and oversized
-/// messages (one frame or fragments) close with 1003, 1007 and 1009; the broker keeps
-/// serving other clients after each.
+/// Binary frames, invalid UTF-8 (whole or split across fragments), oversized
+/// messages (one frame or fragments) and reserved bits close with 1003, 1007, 1009
+/// and 1002; the broker keeps serving other clients after each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frame_errors_close_with_the_documented_codes() -> Result<()> {
     let broker = Broker::start(&config("", "[session]\nmax_message_bytes = 1024\n"))?;
@@ -985,6 +990,13 @@ async fn frame_errors_close_with_the_documented_codes() -> Result<()> {
                 cont(vec![b' '; 600], true),
             ],
             1009,
+        ),
+        (
+            // No extension is negotiated, so RSV1-3 must be 0 (Autobahn 3.x). actix-ws
+            // reports this with the same error kind as invalid UTF-8; it was 1007.
+            "a frame with a reserved bit set",
+            vec![with_rsv2(text(b"{\"op\":\"ping\"}".to_vec(), true))],
+            1002,
         ),
     ];
     for (i, (name, frames, expected)) in cases.into_iter().enumerate() {
@@ -1106,5 +1118,143 @@ async fn publish_from_clients_can_be_disabled() -> Result<()> {
         ev["source"] == "http" && ev["data"]["text"] == "via http" && ev["seq"] == 1,
         "HTTP publish still works: {ev}"
     );
+    Ok(())
+}
+
+/// `frame` with its RSV2 bit set.
+fn with_rsv2(mut frame: Frame) -> Frame {
+    frame.header_mut().rsv2 = true;
+    frame
+}
+
+// ---------------------------------------------------------------------------------
+// The test-only echo route (server.conformance_echo; docs/conformance.md)
+// ---------------------------------------------------------------------------------
+
+/// `ws://addr/echo`.
+fn echo_url(broker: &Broker) -> String {
+    format!("ws://{}/echo", broker.addr)
+}
+
+/// The next data or close message, skipping nothing: an echo session must send
+/// nothing of its own (no `welcome`, no JSON ping).
+async fn next_message(c: &mut Client) -> Result<Message> {
+    match tokio::time::timeout(WAIT, c.ws.next()).await {
+        Ok(Some(Ok(msg))) => Ok(msg),
+        Ok(Some(Err(e))) => bail!("websocket error: {e}"),
+        Ok(None) => bail!("connection ended"),
+        Err(_) => bail!("nothing within {WAIT:?}"),
+    }
+}
+
+/// Without `server.conformance_echo` there is no `/echo` route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_route_is_mounted_only_when_configured() -> Result<()> {
+    let broker = Broker::start(&config("", ""))?;
+    let response = refused(Client::connect_request(echo_url(&broker)).await)?;
+    ensure!(
+        response.status().as_u16() == 404,
+        "/echo without conformance_echo: status {}",
+        response.status()
+    );
+    Ok(())
+}
+
+/// `/echo` sends text and binary messages back unchanged, and nothing of its own,
+/// while frame handling stays that of `/ws`: joined fragments, a Pong per Ping, the
+/// close handshake, and 1007, 1009 and 1002 for the same frames. `/ws` on the same
+/// broker still speaks JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_route_echoes_with_the_frame_handling_of_ws() -> Result<()> {
+    let broker = Broker::start(&config(
+        "conformance_echo = true",
+        "[session]\nmax_message_bytes = 1024\nheartbeat_interval_ms = 100\nheartbeat_timeout_ms = 10000\n",
+    ))?;
+    let text = |bytes: Vec<u8>, fin: bool| Frame::message(bytes, OpCode::Data(Data::Text), fin);
+    let cont = |bytes: Vec<u8>, fin: bool| Frame::message(bytes, OpCode::Data(Data::Continue), fin);
+
+    let mut c = Client::open(echo_url(&broker)).await?;
+    // Several heartbeat intervals pass: still no `welcome` and no JSON ping.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A JSON request comes back as it is (it is not parsed), binary is not refused,
+    // and a message of exactly max_message_bytes passes.
+    let sent = [
+        Message::text(json!({"op": "ping", "id": 1}).to_string()),
+        Message::binary(vec![0u8, 0x9f, 0xff]),
+        Message::text("x".repeat(1024)),
+    ];
+    for msg in sent {
+        c.ws.send(msg.clone()).await.context("send")?;
+        let got = next_message(&mut c).await?;
+        ensure!(got == msg, "sent {msg:?}, got back {got:?}");
+    }
+    c.ws.feed(Message::Frame(text(b"frag".to_vec(), false)))
+        .await?;
+    c.ws.feed(Message::Ping(b"p1".to_vec().into())).await?;
+    c.ws.feed(Message::Ping(b"p2".to_vec().into())).await?;
+    c.ws.feed(Message::Frame(cont(b"ment".to_vec(), true)))
+        .await?;
+    c.ws.flush().await?;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next_message(&mut c).await?);
+    }
+    let expected = vec![
+        Message::Pong(b"p1".to_vec().into()),
+        Message::Pong(b"p2".to_vec().into()),
+        Message::text("fragment"),
+    ];
+    ensure!(got == expected, "fragments around pings: got {got:?}");
+    c.ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await?;
+    let closed = c.closed(WAIT).await?;
+    ensure!(
+        closed.code == Some(1000),
+        "the close handshake: server answered {closed:?}"
+    );
+
+    let cases: Vec<(&str, Vec<Frame>, u16)> = vec![
+        (
+            "text frame with invalid UTF-8",
+            vec![text(b"\xff\xfe".to_vec(), true)],
+            1007,
+        ),
+        (
+            "invalid UTF-8 split across fragments",
+            vec![text(b"\xc3".to_vec(), false), cont(b"(".to_vec(), true)],
+            1007,
+        ),
+        (
+            "one frame over max_message_bytes",
+            vec![text(vec![b' '; 1025], true)],
+            1009,
+        ),
+        (
+            "fragments whose sum exceeds max_message_bytes",
+            vec![text(vec![b' '; 600], false), cont(vec![b' '; 600], true)],
+            1009,
+        ),
+        (
+            "a frame with a reserved bit set",
+            vec![with_rsv2(text(b"x".to_vec(), true))],
+            1002,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, frames, expected) in cases {
+        let c = Client::open(echo_url(&broker)).await?;
+        match close_after(c, frames).await {
+            Ok(closed) if closed.code == Some(expected) => {}
+            Ok(closed) => failures.push(format!(
+                "{name}: closed with {closed:?}, expected {expected}"
+            )),
+            Err(e) => failures.push(format!("{name}: {e:#}, expected close {expected}")),
+        }
+    }
+    ensure!(failures.is_empty(), "/echo:\n{}", failures.join("\n"));
+    broker_still_serves(&broker, "after.echo").await?;
     Ok(())
 }

@@ -89,7 +89,8 @@ fn check_config_prints_the_effective_config_with_secrets_masked() -> Result<()> 
     let path = dir.path().join("herald.toml");
     std::fs::write(
         &path,
-        "[session]\nmax_subscriptions = 7\n[auth]\napi_keys = [\"super-secret-key\"]\n",
+        "[session]\nmax_subscriptions = 7\n[auth]\nmode = \"jwt\"\n\
+         jwt_secret = \"jwt-secret-jwt-secret-jwt-secret-0\"\napi_keys = [\"super-secret-key\"]\n",
     )?;
     let (code, out, err) = run(
         &[
@@ -104,6 +105,7 @@ fn check_config_prints_the_effective_config_with_secrets_masked() -> Result<()> 
     assert!(out.contains("size = 42"), "{out}");
     assert!(out.contains("listen = \"127.0.0.1:8080\""), "{out}");
     assert!(!out.contains("super-secret-key"), "{out}");
+    assert!(!out.contains("jwt-secret-jwt-secret"), "{out}");
     assert!(err.contains("valid"));
     Ok(())
 }

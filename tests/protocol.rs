@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
-use herald_e2e::{config, Broker, Client};
+use anyhow::{bail, ensure, Result};
+use futures_util::{SinkExt as _, StreamExt as _};
+use herald_e2e::{config, Broker, Client, WAIT};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 fn seq(v: &Value) -> u64 {
     v["seq"].as_u64().unwrap_or(0)
@@ -393,6 +395,32 @@ async fn ping_auth_and_pong_ops() -> Result<()> {
     c.send(json!({"op":"auth","id":5,"token":"whatever"}))
         .await?;
     assert_eq!(c.recv().await?, json!({"type":"ok","id":5}));
+    Ok(())
+}
+
+/// Every WebSocket Ping gets its own Pong, in order, even when several arrive in one
+/// read (Autobahn case 2.10). Herald used to keep only the latest unanswered Ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_websocket_ping_gets_its_own_pong() -> Result<()> {
+    let broker = Broker::start(&config("", ""))?;
+    let mut c = broker.client().await?;
+    let payloads: Vec<String> = (0..10).map(|i| format!("payload-{i}")).collect();
+    for p in &payloads {
+        c.ws.feed(Message::Ping(p.clone().into_bytes().into()))
+            .await?;
+    }
+    c.ws.flush().await?;
+    let mut pongs = Vec::new();
+    while pongs.len() < payloads.len() {
+        match tokio::time::timeout(WAIT, c.ws.next()).await {
+            Ok(Some(Ok(Message::Pong(p)))) => pongs.push(String::from_utf8(p.to_vec())?),
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == r#"{"type":"ping"}"# => {}
+            other => bail!("after pongs {pongs:?}: {other:?}"),
+        }
+    }
+    ensure!(pongs == payloads, "pongs {pongs:?}");
+    let (pong, _) = c.request(json!({"op": "ping"})).await?;
+    ensure!(pong["type"] == "pong", "the session still serves: {pong}");
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! Authentication seam and permissions (PROTOCOL.md sections 2 and 9).
 //!
-//! Every connection and HTTP call gets an [`Identity`] from an [`Authenticator`]. This
-//! build has one, [`NoAuth`] (`auth.mode = "none"`): everyone may subscribe to and
-//! publish on every topic. JWT and tickets plug in behind the same trait, so sessions
-//! and handlers already ask the identity before they act.
+//! Every connection and HTTP call gets an [`Identity`] from an [`Authenticator`]:
+//! [`NoAuth`] (`auth.mode = "none"`: everyone may subscribe to and publish on every
+//! topic) or [`crate::jwt::JwtAuth`] (`auth.mode = "jwt"`: JWTs, API keys and
+//! tickets). Sessions and handlers ask the identity before they act, whichever it is.
 
 use actix_web::HttpRequest;
 
@@ -16,6 +16,25 @@ pub enum AuthError {
     Missing,
     #[error("invalid credentials: {0}")]
     Invalid(String),
+    #[error("credentials expired")]
+    Expired,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// How an identity was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Auth is off.
+    Anonymous,
+    /// A verified JWT (upgrade header, `{"op":"auth"}` or `/api/*` Bearer).
+    Jwt,
+    /// A one-time ticket, carrying the identity of the JWT that requested it.
+    Ticket,
+    /// An API key: a trusted backend on `/api/*`.
+    ApiKey,
 }
 
 /// Who is on the other end, and what they may do.
@@ -27,6 +46,11 @@ pub struct Identity {
     pub subscribe: Vec<String>,
     /// Patterns the holder may publish to.
     pub publish: Vec<String>,
+    /// When the credentials expire (the JWT's `exp`, Unix seconds): a session is
+    /// closed with 4001 then, unless a new `{"op":"auth"}` extends it.
+    pub expires: Option<u64>,
+    /// How the identity was established.
+    pub via: Via,
 }
 
 impl Identity {
@@ -36,6 +60,8 @@ impl Identity {
             subject: None,
             subscribe: vec![">".into()],
             publish: vec![">".into()],
+            expires: None,
+            via: Via::Anonymous,
         }
     }
 
@@ -62,13 +88,20 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Credentials on an `/api/*` request.
     fn api(&self, req: &HttpRequest) -> Result<Identity, AuthError>;
 
+    /// A one-time ticket for `identity` (`POST /api/tickets`): the ticket and its
+    /// lifetime in milliseconds.
+    fn issue_ticket(&self, identity: &Identity) -> Result<(String, u64), AuthError>;
+
     /// Whether authentication is on (`welcome` waits for it, `auth` ops matter).
     fn enabled(&self) -> bool;
 }
 
 /// `auth.mode = "none"`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoAuth;
+#[derive(Debug, Clone, Copy)]
+pub struct NoAuth {
+    /// `auth.ticket_ttl_ms`, reported with the formal tickets it issues.
+    pub ticket_ttl_ms: u64,
+}
 
 impl Authenticator for NoAuth {
     fn upgrade(&self, _req: &HttpRequest) -> Result<Option<Identity>, AuthError> {
@@ -81,6 +114,12 @@ impl Authenticator for NoAuth {
 
     fn api(&self, _req: &HttpRequest) -> Result<Identity, AuthError> {
         Ok(Identity::anonymous())
+    }
+
+    /// With auth off a ticket is accepted as a formality (every connection is
+    /// anonymous anyway), so a client that always asks for one works in both modes.
+    fn issue_ticket(&self, _identity: &Identity) -> Result<(String, u64), AuthError> {
+        Ok((crate::tickets::new_ticket(), self.ticket_ttl_ms))
     }
 
     fn enabled(&self) -> bool {
@@ -98,6 +137,8 @@ mod tests {
             subject: Some("u1".into()),
             subscribe: vec!["orders.*".into(), "news.>".into()],
             publish: vec!["chat.*".into()],
+            expires: None,
+            via: Via::Jwt,
         };
         assert!(id.may_subscribe("orders.eu"));
         assert!(id.may_subscribe("orders.*"));

@@ -151,6 +151,20 @@ impl Broker {
             config.server.max_connections,
             config.server.max_connections_per_ip,
         );
+        // Validated above, so building the JWT authenticator cannot fail here.
+        let auth: Arc<dyn Authenticator> = match config.auth.mode.as_str() {
+            "jwt" => Arc::new(crate::jwt::JwtAuth::new(&config.auth).map_err(|e| {
+                ConfigError::Invalid {
+                    origin: crate::config::Origin::Defaults,
+                    env: String::new(),
+                    key: "auth".into(),
+                    message: e.to_string(),
+                }
+            })?),
+            _ => Arc::new(NoAuth {
+                ticket_ttl_ms: config.auth.ticket_ttl_ms,
+            }),
+        };
         let readiness = Arc::new(Readiness::default());
         let started = start_bridges(&config, &node, &registry, &readiness);
         Ok(Broker {
@@ -158,7 +172,7 @@ impl Broker {
                 registry,
                 epoch: ulid::Ulid::new().to_string(),
                 node,
-                auth: Arc::new(NoAuth),
+                auth,
                 limiter,
                 sessions: SessionDirectory::default(),
                 readiness,

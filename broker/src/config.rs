@@ -104,6 +104,28 @@ pub struct ServerConfig {
     /// dropped and counted (`herald_events_dropped_total{reason="topic_busy"}`).
     /// Default 8192.
     pub ingest_capacity: usize,
+    /// Time a client has to send the whole head of the first HTTP request on a
+    /// connection (the WebSocket upgrade included), in milliseconds, counted from
+    /// the connection's start; past it the request gets 408 and the connection is
+    /// closed, so a client that dribbles its headers (slowloris) cannot hold it.
+    /// 1 to 3600000. Default 5000. (A Herald addition.)
+    pub client_request_timeout_ms: u64,
+    /// How long an idle HTTP/1.1 connection is kept open for a next request, in
+    /// milliseconds; 0 turns keep-alive off (one request per connection). The
+    /// header deadline above covers only a connection's first request, so where
+    /// untrusted clients reach the HTTP port, 0 also closes that gap. At most
+    /// 3600000. Default 5000. (A Herald addition.)
+    pub keep_alive_ms: u64,
+    /// Test-only (a Herald addition): mount `/echo`, a WebSocket route whose sessions
+    /// send every text and binary message back unchanged, with the same frame
+    /// handling as `/ws`; the Autobahn conformance run uses it (docs/conformance.md).
+    /// Never turn it on in production. Default false.
+    pub conformance_echo: bool,
+    /// TLS certificate chain (PEM). With `tls_key_file`, Herald serves `https://`
+    /// and `wss://` only (rustls). Empty: plain HTTP.
+    pub tls_cert_file: String,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: String,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +140,11 @@ impl Default for ServerConfig {
             workers: 0,
             shards: 0,
             ingest_capacity: 8192,
+            client_request_timeout_ms: 5000,
+            keep_alive_ms: 5000,
+            conformance_echo: false,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -218,8 +245,7 @@ impl Default for PublishConfig {
     }
 }
 
-/// `[auth]`: authentication. Only `mode = "none"` exists in this build; the keys are
-/// accepted so configuration files stay valid when JWT support lands.
+/// `[auth]`: authentication (PROTOCOL.md sections 2, 8 and 9; docs/security.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -311,6 +337,9 @@ impl Default for LogConfig {
 }
 
 const ENV_PREFIX: &str = "HERALD_";
+
+/// Longest HTTP header deadline or keep-alive, in milliseconds (one hour).
+const MAX_HTTP_TIMER_MS: u64 = 3_600_000;
 
 impl Config {
     /// Loads `path` (or the defaults when `None`), applies `HERALD_*` variables from
@@ -408,8 +437,37 @@ impl Config {
         if self.server.ingest_capacity == 0 {
             return Err(invalid("server.ingest_capacity", 0, "at least 1"));
         }
+        // Bounded above too: actix-web adds them to `Instant::now()`, which panics
+        // on overflow for every connection.
+        let timeout = self.server.client_request_timeout_ms;
+        if !(1..=MAX_HTTP_TIMER_MS).contains(&timeout) {
+            return Err(invalid(
+                "server.client_request_timeout_ms",
+                timeout,
+                "1 to 3600000 milliseconds",
+            ));
+        }
+        if self.server.keep_alive_ms > MAX_HTTP_TIMER_MS {
+            return Err(invalid(
+                "server.keep_alive_ms",
+                self.server.keep_alive_ms,
+                "0 (off) to 3600000 milliseconds",
+            ));
+        }
         if s.mailbox_capacity == 0 {
             return Err(invalid("session.mailbox_capacity", 0, "at least 1"));
+        }
+        // An echo is a reply: with the queue at least one message long, the echo of a
+        // largest message fits even while the previous one is still being written.
+        if self.server.conformance_echo && s.queue_max_bytes < s.max_message_bytes {
+            return Err(invalid(
+                "server.conformance_echo",
+                true,
+                &format!(
+                    "false, or session.queue_max_bytes ({}) at least session.max_message_bytes ({}) so that echoes fit the outbound queue",
+                    s.queue_max_bytes, s.max_message_bytes
+                ),
+            ));
         }
         if self.history.size > 0 && self.history.ttl_ms == 0 {
             return Err(invalid(
@@ -434,15 +492,8 @@ impl Config {
                 ));
             }
         }
-        // Features that later releases add: refuse them loudly instead of running
-        // without what the user asked for.
-        if self.auth.mode != "none" {
-            return Err(invalid(
-                "auth.mode",
-                &self.auth.mode,
-                "\"none\" (this build has no authentication yet)",
-            ));
-        }
+        self.validate_auth()?;
+        self.validate_tls()?;
         let mut names = std::collections::BTreeSet::new();
         for (i, b) in self.bridge.nats.iter().enumerate() {
             let key = |k: &str| format!("bridge.nats[{i}].{k}");
@@ -507,6 +558,116 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `[auth]`: a known mode; for `jwt`, a usable key, sane lifetimes and valid
+    /// default grants. Secrets set while the mode is `none` are an error: Herald would
+    /// otherwise run open while its operator believes it is protected.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        for (i, p) in a.default_subscribe.iter().enumerate() {
+            if crate::pattern::validate_pattern(p).is_err() {
+                return Err(invalid(
+                    &format!("auth.default_subscribe[{i}]"),
+                    p,
+                    "a topic pattern like `orders.*`",
+                ));
+            }
+        }
+        for (i, p) in a.default_publish.iter().enumerate() {
+            if crate::pattern::validate_pattern(p).is_err() {
+                return Err(invalid(
+                    &format!("auth.default_publish[{i}]"),
+                    p,
+                    "a topic pattern like `chat.*`",
+                ));
+            }
+        }
+        if !(1_000..=3_600_000).contains(&a.ticket_ttl_ms) {
+            return Err(invalid(
+                "auth.ticket_ttl_ms",
+                a.ticket_ttl_ms,
+                "1000 to 3600000",
+            ));
+        }
+        match a.mode.as_str() {
+            "none" => {
+                let set = [
+                    ("auth.jwt_secret", !a.jwt_secret.is_empty()),
+                    (
+                        "auth.jwt_public_key_file",
+                        !a.jwt_public_key_file.is_empty(),
+                    ),
+                    ("auth.api_keys", !a.api_keys.is_empty()),
+                ];
+                if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                    return Err(invalid(
+                        "auth.mode",
+                        "none",
+                        &format!("\"jwt\" since {key} is set (with mode \"none\" Herald would accept everyone)"),
+                    ));
+                }
+                Ok(())
+            }
+            "jwt" => {
+                if !a.jwt_secret.is_empty() && a.jwt_secret.len() < 32 {
+                    return Err(invalid(
+                        "auth.jwt_secret",
+                        "***",
+                        "at least 32 bytes (HS256 needs a key as long as its hash)",
+                    ));
+                }
+                for (i, k) in a.api_keys.iter().enumerate() {
+                    if k.len() < 16 {
+                        return Err(invalid(
+                            &format!("auth.api_keys[{i}]"),
+                            "***",
+                            "at least 16 bytes",
+                        ));
+                    }
+                }
+                crate::jwt::JwtAuth::new(a).map(drop).map_err(|e| {
+                    let key = match e {
+                        crate::jwt::JwtConfigError::NoKey => "auth.jwt_secret",
+                        _ => "auth.jwt_public_key_file",
+                    };
+                    ConfigError::Invalid {
+                        origin: Origin::Defaults,
+                        env: String::new(),
+                        key: key.into(),
+                        message: e.to_string(),
+                    }
+                })
+            }
+            other => Err(invalid("auth.mode", other, "\"none\" or \"jwt\"")),
+        }
+    }
+
+    /// `server.tls_cert_file` and `server.tls_key_file`: both or neither, and
+    /// loadable by rustls.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        match (s.tls_cert_file.is_empty(), s.tls_key_file.is_empty()) {
+            (true, true) => Ok(()),
+            (false, true) => Err(invalid(
+                "server.tls_key_file",
+                "(empty)",
+                "the private key of server.tls_cert_file",
+            )),
+            (true, false) => Err(invalid(
+                "server.tls_cert_file",
+                "(empty)",
+                "the certificate of server.tls_key_file",
+            )),
+            (false, false) => crate::tls::server_config(&s.tls_cert_file, &s.tls_key_file)
+                .map(drop)
+                .map_err(|e| ConfigError::Invalid {
+                    origin: Origin::Defaults,
+                    env: String::new(),
+                    key: e.key().into(),
+                    message: e.to_string(),
+                }),
+        }
     }
 
     /// One `[[bridge.kafka]]` entry: a unique name, brokers, Kafka topic names, a
@@ -673,14 +834,27 @@ impl Config {
             mask(&mut b.password);
             mask(&mut b.token);
             mask(&mut b.nkey);
-            if let Some(at) = b.url.find('@') {
-                if let Some(scheme) = b.url.find("://") {
-                    b.url.replace_range(scheme + 3..at, "***");
-                }
-            }
+            b.url = mask_url_credentials(&b.url);
         }
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// `nats://user:pass@host` → `nats://***@host`, for every URL of a comma-separated
+/// list, with or without a scheme.
+fn mask_url_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let lead = url.len() - url.trim_start().len();
+            let start = url.find("://").map_or(lead, |i| i + 3);
+            let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+            match url[start..end].rfind('@') {
+                Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+                None => url.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// ` (from HERALD_…)` when an environment variable set `key`.
@@ -891,12 +1065,20 @@ mod tests {
     }
 
     #[test]
-    fn unbuilt_features_are_refused_by_name() {
-        let f = file("[auth]\nmode = \"jwt\"\n");
-        let msg = Config::load(Some(f.path()), no_env())
-            .expect_err("jwt")
-            .to_string();
-        assert!(msg.contains("auth.mode"), "{msg}");
+    fn auth_settings_are_refused_by_name() {
+        let load = |text: &str| {
+            Config::load(Some(file(text).path()), no_env())
+                .expect_err(text)
+                .to_string()
+        };
+        let msg = load("[auth]\nmode = \"jwt\"\n");
+        assert!(msg.contains("auth.jwt_secret"), "jwt needs a key: {msg}");
+        let msg = load("[auth]\napi_keys = [\"0123456789abcdef\"]\n");
+        assert!(msg.contains("auth.mode"), "keys without jwt mode: {msg}");
+        let msg = load("[auth]\ndefault_subscribe = [\"a..b\"]\n");
+        assert!(msg.contains("auth.default_subscribe[0]"), "{msg}");
+        let ok = "[auth]\nmode = \"jwt\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        assert!(Config::load(Some(file(ok).path()), no_env()).is_ok());
     }
 
     #[test]
@@ -978,5 +1160,77 @@ mod tests {
         c.server.allowed_origins = vec!["https://ok.example".into(), "ok.example".into()];
         let msg = c.validate().expect_err("bad origin").to_string();
         assert!(msg.contains("server.allowed_origins[1]"), "{msg}");
+    }
+
+    #[test]
+    fn conformance_echo_is_off_by_default_and_needs_room_for_echoes() {
+        let load = |text: &str| Config::load(Some(file(text).path()), no_env());
+        assert!(!Config::default().server.conformance_echo);
+        let c = load("[server]\nconformance_echo = true\n").expect("the defaults leave room");
+        assert!(c.server.conformance_echo);
+        let msg =
+            load("[server]\nconformance_echo = true\n[session]\nmax_message_bytes = 2097152\n")
+                .expect_err("an echo larger than the queue")
+                .to_string();
+        assert!(
+            msg.contains("server.conformance_echo") && msg.contains("queue_max_bytes"),
+            "{msg}"
+        );
+        let msg = load("[server]\nconformance_echo = \"yes\"\n")
+            .expect_err("not a boolean")
+            .to_string();
+        assert!(msg.contains("server.conformance_echo"), "{msg}");
+    }
+
+    #[test]
+    fn http_timers_are_bounded() {
+        let c = Config::load(None, no_env()).expect("defaults");
+        assert_eq!(c.server.client_request_timeout_ms, 5000);
+        assert_eq!(c.server.keep_alive_ms, 5000);
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert!(Config::load(None, env("HERALD_SERVER__KEEP_ALIVE_MS", "0")).is_ok());
+        for (var, value) in [
+            ("HERALD_SERVER__CLIENT_REQUEST_TIMEOUT_MS", "0"),
+            ("HERALD_SERVER__CLIENT_REQUEST_TIMEOUT_MS", "3600001"),
+            // Added to an Instant by actix-web, this would panic on every connection.
+            ("HERALD_SERVER__KEEP_ALIVE_MS", "9223372036854775807"),
+        ] {
+            let msg = Config::load(None, env(var, value))
+                .expect_err(value)
+                .to_string();
+            let key = var["HERALD_SERVER__".len()..].to_ascii_lowercase();
+            assert!(msg.contains(&format!("server.{key}")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn masking_hides_every_nats_password_and_never_panics() {
+        // Found by fuzzing: a user-info `@` before the first `://` (a list whose first
+        // URL has no scheme) panicked `check-config`, and only the first URL of a
+        // list was masked.
+        for (url, secrets) in [
+            ("u:pw1@127.0.0.1:4222,nats://127.0.0.1:4223", vec!["pw1"]),
+            (
+                "nats://u:pw1@h1:4222, nats://v:pw2@h2:4222",
+                vec!["pw1", "pw2"],
+            ),
+            ("nats://h1:4222,tls://v:pw2@h2:4222", vec!["pw2"]),
+            ("nats://tok3n@h1:4222/path@x", vec!["tok3n"]),
+        ] {
+            let mut c = Config::default();
+            c.bridge.nats.push(NatsBridgeConfig {
+                url: url.into(),
+                ..NatsBridgeConfig::default()
+            });
+            let out = c.to_masked_toml();
+            for secret in secrets {
+                assert!(!out.contains(secret), "{url}: {secret} shown in\n{out}");
+            }
+            assert!(out.contains("***@"), "{url}: {out}");
+        }
+        assert_eq!(
+            mask_url_credentials("nats://a:b@h1:1, c@h2:2,nats://h3:3"),
+            "nats://***@h1:1, ***@h2:2,nats://h3:3"
+        );
     }
 }

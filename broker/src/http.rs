@@ -15,9 +15,10 @@ use futures_util::StreamExt as _;
 use herald_bridges::{BridgeEvent, Source};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tracing::info;
 
 use crate::admission::{self, Subprotocol};
-use crate::auth::Identity;
+use crate::auth::{AuthError, Identity};
 use crate::broker::Broker;
 use crate::metrics::{RefusedReason, METRICS};
 use crate::pattern;
@@ -27,6 +28,11 @@ use crate::session::Session;
 
 /// Seconds a client refused for capacity is asked to wait.
 const RETRY_AFTER_S: &str = "5";
+
+/// Marks the test-only `/echo` resource (`server.conformance_echo`): the same
+/// upgrade as `/ws`, and a session in echo mode (docs/conformance.md).
+#[derive(Debug, Clone, Copy)]
+struct EchoRoute;
 
 /// An HTTP error with Herald's JSON body.
 #[derive(Debug, thiserror::Error)]
@@ -63,16 +69,27 @@ impl ResponseError for ApiError {
         if self.retry_after {
             res.insert_header((header::RETRY_AFTER, RETRY_AFTER_S));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
         res.json(serde_json::json!({"error": {"code": self.code, "message": self.message}}))
     }
 }
 
 /// Registers every route (see [`Broker::configure`]).
 pub fn configure(cfg: &mut web::ServiceConfig, broker: Broker) {
+    if broker.config().server.conformance_echo {
+        cfg.service(
+            web::resource("/echo")
+                .app_data(EchoRoute)
+                .route(web::get().to(upgrade)),
+        );
+    }
     cfg.app_data(web::Data::new(broker))
         .route("/ws", web::get().to(upgrade))
         .route("/api/publish", web::post().to(publish))
         .route("/api/topics", web::get().to(topics))
+        .route("/api/tickets", web::post().to(tickets))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
@@ -102,13 +119,6 @@ async fn upgrade(
             "this Origin may not connect (server.allowed_origins)",
         ));
     }
-    let identity = broker.authenticator().upgrade(&req).map_err(|e| {
-        ApiError::protocol(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            e.to_string(),
-        )
-    })?;
     let ip = req.peer_addr().map(|a| a.ip());
     let permit = broker.limiter().acquire(ip).map_err(|reason| {
         METRICS.refused(reason);
@@ -121,6 +131,12 @@ async fn upgrade(
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", which);
         e.retry_after = true;
         e
+    })?;
+    // Credentials after the admission checks, so an upgrade refused for capacity
+    // never uses up a ticket.
+    let identity = broker.authenticator().upgrade(&req).map_err(|e| {
+        METRICS.refused(RefusedReason::Unauthorized);
+        auth_error(e)
     })?;
     let (mut response, ws, stream) = actix_ws::handle(&req, body).map_err(|e| {
         ApiError::protocol(
@@ -141,21 +157,58 @@ async fn upgrade(
         .aggregate_continuations()
         .max_continuation_size(max);
     let broker = broker.get_ref().clone();
+    let echo = req.app_data::<EchoRoute>().is_some();
     Session::create(move |ctx| {
         ctx.add_stream(stream);
-        Session::new(broker, ws, identity, ip, permit)
+        Session::new(broker, ws, identity, ip, permit).echo(echo)
     });
     Ok(response)
 }
 
 fn api_identity(req: &HttpRequest, broker: &Broker) -> Result<Identity, ApiError> {
-    broker.authenticator().api(req).map_err(|e| {
-        ApiError::protocol(
+    broker.authenticator().api(req).map_err(auth_error)
+}
+
+/// The HTTP answer to refused credentials: 401 (with `WWW-Authenticate`), 403, or
+/// 503 when the ticket store is full. The message says what was wrong, never what
+/// the credentials were.
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Forbidden(_) => {
+            ApiError::protocol(StatusCode::FORBIDDEN, ErrorCode::Forbidden, e.to_string())
+        }
+        AuthError::Unavailable(_) => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            );
+            err.retry_after = true;
+            err
+        }
+        AuthError::Missing | AuthError::Invalid(_) | AuthError::Expired => ApiError::protocol(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             e.to_string(),
-        )
-    })
+        ),
+    }
+}
+
+/// `POST /api/tickets`: a one-time ticket carrying the caller's JWT identity.
+async fn tickets(req: HttpRequest, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
+    let identity = api_identity(&req, &broker)?;
+    let (ticket, ttl) = broker
+        .authenticator()
+        .issue_ticket(&identity)
+        .map_err(auth_error)?;
+    info!(
+        subject = identity.subject.as_deref().unwrap_or("-"),
+        ttl_ms = ttl,
+        "ticket issued"
+    );
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({"ticket": ticket, "expires_in_ms": ttl})))
 }
 
 /// One event of `POST /api/publish`.
@@ -184,6 +237,7 @@ async fn read_body(
     mut body: web::Payload,
     req: &HttpRequest,
     max: usize,
+    timeout_ms: u64,
 ) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::protocol(
@@ -200,15 +254,27 @@ async fn read_body(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| bad_request(format!("cannot read body: {e}")))?;
-        if buf.len() + chunk.len() > max {
-            return Err(too_large());
+    // A body dribbled byte by byte must not hold a worker's connection forever: the
+    // whole body gets `server.client_request_timeout_ms`, like the headers.
+    let deadline = std::time::Duration::from_millis(timeout_ms);
+    let read = async {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| bad_request(format!("cannot read body: {e}")))?;
+            if buf.len() + chunk.len() > max {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(deadline, read).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the body did not arrive within {timeout_ms} ms (server.client_request_timeout_ms)"),
+        ))
+    })
 }
 
 fn parse_batch(body: &[u8]) -> Result<Vec<PublishItem>, ApiError> {
@@ -252,7 +318,13 @@ async fn publish(
         ));
     }
     let identity = api_identity(&req, &broker)?;
-    let body = read_body(body, &req, cfg.publish.max_body_bytes).await?;
+    let body = read_body(
+        body,
+        &req,
+        cfg.publish.max_body_bytes,
+        cfg.server.client_request_timeout_ms,
+    )
+    .await?;
     let items = parse_batch(&body)?;
     // Validate the whole batch before publishing any of it.
     let mut events = Vec::with_capacity(items.len());
@@ -365,6 +437,7 @@ fn route_error(req: &HttpRequest) -> ApiError {
         "/ws",
         "/api/publish",
         "/api/topics",
+        "/api/tickets",
         "/healthz",
         "/readyz",
         "/metrics",

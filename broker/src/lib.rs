@@ -18,7 +18,8 @@
 //! - [`event`]: rendering an event frame once, for every subscriber.
 //! - [`pattern`]: topic grammar, wildcard matching and grant coverage.
 //! - [`outbound`], [`ratelimit`], [`admission`]: per-connection bounds and limits.
-//! - [`auth`]: the authentication seam and permissions.
+//! - [`auth`]: the authentication seam and permissions; [`jwt`]: JWTs, API keys
+//!   and [`tickets`]; [`tls`]: the listener's certificate.
 //! - [`http`]: routes and the JSON API; [`server`]: the process, signals, shutdown.
 //! - [`config`]: configuration loading; [`metrics`]: Prometheus metrics.
 //!
@@ -43,6 +44,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod ingress;
+pub mod jwt;
 pub mod message;
 pub mod metrics;
 pub mod outbound;
@@ -52,6 +54,8 @@ pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod tickets;
+pub mod tls;
 pub mod topic;
 
 pub use broker::Broker;

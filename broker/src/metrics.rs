@@ -51,14 +51,18 @@ pub enum RefusedReason {
     Subprotocol,
     Capacity,
     CapacityPerIp,
+    /// Credentials on the upgrade were missing where required, invalid, expired or
+    /// reused (401).
+    Unauthorized,
 }
 
 impl RefusedReason {
-    const ALL: [RefusedReason; 4] = [
+    const ALL: [RefusedReason; 5] = [
         RefusedReason::Origin,
         RefusedReason::Subprotocol,
         RefusedReason::Capacity,
         RefusedReason::CapacityPerIp,
+        RefusedReason::Unauthorized,
     ];
 
     fn as_str(self) -> &'static str {
@@ -67,6 +71,7 @@ impl RefusedReason {
             RefusedReason::Subprotocol => "subprotocol",
             RefusedReason::Capacity => "capacity",
             RefusedReason::CapacityPerIp => "capacity_per_ip",
+            RefusedReason::Unauthorized => "unauthorized",
         }
     }
 }
@@ -89,7 +94,7 @@ const ERROR_CODES: [ErrorCode; 10] = [
 pub struct Metrics {
     connections: AtomicI64,
     connections_total: AtomicU64,
-    refused: [AtomicU64; 4],
+    refused: [AtomicU64; 5],
     subscriptions: AtomicI64,
     topics: AtomicI64,
     events_in: [AtomicU64; 4],
@@ -108,7 +113,7 @@ const Z: AtomicU64 = AtomicU64::new(0);
 pub static METRICS: Metrics = Metrics {
     connections: AtomicI64::new(0),
     connections_total: AtomicU64::new(0),
-    refused: [Z; 4],
+    refused: [Z; 5],
     subscriptions: AtomicI64::new(0),
     topics: AtomicI64::new(0),
     events_in: [Z; 4],

@@ -7,10 +7,54 @@
 //! the event bound, and a client that exhausts even that (it keeps sending requests
 //! but never reads) is disconnected. Either way memory per connection stays below
 //! twice `queue_max_bytes`.
+//!
+//! Herald's own frames are JSON text. The test-only echo route
+//! (`server.conformance_echo`) also queues binary messages, as [`Outgoing`] replies
+//! under the same bounds.
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use crate::event::Frame;
+
+/// A message waiting to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A text frame: every event, reply and notice (shared, never copied).
+    Text(Frame),
+    /// A binary frame: only an echo session sends these.
+    Binary(Bytes),
+}
+
+impl Outgoing {
+    /// Payload bytes, what the queue bound counts.
+    pub fn len(&self) -> usize {
+        match self {
+            Outgoing::Text(frame) => frame.len(),
+            Outgoing::Binary(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Self {
+        Outgoing::Text(frame)
+    }
+}
+
+impl From<Outgoing> for actix_ws::Message {
+    fn from(out: Outgoing) -> Self {
+        match out {
+            Outgoing::Text(frame) => actix_ws::Message::Text(frame),
+            Outgoing::Binary(bytes) => actix_ws::Message::Binary(bytes),
+        }
+    }
+}
 
 /// What happened to a frame offered to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +71,7 @@ pub enum Push {
 /// The queue itself: frames waiting to be written, and the bytes they hold.
 #[derive(Debug)]
 pub struct Outbound {
-    frames: VecDeque<Frame>,
+    frames: VecDeque<Outgoing>,
     /// Bytes of queued frames plus frames handed to the writer and not yet written.
     bytes: usize,
     max_bytes: usize,
@@ -61,7 +105,7 @@ impl Outbound {
         }
         self.bytes += frame.len();
         self.events += 1;
-        self.frames.push_back(frame);
+        self.frames.push_back(Outgoing::Text(frame));
         Push::Queued
     }
 
@@ -71,8 +115,10 @@ impl Outbound {
         self.dropped += n;
     }
 
-    /// Offers a reply or notice; these are not dropped (see the module doc).
-    pub fn push_control(&mut self, frame: Frame) -> Push {
+    /// Offers a reply or notice (or an echo); these are not dropped (see the module
+    /// doc).
+    pub fn push_control(&mut self, frame: impl Into<Outgoing>) -> Push {
+        let frame = frame.into();
         if self.bytes + frame.len() > self.max_bytes.saturating_mul(2) {
             return Push::Close(crate::protocol::close::SLOW_CONSUMER);
         }
@@ -96,7 +142,7 @@ impl Outbound {
     /// Takes every queued frame for one coalesced write, with the number of event
     /// frames among them. Their bytes stay counted until [`Outbound::written`] says
     /// the writer is done with them.
-    pub fn take_batch(&mut self) -> (Vec<Frame>, u64) {
+    pub fn take_batch(&mut self) -> (Vec<Outgoing>, u64) {
         (
             self.frames.drain(..).collect(),
             std::mem::take(&mut self.events),
@@ -159,5 +205,18 @@ mod tests {
         assert_eq!(q.push_control(frame(90)), Push::Queued);
         assert_eq!(q.push_control(frame(20)), Push::Close(4009));
         assert!(q.bytes() <= 200);
+    }
+
+    #[test]
+    fn binary_echoes_share_the_control_allowance_and_keep_their_order() {
+        let mut q = Outbound::new(100, false);
+        let binary = |n: usize| Outgoing::Binary(Bytes::from(vec![0xff; n]));
+        assert_eq!(q.push_event(frame(100)), Push::Queued);
+        assert_eq!(q.push_control(binary(90)), Push::Queued);
+        assert_eq!(q.push_control(binary(20)), Push::Close(4009));
+        let (batch, events) = q.take_batch();
+        assert_eq!(events, 1, "an echo is not an event");
+        assert_eq!(batch, vec![Outgoing::Text(frame(100)), binary(90)]);
+        assert_eq!(q.bytes(), 190);
     }
 }

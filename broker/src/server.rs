@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::KeepAlive;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{App, HttpServer};
 use tracing::{debug, info, warn};
@@ -60,6 +61,14 @@ async fn signal() -> &'static str {
 pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    // Slowloris: the head of a connection's first request must arrive in time.
+    // actix-web sets no such deadline for later requests on a kept-alive
+    // connection; `keep_alive_ms = 0` closes that gap (docs/configuration.md).
+    let request_timeout = Duration::from_millis(config.server.client_request_timeout_ms);
+    let keep_alive = match config.server.keep_alive_ms {
+        0 => KeepAlive::Disabled,
+        ms => KeepAlive::Timeout(Duration::from_millis(ms)),
+    };
     let workers = match config.server.workers {
         0 => crate::broker::cores(),
         n => n,
@@ -73,12 +82,26 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
             .default_service(actix_web::web::to(crate::http::not_found))
     })
     .workers(workers)
+    .client_request_timeout(request_timeout)
+    .keep_alive(keep_alive)
     .disable_signals()
-    .shutdown_timeout(grace.as_secs().max(1))
-    .bind(addr)
+    .shutdown_timeout(grace.as_secs().max(1));
+    let cfg = broker.config();
+    let tls = !cfg.server.tls_cert_file.is_empty();
+    let server = if tls {
+        let tls_config =
+            crate::tls::server_config(&cfg.server.tls_cert_file, &cfg.server.tls_key_file)?;
+        server.bind_rustls_0_23(addr, tls_config)
+    } else {
+        server.bind(addr)
+    }
     .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.listen): {e}"))?;
     let bound = server.addrs().first().copied().unwrap_or(addr);
-    let cfg = broker.config();
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     let setup = match &origin {
         Origin::Defaults => "no config file: embedded defaults".to_owned(),
         Origin::File(p) => format!("config {}", p.display()),
@@ -87,7 +110,7 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
         addr = %bound,
         node = broker.node(),
         epoch = broker.epoch(),
-        "herald listening on http://{bound}/ (dashboard at /, WebSocket at ws://{bound}/ws); {setup}; bridges: {}; auth: {}",
+        "herald listening on {http}://{bound}/ (dashboard at /, WebSocket at {ws}://{bound}/ws); {setup}; bridges: {}; auth: {}",
         cfg.bridge.nats.len() + cfg.bridge.kafka.len(),
         cfg.auth.mode,
     );

@@ -9,8 +9,13 @@
 //! arriving meanwhile wait in the queue, counted against its bound. A client that
 //! stops reading therefore costs at most its queue bound, never more: events past it
 //! are dropped and reported as `lagged`, or the connection is closed with 4009.
+//!
+//! Echo mode (the test-only `/echo` route, `server.conformance_echo`; see
+//! docs/conformance.md) is a branch of this same session: it sends every text and
+//! binary message back unchanged instead of parsing JSON, and sends no `welcome` and
+//! no JSON pings. Frame handling, limits, pongs and close codes stay the ones below.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,7 +35,7 @@ use crate::broker::Broker;
 use crate::event::Frame;
 use crate::message::{Deliver, Shutdown, Subscriber};
 use crate::metrics::{DropReason, METRICS};
-use crate::outbound::{Outbound, Push};
+use crate::outbound::{Outbound, Outgoing, Push};
 use crate::pattern::{self, Pattern};
 use crate::protocol::{
     self, close, ErrorCode, Heartbeat, Limits, Op, ProtocolError, Replay, RequestId, ResetReason,
@@ -43,6 +48,11 @@ static PING: ByteString = ByteString::from_static(r#"{"type":"ping"}"#);
 
 /// Longest time a close frame may take to reach a client that does not read.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most WebSocket Pings waiting for their Pong. Past it the oldest is not answered
+/// (RFC 6455 5.5.3 allows answering only the latest), so a client that pings but
+/// never reads costs a bounded amount.
+const MAX_PENDING_PONGS: usize = 16;
 
 /// Number of the next session (process-unique; the dedup key topics use).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -62,8 +72,9 @@ pub struct Session {
     writer: Option<actix_ws::Session>,
     write_in_flight: Option<SpawnHandle>,
     out: Outbound,
-    /// Payload of the latest WebSocket Ping not yet answered.
-    pending_pong: Option<Bytes>,
+    /// Payloads of the WebSocket Pings not yet answered, oldest first; each gets its
+    /// own Pong, written before the queued frames.
+    pending_pongs: VecDeque<Bytes>,
     subscriptions: BTreeSet<Pattern>,
     /// How topics reach this session; made on first subscribe.
     me: Option<Subscriber>,
@@ -76,6 +87,8 @@ pub struct Session {
     closing: bool,
     close_code: u16,
     ip: Option<IpAddr>,
+    /// Echo mode (`server.conformance_echo`, test-only): messages go back unchanged.
+    echo: bool,
     _permit: Permit,
 }
 
@@ -101,7 +114,7 @@ impl Session {
             writer: Some(ws.clone()),
             ws: Some(ws),
             write_in_flight: None,
-            pending_pong: None,
+            pending_pongs: VecDeque::new(),
             subscriptions: BTreeSet::new(),
             me: None,
             missed: Arc::new(AtomicU64::new(0)),
@@ -112,9 +125,18 @@ impl Session {
             close_code: close::GOING_AWAY,
             identity,
             ip,
+            echo: false,
             _permit: permit,
             broker,
         }
+    }
+
+    /// Turns echo mode on (the `/echo` route): every text and binary message is sent
+    /// back unchanged instead of being parsed as JSON. Test-only, for the Autobahn
+    /// conformance run (docs/conformance.md).
+    pub fn echo(mut self, on: bool) -> Self {
+        self.echo = on;
+        self
     }
 
     fn welcome(&mut self, ctx: &mut Context<Self>) {
@@ -139,10 +161,17 @@ impl Session {
     }
 
     /// Queues a reply or notice.
-    fn control(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+    fn control(&mut self, frame: impl Into<Outgoing>, ctx: &mut Context<Self>) {
         if let Push::Close(code) = self.out.push_control(frame) {
             self.close(ctx, code, "slow consumer");
         }
+    }
+
+    /// Echo mode: queues a client message back unchanged, as a reply (never
+    /// dropped; past the queue's allowance the connection closes with 4009).
+    fn echo_back(&mut self, msg: Outgoing, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        self.control(msg, ctx);
     }
 
     /// Queues an event (live or replayed).
@@ -180,7 +209,7 @@ impl Session {
                 return;
             }
         }
-        if self.out.is_empty() && self.pending_pong.is_none() {
+        if self.out.is_empty() && self.pending_pongs.is_empty() {
             return;
         }
         let Some(mut writer) = self.writer.take() else {
@@ -188,13 +217,13 @@ impl Session {
         };
         let (batch, events) = self.out.take_batch();
         let bytes: usize = batch.iter().map(|f| f.len()).sum();
-        let pong = self.pending_pong.take();
+        let pongs = std::mem::take(&mut self.pending_pongs);
         let write = async move {
-            if let Some(payload) = pong {
+            for payload in pongs {
                 writer.pong(&payload).await?;
             }
             for frame in batch {
-                writer.feed(WsMessage::Text(frame)).await?;
+                writer.feed(WsMessage::from(frame)).await?;
             }
             writer.flush().await?;
             Ok::<_, actix_ws::Closed>(writer)
@@ -246,7 +275,7 @@ impl Session {
             let goodbye = async move {
                 if let Some(mut writer) = writer {
                     for frame in batch {
-                        if writer.feed(WsMessage::Text(frame)).await.is_err() {
+                        if writer.feed(WsMessage::from(frame)).await.is_err() {
                             return;
                         }
                     }
@@ -358,23 +387,44 @@ impl Session {
                 Ok(())
             }
             Op::Pong => Ok(()),
+            // Auth off: accepted, and nothing changes.
+            Op::Auth { .. } if !self.broker.authenticator().enabled() => {
+                self.control(ServerMessage::Ok { id: id.as_deref() }.to_frame(), ctx);
+                Ok(())
+            }
             Op::Auth { token } => {
-                match self.broker.authenticator().token(&token) {
-                    Ok(identity) => {
-                        let first = self.identity.is_none();
+                let verified = self.broker.authenticator().token(&token);
+                match (verified, &self.identity) {
+                    (Ok(identity), None) => {
+                        info!(session = %self.name, subject = identity.subject.as_deref().unwrap_or("-"), "authenticated");
                         self.identity = Some(identity);
-                        if first {
-                            self.welcome(ctx);
-                        } else {
-                            self.control(ServerMessage::Ok { id: id.as_deref() }.to_frame(), ctx);
-                        }
+                        self.welcome(ctx);
+                        Ok(())
                     }
-                    Err(e) => {
+                    // A refresh: same holder, new expiry and grants. Subscriptions
+                    // made under the old grants stay.
+                    (Ok(identity), Some(old))
+                        if old.subject.is_some() && old.subject == identity.subject =>
+                    {
+                        self.identity = Some(identity);
+                        self.control(ServerMessage::Ok { id: id.as_deref() }.to_frame(), ctx);
+                        Ok(())
+                    }
+                    (Ok(_), Some(_)) => Err(ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        "a refresh token must have the session's subject (`sub`)",
+                    )),
+                    (Err(e), None) => {
                         info!(session = %self.name, reason = %e, "authentication failed");
                         self.close(ctx, close::UNAUTHORIZED, "unauthorized");
+                        Ok(())
+                    }
+                    // A failed refresh leaves the session as it was, until its
+                    // current credentials expire.
+                    (Err(e), Some(_)) => {
+                        Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string()))
                     }
                 }
-                Ok(())
             }
         }
     }
@@ -389,6 +439,9 @@ impl Session {
     ) -> Result<(), ProtocolError> {
         let identity = self.identity()?;
         let mut new: Vec<Pattern> = Vec::new();
+        // Duplicates within one request, found in O(log n) each: a request may list
+        // thousands of topics.
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
         for t in &topics {
             let p = Pattern::parse(t).map_err(invalid_topic)?;
             if !identity.may_subscribe(t) {
@@ -397,7 +450,7 @@ impl Session {
                     format!("not allowed to subscribe to {}", protocol::truncate(t, 255)),
                 ));
             }
-            if !self.subscriptions.contains(&p) && !new.contains(&p) {
+            if !self.subscriptions.contains(&p) && seen.insert(t) {
                 new.push(p);
             }
         }
@@ -516,11 +569,20 @@ impl Session {
         {
             return self.close(ctx, close::UNAUTHORIZED, "authentication timeout");
         }
+        let expired = self
+            .identity
+            .as_ref()
+            .and_then(|i| i.expires)
+            .is_some_and(|exp| crate::jwt::now_secs() >= exp);
+        if expired {
+            info!(session = %self.name, "credentials expired");
+            return self.close(ctx, close::UNAUTHORIZED, "token expired");
+        }
         if now.duration_since(self.last_seen) >= window {
             info!(session = %self.name, "heartbeat timeout");
             return self.close(ctx, close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
         }
-        if now.duration_since(self.last_ping) >= interval && self.identity.is_some() {
+        if now.duration_since(self.last_ping) >= interval && self.identity.is_some() && !self.echo {
             self.last_ping = now;
             self.control(PING.clone(), ctx);
             self.flush(ctx);
@@ -528,8 +590,23 @@ impl Session {
     }
 }
 
+/// Whether a stream error means the client's connection ended without a close frame.
+fn peer_vanished(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<actix_web::error::PayloadError>())
+        .is_some_and(|p| matches!(p, actix_web::error::PayloadError::Incomplete(_)))
+}
+
 fn invalid_topic(e: pattern::TopicError) -> ProtocolError {
     ProtocolError::new(ErrorCode::InvalidTopic, e.to_string())
+}
+
+/// Whether an actix-ws stream error is invalid UTF-8 in a text message (close 1007).
+/// actix-ws reports it as `InvalidData` carrying the `Utf8Error` (one frame) or its
+/// text (joined fragments). A frame with reserved bits set is `InvalidData` too, but
+/// a protocol error (1002). tests/limits.rs pins both mappings.
+fn is_invalid_utf8(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidData && e.to_string().contains("utf-8")
 }
 
 impl Actor for Session {
@@ -547,8 +624,9 @@ impl Actor for Session {
         self.broker
             .sessions()
             .insert(self.id, ctx.address().recipient());
-        info!(session = %self.name, ip = ?self.ip, "session opened");
-        if self.identity.is_some() {
+        let subject = self.identity.as_ref().and_then(|i| i.subject.as_deref());
+        info!(session = %self.name, ip = ?self.ip, subject = subject.unwrap_or("-"), "session opened");
+        if self.identity.is_some() && !self.echo {
             self.welcome(ctx);
             self.flush(ctx);
         }
@@ -580,11 +658,20 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Sessi
             return;
         }
         match item {
+            Ok(AggregatedMessage::Text(text)) if self.echo => self.echo_back(text.into(), ctx),
+            Ok(AggregatedMessage::Binary(data)) if self.echo => {
+                self.echo_back(Outgoing::Binary(data), ctx)
+            }
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
             Ok(AggregatedMessage::Binary(_)) => {
                 return self.close(ctx, close::UNSUPPORTED, "binary frames are not supported");
             }
-            Ok(AggregatedMessage::Ping(payload)) => self.pending_pong = Some(payload),
+            Ok(AggregatedMessage::Ping(payload)) => {
+                if self.pending_pongs.len() == MAX_PENDING_PONGS {
+                    self.pending_pongs.pop_front();
+                }
+                self.pending_pongs.push_back(payload);
+            }
             // WebSocket Pongs say nothing about the application (PROTOCOL.md 5).
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(reason)) => {
@@ -609,8 +696,15 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Sessi
             {
                 return self.close(ctx, close::TOO_BIG, "message too big");
             }
-            Err(actix_ws::ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(actix_ws::ProtocolError::Io(e)) if is_invalid_utf8(&e) => {
                 return self.close(ctx, close::INVALID_UTF8, "invalid UTF-8");
+            }
+            // The peer went away mid-frame (no close frame): 1006, not a protocol
+            // error; there is nobody to send a close frame to.
+            Err(actix_ws::ProtocolError::Io(e)) if peer_vanished(&e) => {
+                self.closing = true;
+                self.close_code = 1006;
+                return ctx.stop();
             }
             Err(e) => {
                 debug!(session = %self.name, error = %e, "protocol error");

@@ -306,14 +306,26 @@ pub struct Closed {
 }
 
 impl Client {
-    /// Connects and reads the `welcome`.
-    pub async fn connect(url: &str) -> Result<Client> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-        let mut client = Client {
+    /// Upgrades without reading anything (for first-message auth: no `welcome`
+    /// comes before `{"op":"auth"}`).
+    pub async fn open(request: impl IntoClientRequest + Unpin) -> Result<Client> {
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Client {
             ws,
             welcome: Value::Null,
             next_id: 0,
-        };
+        })
+    }
+
+    /// Connects and reads the `welcome`.
+    pub async fn connect(url: &str) -> Result<Client> {
+        Self::connect_with(url).await
+    }
+
+    /// Connects with a custom upgrade request (headers, query) and reads the
+    /// `welcome`.
+    pub async fn connect_with(request: impl IntoClientRequest + Unpin) -> Result<Client> {
+        let mut client = Self::open(request).await?;
         let welcome = client.recv().await?;
         if welcome["type"] != "welcome" {
             bail!("first message was not welcome: {welcome}");
