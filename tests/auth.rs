@@ -105,6 +105,20 @@ async fn api(
     ))
 }
 
+/// A ticket for the holder of `token` (asserting `201`).
+async fn ticket_for(broker: &Broker, token: &str) -> Result<String> {
+    let (status, body) = api(
+        broker,
+        reqwest::Method::POST,
+        "/api/tickets",
+        Some(token),
+        None,
+    )
+    .await?;
+    ensure!(status == 201, "{status} {body}");
+    Ok(body["ticket"].as_str().context("ticket")?.to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_on_the_upgrade_grants_exactly_its_patterns() -> Result<()> {
     let broker = Broker::start(&jwt_config(""))?;
@@ -260,15 +274,7 @@ async fn tickets_are_single_use_short_lived_and_carry_the_token_identity() -> Re
     let (status, _) = refused(ws_request(&broker, &format!("?ticket={ticket}"), None)?).await?;
     assert_eq!(status, 401);
     // Expired.
-    let (_, body) = api(
-        &broker,
-        reqwest::Method::POST,
-        "/api/tickets",
-        Some(&t),
-        None,
-    )
-    .await?;
-    let late = body["ticket"].as_str().context("ticket")?.to_owned();
+    let late = ticket_for(&broker, &t).await?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (status, body) = refused(ws_request(&broker, &format!("?ticket={late}"), None)?).await?;
     assert_eq!(status, 401);
@@ -336,15 +342,7 @@ async fn no_token_ticket_key_or_secret_reaches_the_logs_at_trace_level() -> Resu
     // Every crate at trace: actix-web, actix-ws, h1 parsing, Herald itself.
     let broker = Broker::start_with_env(&jwt_config(""), &[("RUST_LOG", "trace")])?;
     let t = user("henry", &[">"], &[">"]);
-    let (_, body) = api(
-        &broker,
-        reqwest::Method::POST,
-        "/api/tickets",
-        Some(&t),
-        None,
-    )
-    .await?;
-    let ticket = body["ticket"].as_str().context("ticket")?.to_owned();
+    let ticket = ticket_for(&broker, &t).await?;
     let mut c =
         Client::connect_with(ws_request(&broker, &format!("?ticket={ticket}"), None)?).await?;
     c.send(json!({"op": "auth", "token": t})).await?;
@@ -397,17 +395,7 @@ async fn no_token_ticket_key_or_secret_reaches_the_logs_at_trace_level() -> Resu
 
 #[test]
 fn auth_settings_are_checked_at_start() -> Result<()> {
-    let check = |toml: &str| -> Result<String> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("herald.toml");
-        std::fs::write(&path, toml)?;
-        let out = std::process::Command::new(herald_e2e::herald_bin())
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()?;
-        ensure!(!out.status.success(), "accepted: {toml}");
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let check = herald_e2e::config_error;
     let e = check("[auth]\nmode = \"jwt\"\n")?;
     ensure!(e.contains("auth.jwt_secret"), "{e}");
     let e = check("[auth]\nmode = \"jwt\"\njwt_secret = \"short\"\n")?;
@@ -571,25 +559,10 @@ async fn a_refused_upgrade_keeps_the_ticket_and_an_expired_token_voids_it() -> R
         "max_connections = 1",
         &format!("[auth]\nmode = \"jwt\"\njwt_secret = \"{SECRET}\"\n"),
     ))?;
-    let get_ticket = |t: String| {
-        let broker = &broker;
-        async move {
-            let (status, body) = api(
-                broker,
-                reqwest::Method::POST,
-                "/api/tickets",
-                Some(&t),
-                None,
-            )
-            .await?;
-            ensure!(status == 201, "{body}");
-            Ok::<String, anyhow::Error>(body["ticket"].as_str().unwrap_or_default().to_owned())
-        }
-    };
     let first =
         Client::connect_with(ws_request(&broker, "", Some(&user("k", &[">"], &[])))?).await?;
     // At capacity: 503, and the ticket survives for the retry.
-    let ticket = get_ticket(user("judy", &[">"], &[])).await?;
+    let ticket = ticket_for(&broker, &user("judy", &[">"], &[])).await?;
     let (status, _) = refused(ws_request(&broker, &format!("?ticket={ticket}"), None)?).await?;
     assert_eq!(status, 503);
     drop(first);
@@ -600,7 +573,7 @@ async fn a_refused_upgrade_keeps_the_ticket_and_an_expired_token_voids_it() -> R
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A ticket outliving its token is refused on the upgrade (401), not after it.
     let short = token(json!({"sub": "judy", "exp": now() + 1}));
-    let ticket = get_ticket(short).await?;
+    let ticket = ticket_for(&broker, &short).await?;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, body) = refused(ws_request(&broker, &format!("?ticket={ticket}"), None)?).await?;
     assert_eq!(status, 401, "{body}");

@@ -33,23 +33,6 @@ async fn events(c: &mut Client, n: usize) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-/// Waits until `/readyz` is 503 and its body contains `text`; returns the body.
-async fn readyz_saying(broker: &Broker, text: &str) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, body) = broker.get("/readyz").await?;
-        let body = body.to_string();
-        if code == 503 && body.contains(text) {
-            return Ok(body);
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never said `{text}`: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_reach_websocket_with_keys_and_headers_across_partitions() -> Result<()> {
     let kafka = Tansu::start()?;
@@ -288,10 +271,10 @@ async fn every_node_receives_every_partition() -> Result<()> {
 async fn a_missing_topic_is_not_ready_until_it_exists() -> Result<()> {
     let kafka = Tansu::start()?;
     let broker = Broker::start(&bridge(&kafka.brokers(), ""))?;
-    let body = readyz_saying(&broker, "not found").await?;
+    let reason = broker.wait_reason("not found").await?;
     ensure!(
-        body.contains("bridge orders: down: Kafka topic orders not found"),
-        "/readyz names the bridge and the missing topic: {body}"
+        reason.contains("bridge orders: down: Kafka topic orders not found"),
+        "/readyz names the bridge and the missing topic: {reason}"
     );
     // Herald serves WebSocket clients meanwhile.
     let mut c = broker.client().await?;
@@ -325,8 +308,8 @@ async fn a_broker_outage_is_reported_and_recovered_from_without_a_restart() -> R
     assert_eq!(c.event().await?["data"]["n"], 1);
 
     kafka.stop();
-    let body = readyz_saying(&broker, "bridge orders: down").await?;
-    ensure!(body.contains("not_ready"), "{body}");
+    // 503 (not_ready) with a reason naming the bridge.
+    broker.wait_reason("bridge orders: down").await?;
     // Local publishing keeps working.
     broker.publish("orders", json!({"via": "http"})).await?;
     assert_eq!(c.event().await?["source"], "http");
@@ -366,17 +349,7 @@ async fn a_broker_outage_is_reported_and_recovered_from_without_a_restart() -> R
 
 #[test]
 fn bad_kafka_settings_are_config_errors_naming_the_key() -> Result<()> {
-    let check = |extra: &str| -> Result<String> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("herald.toml");
-        std::fs::write(&path, bridge("127.0.0.1:1", extra))?;
-        let out = std::process::Command::new(herald_e2e::herald_bin())
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()?;
-        ensure!(!out.status.success(), "{extra}: accepted");
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let check = |extra: &str| herald_e2e::config_error(&bridge("127.0.0.1:1", extra));
     let e = check("start = \"last:0\"")?;
     ensure!(
         e.contains("bridge.kafka[0].start") || e.contains("start"),

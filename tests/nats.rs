@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use herald_e2e::nats::{wait_ready as ready, wait_reason, NatsServer, TestNats};
+use herald_e2e::nats::{NatsServer, TestNats};
 use herald_e2e::{config, Broker, Client};
 use serde_json::{json, Value};
 
@@ -45,7 +45,7 @@ fn test_bridge(nats: &TestNats, subject: &str, extra: &str) -> String {
 async fn nats_messages_reach_websocket_subscribers() -> Result<()> {
     let nats = TestNats::start()?;
     let broker = Broker::start(&test_bridge(&nats, "events.>", ""))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["orders.*"]).await?;
     let publisher = nats.client().await?;
@@ -114,7 +114,7 @@ async fn nats_messages_reach_websocket_subscribers() -> Result<()> {
 async fn subjects_map_to_topics_with_prefixes() -> Result<()> {
     let nats = TestNats::start()?;
     let broker = Broker::start(&test_bridge(&nats, "events.>", "topic_prefix = \"live.\""))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["live.>"]).await?;
     let publisher = nats.client().await?;
@@ -132,12 +132,12 @@ async fn subjects_map_to_topics_with_prefixes() -> Result<()> {
 async fn an_outage_is_reported_and_recovered_from_without_a_restart() -> Result<()> {
     let mut nats = NatsServer::start()?;
     let broker = Broker::start(&bridge(&nats.url(), ""))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["events.>", "local.t"]).await?;
 
     nats.stop();
-    let body = ready(&broker, 503).await?;
+    let body = broker.wait_readyz(503).await?;
     let reasons = body["reasons"].to_string();
     assert!(
         reasons.contains("events"),
@@ -154,7 +154,7 @@ async fn an_outage_is_reported_and_recovered_from_without_a_restart() -> Result<
     );
 
     nats.restart()?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let publisher = nats.client().await?;
     publisher
         .publish("events.back", "{\"ok\":true}".into())
@@ -191,7 +191,7 @@ async fn a_bridge_that_cannot_connect_is_not_ready_but_herald_serves() -> Result
     assert_eq!(code, 503, "{body}");
     assert!(body["reasons"].to_string().contains("events"), "{body}");
     // Once an attempt has failed, the reason says what failed.
-    let reason = wait_reason(&broker, "cannot connect to NATS").await?;
+    let reason = broker.wait_reason("cannot connect to NATS").await?;
     assert!(reason.starts_with("bridge events: down: "), "{reason}");
     let mut c = broker.client().await?;
     c.subscribe(&["x"]).await?;
@@ -222,7 +222,7 @@ async fn three_nodes_sharing_nats_deliver_each_publish_exactly_once_everywhere()
     ];
     let mut clients = Vec::new();
     for node in &nodes {
-        ready(node, 200).await?;
+        node.wait_readyz(200).await?;
         let mut c = node.client().await?;
         c.subscribe(&["chat.*"]).await?;
         clients.push(c);
@@ -265,12 +265,12 @@ async fn three_nodes_sharing_nats_deliver_each_publish_exactly_once_everywhere()
 async fn publishes_fail_clearly_while_the_backplane_is_down() -> Result<()> {
     let mut nats = NatsServer::start()?;
     let broker = Broker::start(&cluster_node(&nats.url(), "herald."))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["chat.*"]).await?;
 
     nats.stop();
-    ready(&broker, 503).await?;
+    broker.wait_readyz(503).await?;
     let (status, body) = broker.publish_status("chat.a", json!(1)).await?;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "internal", "{body}");
@@ -290,7 +290,7 @@ async fn publishes_fail_clearly_while_the_backplane_is_down() -> Result<()> {
     );
 
     nats.restart()?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     broker.publish("chat.a", json!("back")).await?;
     assert_eq!(c.event().await?["data"], "back");
     Ok(())
@@ -300,7 +300,7 @@ async fn publishes_fail_clearly_while_the_backplane_is_down() -> Result<()> {
 async fn header_names_nats_cannot_carry_are_a_400_not_a_crash() -> Result<()> {
     let nats = TestNats::start()?;
     let broker = Broker::start(&cluster_node(&nats.url(), &nats.prefix()))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let (status, body) = broker
         .post_raw(
             "/api/publish",
@@ -322,17 +322,11 @@ async fn header_names_nats_cannot_carry_are_a_400_not_a_crash() -> Result<()> {
 
 #[test]
 fn backplane_config_must_round_trip_topics() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("herald.toml");
     let bad = "[cluster]\nbackplane = \"bus\"\nsubject_prefix = \"herald.\"\n\
                [[bridge.nats]]\nname = \"bus\"\nsubjects = [\"events.>\"]\n";
-    std::fs::write(&path, bad)?;
-    let out = std::process::Command::new(herald_e2e::herald_bin())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let out = herald_e2e::check_config(bad)?;
+    let err = out.stderr;
+    assert_eq!(out.code, Some(2), "{err}");
     assert!(
         err.contains("cluster.backplane") && err.contains("herald.>"),
         "{err}"
@@ -344,7 +338,7 @@ fn backplane_config_must_round_trip_topics() -> Result<()> {
 async fn backplane_publishers_cannot_forge_source_or_key_and_batches_fail_whole() -> Result<()> {
     let nats = TestNats::start()?;
     let broker = Broker::start(&cluster_node(&nats.url(), &nats.prefix()))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["f.*"]).await?;
     let forged = json!({"topic":"f.a","data":1,"headers":{"Herald-Source":"kafka","herald-key":"stolen","x":"y"}});
@@ -380,7 +374,7 @@ async fn a_url_list_fails_over_to_a_live_server() -> Result<()> {
     let urls = format!("nats://127.0.0.1:{dead}, {}", nats.url());
     let config = test_bridge(&nats, "events.>", "").replace(&nats.url(), &urls);
     let broker = Broker::start(&config)?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["z"]).await?;
     let publisher = nats.client().await?;
@@ -400,7 +394,7 @@ async fn credentials_authenticate_the_bridge() -> Result<()> {
         &nats.url(),
         "user = \"herald\"\npassword = \"s3cret-pw\"",
     ))?;
-    ready(&good, 200).await?;
+    good.wait_readyz(200).await?;
     let mut c = good.client().await?;
     c.subscribe(&["events.>"]).await?;
     let publisher =
@@ -415,7 +409,7 @@ async fn credentials_authenticate_the_bridge() -> Result<()> {
         "user = \"herald\"\npassword = \"wrong\"",
     ))?;
     // Refused logins are retried; /readyz says why.
-    let reason = wait_reason(&bad, "authorization violation").await?;
+    let reason = bad.wait_reason("authorization violation").await?;
     assert!(reason.contains("bridge events"), "{reason}");
     assert!(
         !bad.log_text().contains("wrong"),
@@ -425,7 +419,7 @@ async fn credentials_authenticate_the_bridge() -> Result<()> {
     // Token.
     let nats = NatsServer::start_with(&["--auth", "tok-123"])?;
     let broker = Broker::start(&bridge(&nats.url(), "token = \"tok-123\""))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     Ok(())
 }
 
@@ -517,7 +511,7 @@ async fn jetstream_start_gives_the_last_message_per_subject_then_live() -> Resul
         "events.>",
         &format!("jetstream = {{ stream = \"{stream}\", deliver = \"last_per_subject\" }}"),
     ))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     wait_topics(&broker, &[("a.x", 1), ("a.y", 1)]).await?;
     let (mut c, replayed) = history(&broker, &["a.*"]).await?;
     let state: BTreeMap<_, _> = replayed
@@ -563,7 +557,7 @@ async fn jetstream_start_all_replays_every_stored_message_in_order_then_live() -
         "events.a.>",
         &format!("jetstream = {{ stream = \"{stream}\", deliver = \"all\" }}"),
     ))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     wait_topics(&broker, &[("a.x", 3), ("a.y", 1)]).await?;
     let (mut c, replayed) = history(&broker, &[">"]).await?;
     let x: Vec<_> = replayed
@@ -603,7 +597,7 @@ async fn jetstream_start_new_replays_nothing_and_delivers_what_comes_after() -> 
         "events.>",
         &format!("jetstream = {{ stream = \"{stream}\", deliver = \"new\" }}"),
     ))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["a.*"]).await?;
     // Nothing stored became an event: no topic exists, nothing arrives.
@@ -630,7 +624,7 @@ async fn jetstream_start_on_a_missing_stream_retries_until_the_stream_exists() -
         "events.>",
         &format!("jetstream = {{ stream = \"{stream}\", deliver = \"all\" }}"),
     ))?;
-    let reason = wait_reason(&broker, &stream).await?;
+    let reason = broker.wait_reason(&stream).await?;
     assert!(
         reason.starts_with("bridge events: down: JetStream stream") && reason.contains("retrying"),
         "{reason}"
@@ -661,7 +655,7 @@ async fn jetstream_start_on_a_missing_stream_retries_until_the_stream_exists() -
     .await?;
     store(&nats, &js, &[("events.s.a", 1)]).await?;
     let pid = broker.pid();
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     assert_eq!(broker.pid(), pid, "the same Herald process");
     assert!(
         broker
@@ -697,18 +691,18 @@ async fn a_jetstream_bridge_is_ready_again_after_an_outage() -> Result<()> {
         &nats.url(),
         "strip_prefix = \"events.\"\njetstream = { stream = \"EVENTS\", deliver = \"new\" }",
     ))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["o.*"]).await?;
     js.publish("events.o.a", "1".into()).await?.await?;
     assert_eq!(c.event().await?["data"], 1);
 
     nats.stop();
-    wait_reason(&broker, "bridge events").await?;
+    broker.wait_reason("bridge events").await?;
     nats.restart()?;
     // Ready again without restarting Herald, and messages flow again (the ordered
     // consumer recreates itself; the stream survived on disk).
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let js = async_nats::jetstream::new(nats.client().await?);
     js.publish("events.o.a", "2".into()).await?.await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -732,7 +726,7 @@ async fn a_nats_slow_consumer_is_counted_logged_sparingly_and_survived() -> Resu
     let nats = TestNats::start()?;
     // One message of room between the NATS client and the bridge: a burst overflows.
     let broker = Broker::start(&test_bridge(&nats, "events.>", "subscription_capacity = 1"))?;
-    ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let publisher = nats.client().await?;
     let subject = nats.subject("events.burst");
     for _ in 0..BURST {

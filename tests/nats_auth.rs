@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use herald_e2e::nats::{wait_ready, wait_reason, NatsServer};
+use herald_e2e::nats::NatsServer;
 use herald_e2e::{config, Broker};
 use serde_json::{json, Value};
 
@@ -58,19 +58,9 @@ async fn delivers(broker: &Broker, publisher: &async_nats::Client, topic: &str) 
 
 /// `herald check-config` output for `toml`: the effective config, secrets masked.
 fn check_config(toml: &str) -> Result<String> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("herald.toml");
-    std::fs::write(&path, toml)?;
-    let out = std::process::Command::new(herald_e2e::herald_bin())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()?;
-    anyhow::ensure!(out.status.success(), "check-config failed: {out:?}");
-    Ok(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
+    let out = herald_e2e::check_config(toml)?;
+    anyhow::ensure!(out.code == Some(0), "check-config failed: {out:?}");
+    Ok(out.stdout + &out.stderr)
 }
 
 /// A quoted path for a config file (TOML and nats-server's format agree on this).
@@ -170,7 +160,7 @@ async fn tls_bridge_trusts_the_server_through_tls_ca_file() -> Result<()> {
     let ca = format!("tls_ca_file = {}", quoted(&pki.ca));
 
     let broker = Broker::start(&bridge(&tls_url(&nats), &ca))?;
-    wait_ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let publisher = async_nats::ConnectOptions::new()
         .add_root_certificates(pki.ca.clone())
         .connect(tls_url(&nats))
@@ -181,7 +171,7 @@ async fn tls_bridge_trusts_the_server_through_tls_ca_file() -> Result<()> {
     // Without the CA, the server's certificate is not trusted: not ready, and
     // /readyz says why.
     let untrusting = Broker::start(&bridge(&tls_url(&nats), ""))?;
-    let reason = wait_reason(&untrusting, "invalid peer certificate").await?;
+    let reason = untrusting.wait_reason("invalid peer certificate").await?;
     assert!(
         reason.starts_with("bridge events: down: cannot connect to NATS"),
         "{reason}"
@@ -191,7 +181,7 @@ async fn tls_bridge_trusts_the_server_through_tls_ca_file() -> Result<()> {
 
     // A nats:// URL with tls_required = true upgrades to TLS too.
     let required = Broker::start(&bridge(&nats.url(), &format!("{ca}\ntls_required = true")))?;
-    wait_ready(&required, 200).await?;
+    required.wait_readyz(200).await?;
     delivers(&required, &publisher, "required").await?;
     Ok(())
 }
@@ -201,13 +191,13 @@ async fn tls_required_refuses_a_plaintext_server() -> Result<()> {
     let nats = NatsServer::start()?;
     let broker = Broker::start(&bridge(&nats.url(), "tls_required = true"))?;
     // The plaintext answer to the TLS handshake: "received corrupt message".
-    let reason = wait_reason(&broker, "cannot connect to NATS").await?;
+    let reason = broker.wait_reason("cannot connect to NATS").await?;
     assert!(reason.contains("corrupt message"), "{reason}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(broker.get("/readyz").await?.0, 503);
     // The same bridge without tls_required connects: the server is fine.
     let plain = Broker::start(&bridge(&nats.url(), ""))?;
-    wait_ready(&plain, 200).await?;
+    plain.wait_readyz(200).await?;
     Ok(())
 }
 
@@ -223,7 +213,7 @@ async fn mutual_tls_authenticates_the_bridge_with_its_certificate() -> Result<()
     );
 
     let broker = Broker::start(&bridge(&tls_url(&nats), &format!("{ca}\n{cert}")))?;
-    wait_ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let publisher = async_nats::ConnectOptions::new()
         .add_root_certificates(pki.ca.clone())
         .add_client_certificate(pki.client_cert.clone(), pki.client_key.clone())
@@ -237,7 +227,7 @@ async fn mutual_tls_authenticates_the_bridge_with_its_certificate() -> Result<()
     let anonymous = Broker::start(&bridge(&tls_url(&nats), &ca))?;
     // The server's TLS alert, as rustls reports it: "received fatal alert:
     // BadCertificate".
-    let reason = wait_reason(&anonymous, "cannot connect to NATS").await?;
+    let reason = anonymous.wait_reason("cannot connect to NATS").await?;
     assert!(reason.contains("fatal alert"), "{reason}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(anonymous.get("/readyz").await?.0, 503);
@@ -258,7 +248,7 @@ async fn an_nkey_seed_authenticates_the_bridge_and_is_never_logged() -> Result<(
 
     let config = bridge(&nats.url(), &format!("nkey = \"{seed}\""));
     let broker = Broker::start(&config)?;
-    wait_ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let publisher = async_nats::ConnectOptions::with_nkey(seed.clone())
         .connect(nats.url())
         .await?;
@@ -267,7 +257,7 @@ async fn an_nkey_seed_authenticates_the_bridge_and_is_never_logged() -> Result<(
     // A seed the server does not know is refused, and /readyz says so.
     let stranger = nkeys::KeyPair::new_user().seed()?;
     let refused = Broker::start(&bridge(&nats.url(), &format!("nkey = \"{stranger}\"")))?;
-    wait_reason(&refused, "authorization violation").await?;
+    refused.wait_reason("authorization violation").await?;
 
     // No seed in any log, nor in check-config's output.
     for (b, s) in [(&broker, &seed), (&refused, &stranger)] {
@@ -395,7 +385,7 @@ async fn a_creds_file_authenticates_the_bridge_on_an_operator_mode_server() -> R
         &nats.url(),
         &format!("creds_file = {}", quoted(&creds)),
     ))?;
-    wait_ready(&broker, 200).await?;
+    broker.wait_readyz(200).await?;
     let publisher_creds = write_creds(&operator.account, dir.path(), "publisher")?;
     let publisher = async_nats::ConnectOptions::with_credentials_file(&publisher_creds)
         .await?
@@ -407,13 +397,13 @@ async fn a_creds_file_authenticates_the_bridge_on_an_operator_mode_server() -> R
     // The server does require a JWT: a bridge without one is refused, and so is a
     // user signed by an account the operator never signed.
     let anonymous = Broker::start(&bridge(&nats.url(), ""))?;
-    wait_reason(&anonymous, "authorization violation").await?;
+    anonymous.wait_reason("authorization violation").await?;
     let rogue = write_creds(&nkeys::KeyPair::new_account(), dir.path(), "rogue")?;
     let rogue = Broker::start(&bridge(
         &nats.url(),
         &format!("creds_file = {}", quoted(&rogue)),
     ))?;
-    wait_reason(&rogue, "authorization violation").await?;
+    rogue.wait_reason("authorization violation").await?;
     Ok(())
 }
 
@@ -427,7 +417,7 @@ async fn a_missing_creds_file_is_not_ready_and_named() -> Result<()> {
         &nats.url(),
         &format!("creds_file = {}", quoted(&missing)),
     ))?;
-    let reason = wait_reason(&broker, &missing.display().to_string()).await?;
+    let reason = broker.wait_reason(&missing.display().to_string()).await?;
     assert!(reason.contains("cannot read creds file"), "{reason}");
     // Herald itself serves on.
     assert_eq!(broker.get("/healthz").await?.0, 200);

@@ -256,9 +256,9 @@ impl Broker {
         Client::connect(&self.ws_url()).await
     }
 
-    /// Waits (up to 20 s) until `/readyz` answers `status`; returns its body.
+    /// Waits (up to 15 s) until `/readyz` answers `status`; returns its body.
     pub async fn wait_readyz(&self, status: u16) -> Result<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             let (code, body) = self.get("/readyz").await?;
             if code == status {
@@ -268,6 +268,27 @@ impl Broker {
                 bail!("/readyz stayed {code}: {body}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (up to 15 s) until `/readyz` answers 503 with a reason containing
+    /// `needle`; returns that reason.
+    pub async fn wait_reason(&self, needle: &str) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (code, body) = self.get("/readyz").await?;
+            let found = body["reasons"].as_array().and_then(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .find(|r| r.contains(needle))
+            });
+            if let (503, Some(reason)) = (code, found) {
+                return Ok(reason.to_string());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("/readyz never gave a reason containing {needle:?}; last: {code} {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -471,6 +492,42 @@ impl Client {
         }
         Ok(v)
     }
+}
+
+/// What `herald check-config --config FILE` did with `toml`.
+#[derive(Debug)]
+pub struct CheckConfig {
+    /// The exit code (0 valid, 2 a config error).
+    pub code: Option<i32>,
+    /// The effective configuration, secrets masked (when valid).
+    pub stdout: String,
+    /// The verdict, or the error naming the key.
+    pub stderr: String,
+}
+
+/// Runs `herald check-config` on `toml` written to a temporary file.
+pub fn check_config(toml: &str) -> Result<CheckConfig> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, toml)?;
+    let out = Command::new(herald_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()?;
+    Ok(CheckConfig {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// The error `herald check-config` gives for `toml`; fails if it was accepted.
+pub fn config_error(toml: &str) -> Result<String> {
+    let out = check_config(toml)?;
+    if out.code == Some(0) {
+        bail!("accepted: {toml}");
+    }
+    Ok(out.stderr)
 }
 
 /// The close code as tungstenite reports it.

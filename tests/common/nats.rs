@@ -9,7 +9,6 @@
 //!   example the machine's `nats://127.0.0.1:4222`), else a private one. Each
 //!   `TestNats` has its own subject root (`t<unique>`), so tests sharing a server
 //!   never see each other's traffic or anybody else's.
-//! - [`wait_ready`], [`wait_reason`]: polling `/readyz`.
 //!
 //! The `nats-server` binary must be on PATH (`scripts/test` installs Debian's
 //! `nats-server` when missing); a missing binary fails the test loudly, it never
@@ -23,9 +22,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
-use serde_json::Value;
-
-use crate::Broker;
 
 /// Names an external NATS server for the tests that can share one.
 pub const EXTERNAL_URL_VAR: &str = "HERALD_TEST_NATS_URL";
@@ -286,43 +282,5 @@ impl Drop for TestNats {
             })
         });
         let _ = cleanup.join();
-    }
-}
-
-/// Waits (up to 15 s) until `/readyz` answers `status`; returns its body.
-pub async fn wait_ready(broker: &Broker, status: u16) -> Result<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, body) = broker.get("/readyz").await?;
-        if code == status {
-            return Ok(body);
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz stayed {code}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits (up to 15 s) until `/readyz` answers 503 with a reason containing `needle`;
-/// returns that reason.
-pub async fn wait_reason(broker: &Broker, needle: &str) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, body) = broker.get("/readyz").await?;
-        let found = body["reasons"].as_array().and_then(|r| {
-            r.iter()
-                .filter_map(Value::as_str)
-                .find(|r| r.contains(needle))
-        });
-        if let (503, Some(reason)) = (code, found) {
-            return Ok(reason.to_string());
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never gave a reason containing {needle:?}; last: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
