@@ -93,6 +93,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, broker: Broker) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
+        .route("/asyncapi.json", web::get().to(asyncapi))
+        .route("/herald.js", web::get().to(client_js))
         .route("/", web::get().to(index));
 }
 
@@ -426,6 +428,22 @@ async fn index() -> HttpResponse {
         .body(include_str!("../assets/index.html"))
 }
 
+/// The JavaScript client (`clients/js`), for pages that want no build step. The same
+/// file is the npm package's entry point, so the two cannot differ.
+async fn client_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(include_str!("../../clients/js/herald.js"))
+}
+
+/// The AsyncAPI 3.0 document of the protocol (`docs/asyncapi.json`), checked against
+/// the messages the broker really sends by `tests/asyncapi.rs`.
+async fn asyncapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!("../../docs/asyncapi.json"))
+}
+
 /// JSON 404/405 for every route nobody serves. The `herald` binary installs it as
 /// its app's default service; an embedding app keeps its own.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
@@ -441,6 +459,8 @@ fn route_error(req: &HttpRequest) -> ApiError {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/asyncapi.json",
+        "/herald.js",
         "/",
     ];
     if allowed.contains(&req.path()) {
