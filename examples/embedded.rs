@@ -1,13 +1,15 @@
 //! Herald inside an existing actix-web application: the app keeps its own routes and
-//! publishes to Herald topics from a request handler, while browsers subscribe on the
-//! same port at `/ws`.
+//! publishes to Herald topics from a request handler (`Broker::publish`, no HTTP hop),
+//! while browsers subscribe on the same port at `/ws`. Herald's other routes
+//! (`/api/*`, `/healthz`, `/readyz`, `/metrics`, the dashboard at `/`) come along.
 //!
-//! Run it:
+//! Run it (the argument is the address to listen on; port 0 picks a free one):
 //!     cargo run -p herald-examples --example embedded -- 127.0.0.1:8090
 //! then, in two other terminals:
-//!     websocat ws://127.0.0.1:8090/ws     # send {"op":"subscribe","topics":["orders.*"]}
+//!     cargo run -p herald-examples --example subscriber -- ws://127.0.0.1:8090/ws 'orders.*'
 //!     curl -X POST 127.0.0.1:8090/orders/7
-//! and the WebSocket client sees `{"type":"event","topic":"orders.created",...}`.
+//! and the subscriber prints the `orders.created` event the handler published
+//! (`{"id":7,"status":"created"}`, key `order-7`). `tests/examples.rs` does the same.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use herald::{BridgeEvent, Broker, Config, Source};

@@ -28,6 +28,9 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Newest modification time under `dir` (recursively).
 fn newest(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    if dir.is_file() {
+        return std::fs::metadata(dir).and_then(|m| m.modified()).ok();
+    }
     let mut newest = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
@@ -41,35 +44,78 @@ fn newest(dir: &std::path::Path) -> Option<std::time::SystemTime> {
     newest
 }
 
-/// Path of the `herald` binary; built when missing or older than its sources, so a
-/// test never runs against a stale broker.
+/// What the broker binary is made of: its sources and the files it embeds with
+/// `include_str!`.
+const BROKER_SOURCES: [&str; 4] = [
+    "broker",
+    "bridges",
+    "clients/js/herald.js",
+    "docs/asyncapi.json",
+];
+
+/// The runnable examples (`examples/`), all built by one `cargo build`.
+const EXAMPLES: [&str; 4] = ["embedded", "nats_publisher", "kafka_producer", "subscriber"];
+
+/// `target/<profile>/` of the running test executable.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Runs `cargo build <args>` when any of `outputs` is missing or older than the
+/// newest of `sources` (paths from the repository root), so a test never runs a stale
+/// binary.
+fn build_if_stale(outputs: &[PathBuf], sources: &[&str], args: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest_source = sources.iter().filter_map(|d| newest(&root.join(d))).max();
+    let stale = outputs.iter().any(|out| {
+        let built = std::fs::metadata(out).and_then(|m| m.modified()).ok();
+        built.is_none() || newest_source > built
+    });
+    if stale {
+        let status = Command::new(env!("CARGO"))
+            .args(["build"])
+            .args(args)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build {} failed", args.join(" "));
+    }
+}
+
+/// Path of the `herald` binary, built when missing or stale.
 pub fn herald_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> → target/<profile>/herald
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target/<profile>")
-            .to_path_buf();
-        let bin = profile_dir.join("herald");
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let sources = ["broker", "bridges"]
-            .iter()
-            .filter_map(|d| newest(&root.join(d)))
-            .max();
-        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        if built.is_none() || sources > built {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "herald", "--bin", "herald"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p herald failed");
-        }
+        let bin = profile_dir().join("herald");
+        build_if_stale(
+            std::slice::from_ref(&bin),
+            &BROKER_SOURCES,
+            &["-p", "herald", "--bin", "herald"],
+        );
         bin
     })
     .clone()
+}
+
+/// Path of an example binary (`target/<profile>/examples/<name>`); every example is
+/// built when one is missing or older than the examples, the broker or what it
+/// embeds.
+pub fn example_bin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = profile_dir().join("examples");
+        let outputs: Vec<PathBuf> = EXAMPLES.iter().map(|n| dir.join(n)).collect();
+        let mut sources = BROKER_SOURCES.to_vec();
+        sources.push("examples");
+        build_if_stale(&outputs, &sources, &["-p", "herald-examples", "--examples"]);
+        dir
+    });
+    assert!(EXAMPLES.contains(&name), "no example named {name}");
+    dir.join(name)
 }
 
 /// A running broker process. Killed when dropped.

@@ -1,0 +1,498 @@
+//! A terminal subscriber that does everything a well-behaved Herald client should:
+//! it prints one line per event, answers heartbeats, notices a silent server,
+//! reconnects with exponential backoff and full jitter, resumes every topic from the
+//! last `epoch`/`seq` it saw, and says so whenever it learns it lost something (a
+//! `seq` gap, a `lagged` notice, a `reset`). A starting point for a real client.
+//!
+//! Run it (against a Herald on 127.0.0.1:8080):
+//!     cargo run -p herald-examples --example subscriber -- ws://127.0.0.1:8080/ws 'orders.>' --last 5
+//! Arguments: the WebSocket URL, one or more topic patterns, `--last N` (replay up to
+//! N recent events per topic on the first subscribe), `--token T` (or
+//! `HERALD_TOKEN`: a JWT sent as `Authorization: Bearer` on the upgrade when Herald
+//! runs with auth).
+//!
+//! Output, all on stdout so that a notice sits where it happened between the events
+//! (times are UTC, the broker's receive time):
+//!     12:03:04.120 orders.order-482917 #3 key=order-482917 {"id":"order-482917","status":"paid",…}
+//!     -- gap: orders.eu missed 2 events (#5 to #6)
+//!     -- disconnected: connection reset; reconnecting in 0.8 s
+//!     -- resuming epoch 01J…: orders.eu after #7
+//!     12:03:09.002 orders.eu #8 (replay) {"id":8}
+//!     -- reset orders.eu (epoch_changed): the missed events cannot be replayed; refetch its state
+//!
+//! Close codes (PROTOCOL.md section 7): 1001 (broker restarting) reconnects after a
+//! short random delay; 4001 (unauthorized) stops with exit status 2, since the same
+//! token would be refused again; protocol errors (1002, 1003, 1007, 1009) stop with
+//! status 1; everything else reconnects with backoff.
+//!
+//! One limit of `resume`: it covers the topics this client has seen. Events of a
+//! topic first published while the client was away are not replayed (`resume` and
+//! `last` are exclusive).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// The subprotocol of PROTOCOL.md.
+const SUBPROTOCOL: &str = "herald.v1.json";
+/// First reconnect delay bound; doubled per failed attempt, up to [`BACKOFF_MAX`].
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Largest reconnect delay bound.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Bound of the random delay before reconnecting after 1001 (broker restarting):
+/// spreads the clients of a restarted broker instead of having all come back at once.
+const RESTART_JITTER: Duration = Duration::from_secs(2);
+/// Least delay after 4029 (rate limited): "reconnect later".
+const RATE_LIMITED_DELAY: Duration = Duration::from_secs(5);
+/// How long the server has to send `welcome` after the upgrade.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(about = "Subscribe to Herald topics and print every event, reconnecting and resuming")]
+struct Args {
+    /// Herald's WebSocket URL, such as ws://127.0.0.1:8080/ws.
+    url: String,
+    /// Topic patterns to subscribe to (`orders.>`, `metrics.*.latency_ms`).
+    #[arg(required = true)]
+    patterns: Vec<String>,
+    /// On the first subscribe, replay up to N recent events of each matching topic.
+    #[arg(long)]
+    last: Option<u32>,
+    /// A JWT, sent as `Authorization: Bearer` on the upgrade.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// What the client remembers across connections: the epoch of the broker process its
+/// positions belong to, and the last `seq` seen per topic.
+#[derive(Debug, Default)]
+struct Positions {
+    epoch: Option<String>,
+    seqs: BTreeMap<String, u64>,
+}
+
+/// What an event's `seq` says about the events before it.
+#[derive(Debug, PartialEq, Eq)]
+enum Observed {
+    /// The first event of a topic, or the one after the last seen.
+    InOrder,
+    /// Events `from..=to` of the topic never arrived.
+    Gap { from: u64, to: u64 },
+    /// A `seq` at or below the last seen: the topic started counting again.
+    Restarted { last: u64 },
+}
+
+impl Positions {
+    /// Records an event of `topic` with `seq`.
+    fn observe(&mut self, topic: &str, seq: u64) -> Observed {
+        let last = self.seqs.insert(topic.to_owned(), seq);
+        match last {
+            None => Observed::InOrder,
+            Some(last) if seq == last + 1 => Observed::InOrder,
+            Some(last) if seq > last + 1 => Observed::Gap {
+                from: last + 1,
+                to: seq - 1,
+            },
+            Some(last) => Observed::Restarted { last },
+        }
+    }
+
+    /// Forgets a topic after `reset`: its next event starts a new count.
+    fn reset(&mut self, topic: &str) {
+        self.seqs.remove(topic);
+    }
+
+    /// The `resume` object of a subscribe, when there is anything to resume.
+    fn resume(&self) -> Option<Value> {
+        let epoch = self.epoch.as_ref()?;
+        if self.seqs.is_empty() {
+            return None;
+        }
+        Some(json!({ "epoch": epoch, "topics": self.seqs }))
+    }
+}
+
+/// Exponential backoff with full jitter: attempt n waits a random time between 0 and
+/// min(max, base × 2ⁿ), so that clients cut off together do not return together.
+#[derive(Debug)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self, rng: &mut impl Rng) -> Duration {
+        let bound = BACKOFF_BASE
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(BACKOFF_MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        bound.mul_f64(rng.random_range(0.0..=1.0))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// How far a connection got.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The broker sent `welcome`: a later failure is a disconnection.
+    connected: bool,
+    /// The broker accepted the subscription: the backoff starts over.
+    subscribed: bool,
+}
+
+/// How a connection ended, and so what to do next.
+#[derive(Debug)]
+enum End {
+    /// Reconnect after the backoff delay.
+    Retry(String),
+    /// The broker is restarting (1001): reconnect after a short random delay.
+    Restarting,
+    /// Rate limited repeatedly (4029): reconnect, but not soon.
+    RateLimited,
+    /// Reconnecting cannot help: stop with this exit status.
+    Stop(u8, String),
+}
+
+/// One connection: upgrade, `welcome`, subscribe (resuming when there is something
+/// to resume), then events until the connection ends.
+async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress) -> End {
+    let mut request = match args.url.as_str().into_client_request() {
+        Ok(r) => r,
+        Err(e) => return End::Stop(1, format!("bad URL: {e}")),
+    };
+    let headers = request.headers_mut();
+    headers.insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    if let Some(token) = &args.token {
+        match HeaderValue::from_str(&format!("Bearer {token}")) {
+            Ok(v) => headers.insert("authorization", v),
+            Err(_) => return End::Stop(1, "the token is not a valid header value".into()),
+        };
+    }
+    let ws = match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => ws,
+        Err(WsError::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned();
+            return match status {
+                401 => End::Stop(2, format!("unauthorized (401): {body}")),
+                400 | 403 => End::Stop(1, format!("upgrade refused ({status}): {body}")),
+                _ => End::Retry(format!("upgrade refused ({status}): {body}")),
+            };
+        }
+        Err(e) => return End::Retry(format!("cannot connect: {e}")),
+    };
+    let (mut sink, mut stream) = ws.split();
+
+    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).ok(),
+        Ok(Some(Ok(Message::Close(frame)))) => return closed(frame.as_ref()),
+        Ok(Some(Err(e))) => return End::Retry(format!("connection failed: {e}")),
+        Ok(_) => None,
+        Err(_) => return End::Retry("no welcome from the server".into()),
+    };
+    let Some(welcome) = welcome.filter(|w| w["type"] == "welcome") else {
+        return End::Retry("the first message was not a welcome".into());
+    };
+    progress.connected = true;
+    let epoch = welcome["epoch"].as_str().unwrap_or_default().to_owned();
+    notice(&format!(
+        "connected to {}: node {}, epoch {epoch}",
+        redacted(&args.url),
+        welcome["node"].as_str().unwrap_or("?"),
+    ));
+    // The server closes a client silent for interval + timeout; the same silence
+    // from the server means the connection is dead (PROTOCOL.md section 5).
+    let heartbeat = &welcome["heartbeat"];
+    let silence = Duration::from_millis(
+        heartbeat["interval_ms"].as_u64().unwrap_or(25_000)
+            + heartbeat["timeout_ms"].as_u64().unwrap_or(10_000),
+    );
+
+    let mut subscribe = json!({"op": "subscribe", "id": 1, "topics": args.patterns});
+    if let Some(resume) = positions.resume() {
+        let from: Vec<String> = positions
+            .seqs
+            .iter()
+            .map(|(topic, seq)| format!("{topic} after #{seq}"))
+            .collect();
+        notice(&format!(
+            "resuming epoch {}: {}",
+            positions.epoch.as_deref().unwrap_or("?"),
+            from.join(", ")
+        ));
+        subscribe["resume"] = resume;
+    } else if let Some(last) = args.last {
+        subscribe["last"] = json!(last);
+    }
+    // From here on, positions are counted in this broker process's epoch; the
+    // broker answers every resumed topic of another epoch with a `reset`, which
+    // forgets it.
+    positions.epoch = Some(epoch);
+    if let Err(e) = sink.send(Message::text(subscribe.to_string())).await {
+        return End::Retry(format!("connection failed: {e}"));
+    }
+
+    loop {
+        let message = match tokio::time::timeout(silence, stream.next()).await {
+            Err(_) => {
+                return End::Retry(format!(
+                    "nothing from the server for {:.1} s",
+                    silence.as_secs_f64()
+                ))
+            }
+            Ok(None) => return End::Retry("connection ended".into()),
+            Ok(Some(Err(e))) => return End::Retry(format!("connection failed: {e}")),
+            Ok(Some(Ok(message))) => message,
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(frame) => return closed(frame.as_ref()),
+            // Protocol Pings are answered by tungstenite itself.
+            _ => continue,
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            notice("the server sent something that is not JSON; ignored");
+            continue;
+        };
+        match v["type"].as_str().unwrap_or_default() {
+            "event" => print_event(&v, positions),
+            "ping" => {
+                if let Err(e) = sink.send(Message::text(r#"{"op":"pong"}"#)).await {
+                    return End::Retry(format!("connection failed: {e}"));
+                }
+            }
+            "subscribed" => {
+                progress.subscribed = true;
+                notice(&format!("subscribed: {}", list(&v["topics"])));
+            }
+            "lagged" => notice(&format!(
+                "lagged: the broker dropped {} events for this connection (it could not keep up)",
+                v["dropped"]
+            )),
+            "reset" => {
+                let topic = v["topic"].as_str().unwrap_or_default();
+                positions.reset(topic);
+                notice(&format!(
+                    "reset {topic} ({}): the missed events cannot be replayed; refetch its state",
+                    v["reason"].as_str().unwrap_or("?")
+                ));
+            }
+            // The subscribe itself was refused (a bad pattern, not allowed): the same
+            // request would be refused again.
+            "error" if v["id"] == 1 => {
+                return End::Stop(
+                    1,
+                    format!(
+                        "subscribe refused: {} ({})",
+                        v["message"].as_str().unwrap_or_default(),
+                        v["code"].as_str().unwrap_or_default()
+                    ),
+                )
+            }
+            _ => notice(&format!("server says: {v}")),
+        }
+    }
+}
+
+/// What to do after the server's close frame.
+fn closed(frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> End {
+    let Some(frame) = frame else {
+        return End::Retry("closed without a code".into());
+    };
+    let code = u16::from(frame.code);
+    let why = format!("closed with {code} {}", frame.reason);
+    match frame.code {
+        CloseCode::Away => End::Restarting,
+        CloseCode::Protocol | CloseCode::Unsupported | CloseCode::Invalid | CloseCode::Size => {
+            End::Stop(1, format!("{why}: a client bug, not retrying"))
+        }
+        _ if code == 4001 => End::Stop(2, format!("{why}: get a new token, then run again")),
+        _ if code == 4029 => End::RateLimited,
+        _ => End::Retry(why),
+    }
+}
+
+/// Prints an event line, after a gap notice when its `seq` says events are missing.
+fn print_event(v: &Value, positions: &mut Positions) {
+    let topic = v["topic"].as_str().unwrap_or_default();
+    let seq = v["seq"].as_u64().unwrap_or_default();
+    match positions.observe(topic, seq) {
+        Observed::InOrder => {}
+        Observed::Gap { from, to } => notice(&format!(
+            "gap: {topic} missed {} events (#{from} to #{to})",
+            to - from + 1
+        )),
+        Observed::Restarted { last } => notice(&format!(
+            "{topic} counts from #{seq} again (last seen #{last}): the broker forgot the topic"
+        )),
+    }
+    let replay = if v["replay"] == true { " (replay)" } else { "" };
+    let key = v["key"]
+        .as_str()
+        .map(|k| format!(" key={k}"))
+        .unwrap_or_default();
+    let data = match (v.get("data"), v["data_b64"].as_str()) {
+        (Some(data), _) => data.to_string(),
+        (None, Some(b64)) => format!("base64:{b64}"),
+        (None, None) => "null".into(),
+    };
+    println!(
+        "{} {topic} #{seq}{replay}{key} {data}",
+        clock(v["ts"].as_u64().unwrap_or_default())
+    );
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
+fn clock(ts_ms: u64) -> String {
+    let ms_of_day = ts_ms % 86_400_000;
+    let (h, rest) = (ms_of_day / 3_600_000, ms_of_day % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    format!("{h:02}:{m:02}:{:02}.{:03}", rest / 1000, rest % 1000)
+}
+
+/// A JSON array of strings as `a, b`.
+fn list(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// The URL without its query (it may hold a ticket, which is never printed).
+fn redacted(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+/// A line about the connection rather than an event.
+fn notice(text: &str) {
+    println!("-- {text}");
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut positions = Positions::default();
+    let mut backoff = Backoff { attempt: 0 };
+    let mut rng = rand::rng();
+    loop {
+        let mut progress = Progress::default();
+        let end = session(&args, &mut positions, &mut progress).await;
+        if progress.subscribed {
+            // The connection worked: start the backoff over.
+            backoff.reset();
+        }
+        let (why, delay) = match end {
+            End::Stop(status, why) => {
+                notice(&format!("{why}; stopping"));
+                return ExitCode::from(status);
+            }
+            End::Restarting => (
+                "the broker is restarting (1001)".to_owned(),
+                RESTART_JITTER.mul_f64(rng.random_range(0.0..=1.0)),
+            ),
+            End::RateLimited => (
+                "rate limited (4029)".to_owned(),
+                backoff.next(&mut rng).max(RATE_LIMITED_DELAY),
+            ),
+            End::Retry(why) => (why, backoff.next(&mut rng)),
+        };
+        let what = if progress.connected {
+            "disconnected: "
+        } else {
+            ""
+        };
+        notice(&format!(
+            "{what}{why}; reconnecting in {:.1} s",
+            delay.as_secs_f64()
+        ));
+        tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_jumps_are_gaps_and_going_back_is_a_restart() {
+        let mut p = Positions::default();
+        assert_eq!(p.observe("a", 4), Observed::InOrder);
+        assert_eq!(p.observe("a", 5), Observed::InOrder);
+        assert_eq!(p.observe("a", 9), Observed::Gap { from: 6, to: 8 });
+        assert_eq!(p.observe("b", 1), Observed::InOrder);
+        assert_eq!(p.observe("a", 1), Observed::Restarted { last: 9 });
+        p.reset("a");
+        assert_eq!(p.observe("a", 7), Observed::InOrder);
+    }
+
+    #[test]
+    fn resume_lists_every_topic_seen_in_the_epoch() {
+        let mut p = Positions::default();
+        p.observe("orders.eu", 41);
+        assert_eq!(p.resume(), None, "no epoch yet: nothing to resume");
+        p.epoch = Some("E1".into());
+        p.observe("orders.us", 7);
+        assert_eq!(
+            p.resume(),
+            Some(json!({"epoch": "E1", "topics": {"orders.eu": 41, "orders.us": 7}}))
+        );
+        p.reset("orders.eu");
+        p.reset("orders.us");
+        assert_eq!(p.resume(), None);
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_bound() {
+        let mut rng = rand::rng();
+        let mut b = Backoff { attempt: 0 };
+        for attempt in 0..40 {
+            let bound = BACKOFF_BASE
+                .saturating_mul(1 << attempt.min(16))
+                .min(BACKOFF_MAX);
+            assert!(b.next(&mut rng) <= bound);
+        }
+        // Far past the cap, delays spread over the whole range rather than sitting
+        // at it.
+        let delays: Vec<_> = (0..200).map(|_| b.next(&mut rng)).collect();
+        assert!(delays.iter().any(|d| *d < BACKOFF_MAX / 2));
+        assert!(delays.iter().any(|d| *d > BACKOFF_MAX / 2));
+        b.reset();
+        assert!(b.next(&mut rng) <= BACKOFF_BASE);
+    }
+
+    #[test]
+    fn clock_is_utc_time_of_day() {
+        assert_eq!(clock(0), "00:00:00.000");
+        // 2025-11-22T08:26:40.123Z
+        assert_eq!(clock(1_763_800_000_123), "08:26:40.123");
+    }
+
+    #[test]
+    fn queries_are_not_printed() {
+        assert_eq!(redacted("ws://h/ws?ticket=secret"), "ws://h/ws");
+        assert_eq!(redacted("ws://h/ws"), "ws://h/ws");
+    }
+}
