@@ -936,18 +936,7 @@ fn variant(m: &ServerMessage<'_>) -> usize {
 
 /// Every [`ErrorCode`]; the match makes a new variant a compile error here.
 fn every_error_code() -> Vec<ErrorCode> {
-    let all = [
-        ErrorCode::BadRequest,
-        ErrorCode::UnknownOp,
-        ErrorCode::InvalidTopic,
-        ErrorCode::Forbidden,
-        ErrorCode::Unauthorized,
-        ErrorCode::TooManySubscriptions,
-        ErrorCode::RateLimited,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::PublishDisabled,
-        ErrorCode::Internal,
-    ];
+    let all = ErrorCode::ALL;
     let distinct: BTreeSet<usize> = all
         .iter()
         .map(|c| match c {

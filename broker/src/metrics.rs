@@ -76,19 +76,6 @@ impl RefusedReason {
     }
 }
 
-const ERROR_CODES: [ErrorCode; 10] = [
-    ErrorCode::BadRequest,
-    ErrorCode::UnknownOp,
-    ErrorCode::InvalidTopic,
-    ErrorCode::Forbidden,
-    ErrorCode::Unauthorized,
-    ErrorCode::TooManySubscriptions,
-    ErrorCode::RateLimited,
-    ErrorCode::PayloadTooLarge,
-    ErrorCode::PublishDisabled,
-    ErrorCode::Internal,
-];
-
 /// Every metric Herald exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -158,7 +145,7 @@ impl Metrics {
         self.dropped[reason as usize].fetch_add(n, Relaxed);
     }
     pub fn client_error(&self, code: ErrorCode) {
-        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.client_errors[i].fetch_add(1, Relaxed);
         }
     }
@@ -258,7 +245,7 @@ impl Metrics {
         counter(
             "herald_client_errors_total",
             "Error replies sent to clients, by error code.",
-            &mut ERROR_CODES.iter().enumerate().map(|(i, c)| {
+            &mut ErrorCode::ALL.iter().enumerate().map(|(i, c)| {
                 (
                     format!("{{code=\"{}\"}}", c.as_str()),
                     self.client_errors[i].load(Relaxed),

@@ -77,6 +77,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order metrics list them (tests/asyncapi.rs checks that the
+    /// list is complete).
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownOp,
+        ErrorCode::InvalidTopic,
+        ErrorCode::Forbidden,
+        ErrorCode::Unauthorized,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::RateLimited,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::PublishDisabled,
+        ErrorCode::Internal,
+    ];
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
