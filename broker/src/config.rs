@@ -182,8 +182,8 @@ pub struct SessionConfig {
     pub rate_limit_per_s: u32,
     /// Token bucket size: messages a client may send in a burst. Default 200.
     pub rate_limit_burst: u32,
-    /// Messages (events and notices) waiting in a session's actor mailbox before
-    /// further events for it are dropped and counted. Default 1024.
+    /// Bound of a session actor's mailbox (wake-ups and shutdown; events travel
+    /// through its byte-bounded inbox instead). Default 1024.
     pub mailbox_capacity: usize,
 }
 

@@ -43,6 +43,7 @@ pub mod broker;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod inbox;
 pub mod ingress;
 pub mod jwt;
 pub mod message;

@@ -1,44 +1,23 @@
 //! Messages between actors: bridge/HTTP/session → registry shard → topic → session.
 //!
-//! Live events travel as [`Deliver::Event`] with `try_send`, so a full session mailbox
-//! drops the event (counted in the subscriber's `missed` counter, later reported as
-//! `lagged`) instead of queueing without bound. Replies to a subscribe (replay,
-//! reset) are `do_send`: there is one per client request, and requests are rate
-//! limited, so they cannot grow without bound and must not be lost.
+//! Topics do not message sessions per event: [`Deliver`] travels through the
+//! session's inbox ([`crate::inbox`]), byte-bounded, with one wake-up per batch. A
+//! live event over a connection's budget is dropped and counted for its next
+//! `lagged`; replies to a subscribe (replay, reset) are never dropped there: there is
+//! one per client request, and requests are rate limited.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use actix::{Message, Recipient};
+use actix::Message;
 use herald_bridges::BridgeEvent;
 
 use crate::event::Frame;
+pub use crate::inbox::Subscriber;
 use crate::pattern::Pattern;
 use crate::protocol::{Replay, ResetReason};
 
-/// A connection as topics see it. Cloned once per subscription, never per event.
-#[derive(Clone)]
-pub struct Subscriber {
-    /// Process-unique session number (dedup key: one delivery per connection).
-    pub id: u64,
-    /// The session actor.
-    pub addr: Recipient<Deliver>,
-    /// Events dropped because the session's mailbox was full; the session adds them
-    /// to its next `lagged` notice.
-    pub missed: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for Subscriber {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscriber")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What a topic sends to a session.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
+/// What a topic sends to a session (through its inbox).
+#[derive(Debug)]
 pub enum Deliver {
     /// A live event.
     Event(Frame),

@@ -16,10 +16,9 @@ use crate::protocol::{close, ErrorCode};
 /// Why an event did not reach a connection (label `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// The connection's outbound queue was full (policy `drop`).
+    /// The connection's byte budget (`session.queue_max_bytes`: inbox, outbound
+    /// queue and write in flight) was full (policy `drop`).
     QueueFull,
-    /// The connection's actor mailbox was full.
-    MailboxFull,
     /// The topic layer's mailbox was full when the event arrived.
     TopicBusy,
     /// A bridge produced an event whose topic is not a valid Herald topic.
@@ -27,9 +26,8 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    const ALL: [DropReason; 4] = [
+    const ALL: [DropReason; 3] = [
         DropReason::QueueFull,
-        DropReason::MailboxFull,
         DropReason::TopicBusy,
         DropReason::InvalidTopic,
     ];
@@ -37,7 +35,6 @@ impl DropReason {
     fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
-            DropReason::MailboxFull => "mailbox_full",
             DropReason::TopicBusy => "topic_busy",
             DropReason::InvalidTopic => "invalid_topic",
         }

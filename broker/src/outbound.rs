@@ -8,15 +8,21 @@
 //! but never reads) is disconnected. Either way memory per connection stays below
 //! twice `queue_max_bytes`.
 //!
+//! The byte count is a [`Budget`] shared with the session's inbox: live events
+//! reserve their bytes when a topic offers them ([`crate::inbox`]), before they reach
+//! this queue, so the bound covers every frame on its way to the socket.
+//!
 //! Herald's own frames are JSON text. The test-only echo route
 //! (`server.conformance_echo`) also queues binary messages, as [`Outgoing`] replies
 //! under the same bounds.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::event::Frame;
+use crate::inbox::Budget;
 
 /// A message waiting to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,9 +78,9 @@ pub enum Push {
 #[derive(Debug)]
 pub struct Outbound {
     frames: VecDeque<Outgoing>,
-    /// Bytes of queued frames plus frames handed to the writer and not yet written.
-    bytes: usize,
-    max_bytes: usize,
+    /// Bytes of queued frames, frames handed to the writer and not yet written, and
+    /// frames reserved by topics and still in the inbox.
+    budget: Arc<Budget>,
     disconnect_when_full: bool,
     /// Events dropped since the last `lagged` notice.
     dropped: u64,
@@ -86,43 +92,53 @@ impl Outbound {
     pub fn new(max_bytes: usize, disconnect_when_full: bool) -> Self {
         Outbound {
             frames: VecDeque::new(),
-            bytes: 0,
-            max_bytes,
+            budget: Arc::new(Budget::new(max_bytes)),
             disconnect_when_full,
             dropped: 0,
             events: 0,
         }
     }
 
-    /// Offers an event frame.
+    /// The byte budget, to share with the session's inbox.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// Offers an event frame (a replayed one: live events arrive reserved).
     pub fn push_event(&mut self, frame: Frame) -> Push {
-        if self.bytes + frame.len() > self.max_bytes {
-            if self.disconnect_when_full {
-                return Push::Close(crate::protocol::close::SLOW_CONSUMER);
-            }
-            self.dropped += 1;
-            return Push::Dropped;
+        if !self.budget.reserve(frame.len(), self.budget.max()) {
+            return self.note_dropped(1);
         }
-        self.bytes += frame.len();
-        self.events += 1;
-        self.frames.push_back(Outgoing::Text(frame));
+        self.push_reserved(frame);
         Push::Queued
     }
 
-    /// Adds events dropped before they reached the queue (a full actor mailbox) to
-    /// the next `lagged` notice.
-    pub fn note_dropped(&mut self, n: u64) {
+    /// Queues a live event whose bytes a topic already reserved.
+    pub fn push_reserved(&mut self, frame: Frame) {
+        self.events += 1;
+        self.frames.push_back(Outgoing::Text(frame));
+    }
+
+    /// Counts `n` events that did not fit (here, or when a topic offered them) for
+    /// the next `lagged` notice; with policy `disconnect`, says to close instead.
+    pub fn note_dropped(&mut self, n: u64) -> Push {
+        if self.disconnect_when_full {
+            return Push::Close(crate::protocol::close::SLOW_CONSUMER);
+        }
         self.dropped += n;
+        Push::Dropped
     }
 
     /// Offers a reply or notice (or an echo); these are not dropped (see the module
     /// doc).
     pub fn push_control(&mut self, frame: impl Into<Outgoing>) -> Push {
         let frame = frame.into();
-        if self.bytes + frame.len() > self.max_bytes.saturating_mul(2) {
+        if !self
+            .budget
+            .reserve(frame.len(), self.budget.max().saturating_mul(2))
+        {
             return Push::Close(crate::protocol::close::SLOW_CONSUMER);
         }
-        self.bytes += frame.len();
         self.frames.push_back(frame);
         Push::Queued
     }
@@ -132,7 +148,7 @@ impl Outbound {
     pub fn take_lagged(&mut self) -> Option<u64> {
         // "Room again": at most half full, so the notice is not followed by another
         // drop straight away (one notice per overflow episode).
-        if self.dropped > 0 && self.bytes <= self.max_bytes / 2 {
+        if self.dropped > 0 && self.budget.held() <= self.budget.max() / 2 {
             Some(std::mem::take(&mut self.dropped))
         } else {
             None
@@ -151,16 +167,16 @@ impl Outbound {
 
     /// The writer finished a batch of `bytes`.
     pub fn written(&mut self, bytes: usize) {
-        self.bytes = self.bytes.saturating_sub(bytes);
+        self.budget.release(bytes);
     }
 
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 
-    /// Bytes held (queued plus in the writer).
+    /// Bytes held (reserved, queued, and in the writer).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.budget.held()
     }
 }
 
@@ -187,8 +203,12 @@ mod tests {
         q.written(100);
         assert_eq!(q.take_lagged(), Some(2));
         assert_eq!(q.take_lagged(), None, "one notice per episode");
-        q.note_dropped(5);
-        assert_eq!(q.take_lagged(), Some(5), "mailbox drops are reported too");
+        assert_eq!(q.note_dropped(5), Push::Dropped);
+        assert_eq!(
+            q.take_lagged(),
+            Some(5),
+            "drops at the inbox are reported too"
+        );
     }
 
     #[test]
@@ -196,6 +216,24 @@ mod tests {
         let mut q = Outbound::new(100, true);
         assert_eq!(q.push_event(frame(100)), Push::Queued);
         assert_eq!(q.push_event(frame(1)), Push::Close(4009));
+        assert_eq!(
+            q.note_dropped(1),
+            Push::Close(4009),
+            "a drop at the inbox too"
+        );
+    }
+
+    #[test]
+    fn reserved_events_count_once() {
+        let mut q = Outbound::new(100, false);
+        assert!(q.budget().reserve(70, 100));
+        q.push_reserved(frame(70));
+        assert_eq!(q.bytes(), 70);
+        assert_eq!(q.push_event(frame(40)), Push::Dropped);
+        let (batch, events) = q.take_batch();
+        assert_eq!((batch.len(), events), (1, 1));
+        q.written(70);
+        assert_eq!(q.bytes(), 0);
     }
 
     #[test]

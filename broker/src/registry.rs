@@ -202,7 +202,7 @@ impl Handler<Subscribe> for Shard {
                     && self.owns(topic)
                     && !self.topics.contains_key(topic)
                 {
-                    subscriber.addr.do_send(Deliver::Reset {
+                    subscriber.send(Deliver::Reset {
                         topic: topic.clone(),
                         reason: ResetReason::HistoryExpired,
                     });

@@ -2,7 +2,8 @@
 //!
 //! It owns the `actix_ws` writer, reads the client's messages as an actor stream,
 //! runs the JSON heartbeat and the rate limiter, keeps the connection's
-//! subscriptions, and writes frames from a byte-bounded [`Outbound`] queue.
+//! subscriptions, and writes frames from a byte-bounded [`Outbound`] queue. Topics
+//! deliver into its [`Inbox`], which it drains on each [`Wake`].
 //!
 //! Writing: at most one write is in flight per connection. It takes every queued
 //! frame at once (writes coalesce under load) and feeds them into the socket; frames
@@ -33,6 +34,7 @@ use crate::admission::Permit;
 use crate::auth::Identity;
 use crate::broker::Broker;
 use crate::event::Frame;
+use crate::inbox::{Inbox, Wake};
 use crate::message::{Deliver, Shutdown, Subscriber};
 use crate::metrics::{DropReason, METRICS};
 use crate::outbound::{Outbound, Outgoing, Push};
@@ -78,8 +80,8 @@ pub struct Session {
     subscriptions: BTreeSet<Pattern>,
     /// How topics reach this session; made on first subscribe.
     me: Option<Subscriber>,
-    /// Events topics could not put in the mailbox (see [`Subscriber::missed`]).
-    missed: Arc<AtomicU64>,
+    /// Where topics put frames for this session.
+    inbox: Inbox,
     limiter: RateLimiter,
     last_seen: Instant,
     last_ping: Instant,
@@ -103,13 +105,15 @@ impl Session {
     ) -> Self {
         let cfg = &broker.config().session;
         let now = Instant::now();
+        let out = Outbound::new(
+            cfg.queue_max_bytes,
+            cfg.slow_consumer == crate::config::SlowConsumer::Disconnect,
+        );
         Session {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: format!("{:016x}", rand::random::<u64>()),
-            out: Outbound::new(
-                cfg.queue_max_bytes,
-                cfg.slow_consumer == crate::config::SlowConsumer::Disconnect,
-            ),
+            inbox: Inbox::new(out.budget().clone()),
+            out,
             limiter: RateLimiter::new(cfg.rate_limit_per_s, cfg.rate_limit_burst),
             writer: Some(ws.clone()),
             ws: Some(ws),
@@ -117,7 +121,6 @@ impl Session {
             pending_pongs: VecDeque::new(),
             subscriptions: BTreeSet::new(),
             me: None,
-            missed: Arc::new(AtomicU64::new(0)),
             last_seen: now,
             last_ping: now,
             opened: now,
@@ -174,12 +177,37 @@ impl Session {
         self.control(msg, ctx);
     }
 
-    /// Queues an event (live or replayed).
-    fn event(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+    /// Queues a replayed event (live ones arrive with their bytes reserved).
+    fn replayed(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         match self.out.push_event(frame) {
             Push::Queued => {}
             Push::Dropped => METRICS.dropped(DropReason::QueueFull, 1),
             Push::Close(code) => self.close(ctx, code, "slow consumer"),
+        }
+    }
+
+    /// Moves everything topics delivered into the outbound queue.
+    fn drain_inbox(&mut self, ctx: &mut Context<Self>) {
+        while let Some(deliver) = self.inbox.next() {
+            if self.closing {
+                return;
+            }
+            match deliver {
+                Deliver::Event(frame) => self.out.push_reserved(frame),
+                Deliver::Replay(frames) => {
+                    for frame in frames {
+                        self.replayed(frame, ctx);
+                    }
+                }
+                Deliver::Reset { topic, reason } => {
+                    let frame = ServerMessage::Reset {
+                        topic: &topic,
+                        reason,
+                    }
+                    .to_frame();
+                    self.control(frame, ctx);
+                }
+            }
         }
     }
 
@@ -200,6 +228,12 @@ impl Session {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.closing {
             return;
+        }
+        let missed = self.inbox.take_missed();
+        if missed > 0 {
+            if let Push::Close(code) = self.out.note_dropped(missed) {
+                return self.close(ctx, code, "slow consumer");
+            }
         }
         if let Some(dropped) = self.out.take_lagged() {
             METRICS.lagged_notice();
@@ -551,11 +585,7 @@ impl Session {
 
     fn subscriber(&mut self, ctx: &mut Context<Self>) -> Subscriber {
         self.me
-            .get_or_insert_with(|| Subscriber {
-                id: self.id,
-                addr: ctx.address().recipient(),
-                missed: self.missed.clone(),
-            })
+            .get_or_insert_with(|| self.inbox.subscriber(self.id, ctx.address().recipient()))
             .clone()
     }
 
@@ -723,33 +753,15 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Sessi
     }
 }
 
-impl Handler<Deliver> for Session {
+impl Handler<Wake> for Session {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+    fn handle(&mut self, _msg: Wake, ctx: &mut Self::Context) {
+        self.inbox.woken();
         if self.closing {
             return;
         }
-        let missed = self.missed.swap(0, Ordering::Relaxed);
-        if missed > 0 {
-            self.out.note_dropped(missed);
-        }
-        match msg {
-            Deliver::Event(frame) => self.event(frame, ctx),
-            Deliver::Replay(frames) => {
-                for frame in frames {
-                    self.event(frame, ctx);
-                }
-            }
-            Deliver::Reset { topic, reason } => {
-                let frame = ServerMessage::Reset {
-                    topic: &topic,
-                    reason,
-                }
-                .to_frame();
-                self.control(frame, ctx);
-            }
-        }
+        self.drain_inbox(ctx);
         self.flush(ctx);
     }
 }

@@ -2,19 +2,20 @@
 //!
 //! It owns the topic's seq counter, its history ring and its subscribers. Each event
 //! is rendered to a frame once (`event::render`) and the same frame goes to every
-//! subscriber with `try_send`. Because subscribe requests and events reach the topic
+//! subscriber's inbox ([`crate::inbox`]): a reference count, a channel push and two
+//! atomics per subscriber, no allocation and no actor message. Because subscribe requests and events reach the topic
 //! through the same mailbox, a replay and the live stream join without a gap or a
-//! duplicate: the replay is sent (in the subscriber's mailbox) before any live event
+//! duplicate: the replay is sent (into the subscriber's inbox) before any live event
 //! that follows it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::event::{self, EventMeta, Frame};
+use crate::inbox::Offer;
 use crate::message::{
     AddSubscriber, Deliver, Ingest, Reason, RemoveSubscriber, StopTopic, Subscriber, TopicIdle,
     TopicInfo, TopicReplay, TopicStats,
@@ -184,7 +185,7 @@ impl Topic {
             TopicReplay::After(seq) => match self.history.after(seq, self.seq) {
                 Some(frames) if !(self.reborn && seq > 0) => frames,
                 _ => {
-                    subscriber.addr.do_send(Deliver::Reset {
+                    subscriber.send(Deliver::Reset {
                         topic: self.name.clone(),
                         reason: ResetReason::HistoryExpired,
                     });
@@ -193,7 +194,7 @@ impl Topic {
             },
         };
         if !frames.is_empty() {
-            subscriber.addr.do_send(Deliver::Replay(frames));
+            subscriber.send(Deliver::Replay(frames));
         }
     }
 
@@ -248,20 +249,16 @@ impl Handler<Ingest> for Topic {
             &ev.payload,
         );
         let mut gone = Vec::new();
+        let mut dropped = 0;
         for (id, entry) in &self.subscribers {
-            // The frame is shared: this clone is a reference-count increment.
-            match entry
-                .subscriber
-                .addr
-                .try_send(Deliver::Event(frame.clone()))
-            {
-                Ok(()) => {}
-                Err(SendError::Full(_)) => {
-                    entry.subscriber.missed.fetch_add(1, Ordering::Relaxed);
-                    METRICS.dropped(DropReason::MailboxFull, 1);
-                }
-                Err(SendError::Closed(_)) => gone.push(*id),
+            match entry.subscriber.offer(&frame) {
+                Offer::Queued => {}
+                Offer::Dropped => dropped += 1,
+                Offer::Closed => gone.push(*id),
             }
+        }
+        if dropped > 0 {
+            METRICS.dropped(DropReason::QueueFull, dropped);
         }
         for id in gone {
             self.subscribers.remove(&id);

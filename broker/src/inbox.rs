@@ -1,0 +1,290 @@
+//! A session's inbox: how topics hand frames to a connection.
+//!
+//! Why not one actor message per delivery: an actix message is a boxed envelope in
+//! the session's mailbox, so fanning one event out to 5,000 connections cost 5,000
+//! allocations and 5,000 mailbox operations, and a mailbox bound counts messages, not
+//! bytes. Under overload the broker spent its core boxing events it then dropped.
+//!
+//! Instead every session has an unbounded lock-free channel (`std::sync::mpsc`, which
+//! allocates in blocks of 31 slots, not per message) behind a byte [`Budget`] that it
+//! shares with its [`Outbound`](crate::outbound::Outbound) queue: a topic reserves the
+//! frame's bytes before sending it, and a frame that does not fit is not sent at all
+//! but counted in `missed` (reported as `lagged`). A `scheduled` flag coalesces
+//! wake-ups: the first frame after the session last drained its inbox sends one
+//! [`Wake`]; frames that follow ride along until the session drains. A busy session
+//! therefore takes hundreds of frames per wake-up, and the topic's cost per
+//! subscriber is one reference-count increment, one channel push and two atomics.
+//!
+//! Ordering is the channel's: a topic sends a replay, then live events, in the order
+//! it handles them, and the session receives them in that order.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+
+use actix::{Message, Recipient};
+
+use crate::event::Frame;
+use crate::message::Deliver;
+
+/// Bytes a connection holds: frames in its inbox, in its outbound queue and in the
+/// write in flight. Shared by the topics that reserve and the session that releases.
+#[derive(Debug)]
+pub struct Budget {
+    bytes: AtomicUsize,
+    /// The event bound (`session.queue_max_bytes`).
+    max: usize,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Self {
+        Budget {
+            bytes: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// The event bound.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Reserves `len` bytes if the total stays within `limit`.
+    pub fn reserve(&self, len: usize, limit: usize) -> bool {
+        let mut held = self.bytes.load(Ordering::Relaxed);
+        loop {
+            if held + len > limit {
+                return false;
+            }
+            match self.bytes.compare_exchange_weak(
+                held,
+                held + len,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    /// Gives back `len` bytes (written, or never queued).
+    pub fn release(&self, len: usize) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(len))
+            });
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Topic → session: frames are waiting in the inbox.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// What the session and its subscribers share.
+#[derive(Debug)]
+struct Shared {
+    budget: Arc<Budget>,
+    /// Live events that did not fit the budget since the session last looked.
+    missed: AtomicU64,
+    /// A [`Wake`] is on its way and not yet handled.
+    scheduled: AtomicBool,
+}
+
+/// A connection as topics see it. Cloned once per subscription, never per event.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// Process-unique session number (dedup key: one delivery per connection).
+    pub id: u64,
+    tx: Sender<Deliver>,
+    shared: Arc<Shared>,
+    wake: Recipient<Wake>,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of a live event offered to a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Over the connection's byte budget: dropped and counted for its `lagged`.
+    Dropped,
+    /// The session is gone.
+    Closed,
+}
+
+impl Subscriber {
+    /// Offers a live event. The frame is shared: queuing it clones a reference count.
+    pub fn offer(&self, frame: &Frame) -> Offer {
+        let len = frame.len();
+        if !self.shared.budget.reserve(len, self.shared.budget.max) {
+            self.shared.missed.fetch_add(1, Ordering::Relaxed);
+            // The session may need to act (policy `disconnect`); usually a wake-up
+            // is already on its way and this costs one atomic.
+            self.wake();
+            return Offer::Dropped;
+        }
+        if self.tx.send(Deliver::Event(frame.clone())).is_err() {
+            self.shared.budget.release(len);
+            return Offer::Closed;
+        }
+        self.wake();
+        Offer::Queued
+    }
+
+    /// Sends a replay or a `reset`: never dropped here (one per client request, and
+    /// requests are rate limited). Replayed events meet the byte bound in the session.
+    pub fn send(&self, deliver: Deliver) {
+        if self.tx.send(deliver).is_ok() {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if !self.shared.scheduled.swap(true, Ordering::AcqRel) {
+            self.wake.do_send(Wake);
+        }
+    }
+}
+
+/// The session's end.
+pub struct Inbox {
+    tx: Sender<Deliver>,
+    rx: Receiver<Deliver>,
+    shared: Arc<Shared>,
+}
+
+impl Inbox {
+    /// An empty inbox whose frames count against `budget`.
+    pub fn new(budget: Arc<Budget>) -> Self {
+        let (tx, rx) = mpsc::channel();
+        Inbox {
+            tx,
+            rx,
+            shared: Arc::new(Shared {
+                budget,
+                missed: AtomicU64::new(0),
+                scheduled: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The handle topics deliver through; `wake` is the session's address.
+    pub fn subscriber(&self, id: u64, wake: Recipient<Wake>) -> Subscriber {
+        Subscriber {
+            id,
+            tx: self.tx.clone(),
+            shared: self.shared.clone(),
+            wake,
+        }
+    }
+
+    /// Call on [`Wake`], before [`Inbox::next`]: a frame sent from now on sends a new
+    /// wake-up, so none is left waiting unnoticed.
+    pub fn woken(&self) {
+        self.shared.scheduled.store(false, Ordering::Release);
+        // Pairs with the AcqRel swap in `Subscriber::wake`: the sends that saw
+        // `scheduled` still true happened before this point and are drained below.
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// The next waiting delivery, if any.
+    pub fn next(&self) -> Option<Deliver> {
+        // Empty, or (impossible while `self.tx` lives) disconnected.
+        self.rx.try_recv().ok()
+    }
+
+    /// Live events dropped for lack of budget since the last call.
+    pub fn take_missed(&self) -> u64 {
+        if self.shared.missed.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.shared.missed.swap(0, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::{Actor, Context, Handler};
+
+    struct Counter(Arc<AtomicU64>);
+    impl Actor for Counter {
+        type Context = Context<Self>;
+    }
+    impl Handler<Wake> for Counter {
+        type Result = ();
+        fn handle(&mut self, _: Wake, _: &mut Self::Context) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn frame(n: usize) -> Frame {
+        "x".repeat(n).into()
+    }
+
+    #[test]
+    fn budget_refuses_past_the_limit_and_releases() {
+        let b = Budget::new(100);
+        assert!(b.reserve(60, 100));
+        assert!(!b.reserve(41, 100));
+        assert!(b.reserve(40, 100));
+        b.release(50);
+        assert_eq!(b.held(), 50);
+        b.release(500);
+        assert_eq!(b.held(), 0, "never below zero");
+    }
+
+    #[actix_rt::test]
+    async fn one_wake_per_batch_and_drops_past_the_budget_are_counted() {
+        let wakes = Arc::new(AtomicU64::new(0));
+        let addr = Counter(wakes.clone()).start();
+        let budget = Arc::new(Budget::new(250));
+        let inbox = Inbox::new(budget.clone());
+        let sub = inbox.subscriber(7, addr.recipient());
+        assert_eq!(sub.offer(&frame(100)), Offer::Queued);
+        assert_eq!(sub.offer(&frame(100)), Offer::Queued);
+        assert_eq!(sub.offer(&frame(100)), Offer::Dropped);
+        assert_eq!(budget.held(), 200);
+        actix_rt::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(wakes.load(Ordering::SeqCst), 1, "one wake for the batch");
+        inbox.woken();
+        let mut n = 0;
+        while let Some(Deliver::Event(f)) = inbox.next() {
+            assert_eq!(f.len(), 100);
+            n += 1;
+        }
+        assert_eq!(n, 2);
+        assert_eq!(inbox.take_missed(), 1);
+        assert_eq!(inbox.take_missed(), 0);
+        assert_eq!(
+            sub.offer(&frame(60)),
+            Offer::Dropped,
+            "bytes not yet written"
+        );
+        budget.release(200);
+        assert_eq!(sub.offer(&frame(60)), Offer::Queued);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(
+            wakes.load(Ordering::SeqCst),
+            2,
+            "woken again after draining"
+        );
+        drop(inbox);
+        assert_eq!(sub.offer(&frame(10)), Offer::Closed);
+    }
+}
