@@ -243,6 +243,36 @@ impl Broker {
         }
     }
 
+    /// Whether the Herald process still runs, from `/proc` (for failure messages).
+    pub fn process_state(&self) -> String {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return "not started".into();
+        };
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => match stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+            {
+                // The last field is the exit status in waitpid(2) form.
+                Some("Z") => {
+                    let status: i32 = stat
+                        .split_whitespace()
+                        .last()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(-1);
+                    match status & 0x7f {
+                        0 => format!("pid {pid} exited with code {}", (status >> 8) & 0xff),
+                        signal => format!("pid {pid} was killed by signal {signal}"),
+                    }
+                }
+                Some(state) => format!("pid {pid} is running (state {state})"),
+                None => format!("pid {pid}: unreadable state"),
+            },
+            Err(_) => format!("pid {pid} is gone"),
+        }
+    }
+
     /// All log lines so far, joined.
     pub fn log_text(&self) -> String {
         self.logs.lock().expect("logs").join("\n")
@@ -302,11 +332,18 @@ impl Broker {
         Client::connect(&self.ws_url()).await
     }
 
-    /// Waits (up to 15 s) until `/readyz` answers `status`; returns its body.
+    /// Waits (up to 15 s) until `/readyz` answers `status`; returns its body. A
+    /// failure carries Herald's log, so a crash or a refused connection explains itself.
     pub async fn wait_readyz(&self, status: u16) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let (code, body) = self.get("/readyz").await?;
+            let (code, body) = self.get("/readyz").await.with_context(|| {
+                format!(
+                    "GET /readyz ({}); herald logs:\n{}",
+                    self.process_state(),
+                    self.log_text()
+                )
+            })?;
             if code == status {
                 return Ok(body);
             }
