@@ -358,6 +358,13 @@ async fn a_broker_outage_is_reported_and_recovered_from_without_a_restart() -> R
             .await?
             >= 1.0
     );
+    // The recreated topic met a new client, not the one whose metadata cache knew
+    // the old topic (docs/kafka.md, "Outages").
+    let logs = broker.log_text();
+    assert!(
+        logs.contains("replacing the client"),
+        "the bridge kept its client through the outage; herald logs:\n{logs}"
+    );
     Ok(())
 }
 

@@ -16,6 +16,13 @@
 //! supervisor (metadata, assignment, readiness). librdkafka reconnects by itself;
 //! the statistics callback tells the supervisor whether any broker is up and how far
 //! behind the partitions' ends the bridge is.
+//!
+//! After an outage the bridge does not reuse its client: once the brokers are seen
+//! unreachable it records every partition's position, drops the consumer and builds
+//! a new one that resumes there. A broker that comes back having recreated a topic
+//! gives it a new topic id, and librdkafka 2.12's metadata cache can crash the
+//! process on meeting a known topic name with a new id (confluentinc/librdkafka#4964,
+//! #5280; docs/kafka.md, "Outages"); a client with an empty cache does not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -225,6 +232,8 @@ pub struct BridgeContext {
     name: String,
     counters: Arc<BridgeCounters>,
     errors: Mutex<Throttle>,
+    /// Told when the brokers become unreachable (the bridge replaces its client).
+    outage: Arc<tokio::sync::Notify>,
 }
 
 /// Lets through one line per [`LOG_EVERY`] and counts the rest.
@@ -253,7 +262,8 @@ impl BridgeContext {
         let was = c.connected.swap(up, Relaxed);
         if was && !up {
             c.add(&c.disconnects, 1);
-            warn!(bridge = %self.name, "kafka brokers unreachable; librdkafka reconnects");
+            warn!(bridge = %self.name, "kafka brokers unreachable; reconnecting");
+            self.outage.notify_one();
         } else if !was && up && c.disconnects.load(Relaxed) > 0 {
             c.add(&c.reconnects, 1);
             info!(bridge = %self.name, "kafka brokers reachable again");
@@ -412,8 +422,9 @@ fn plan(
     consumer: &Kafka,
     s: &KafkaSettings,
     assigned: &BTreeSet<(String, i32)>,
-    known_topics: &BTreeSet<String>,
+    resume: &Resume,
 ) -> Result<Vec<NewPartition>, KafkaError> {
+    let known_topics = &resume.known_topics;
     let unreachable = |e: rdkafka::error::KafkaError| KafkaError::Unreachable {
         brokers: s.brokers.clone(),
         message: e.to_string(),
@@ -441,6 +452,15 @@ fn plan(
             if assigned.contains(&(topic.clone(), id)) {
                 continue;
             }
+            // Where the previous client of this bridge stood (after an outage).
+            if let Some(&offset) = resume.positions.get(&(topic.clone(), id)) {
+                new.push(NewPartition {
+                    topic: topic.clone(),
+                    id,
+                    offset,
+                });
+                continue;
+            }
             let (low, high) = consumer
                 .fetch_watermarks(topic, id, METADATA_TIMEOUT)
                 .map_err(unreachable)?;
@@ -459,17 +479,54 @@ fn plan(
     Ok(new)
 }
 
+/// What a new client takes over from the previous one after an outage.
+#[derive(Debug, Default, Clone)]
+struct Resume {
+    /// Topics whose first partitions were already placed by `start`.
+    known_topics: BTreeSet<String>,
+    /// Next offset to read per partition.
+    positions: BTreeMap<(String, i32), i64>,
+}
+
+/// Every assigned partition's next offset: its position when it has read something,
+/// else the offset it was assigned at (`placed`).
+fn positions(consumer: &Kafka, placed: &Resume) -> Resume {
+    let mut out = placed.clone();
+    if let Ok(tpl) = consumer.position() {
+        for e in tpl.elements() {
+            if let Offset::Offset(n) = e.offset() {
+                out.positions
+                    .insert((e.topic().to_owned(), e.partition()), n);
+            }
+        }
+    }
+    out
+}
+
+/// Resolves when the brokers become unreachable while partitions are assigned.
+async fn outage(signal: &tokio::sync::Notify, placed: &Mutex<Resume>) {
+    loop {
+        signal.notified().await;
+        if placed.lock().is_ok_and(|r| !r.positions.is_empty()) {
+            return;
+        }
+    }
+}
+
 /// Keeps the assignment complete (every partition of every topic) and the status
 /// true: Ready only when every topic's partitions are assigned and a broker is up.
+/// Records in `placed` where it assigned each partition, for a client that replaces
+/// this one after an outage (see [`run`]).
 async fn supervise(
     consumer: Arc<Kafka>,
     s: Arc<KafkaSettings>,
     status: StatusSink,
     counters: Arc<BridgeCounters>,
+    placed: Arc<Mutex<Resume>>,
+    first_problem: String,
 ) {
     let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
-    let mut known_topics: BTreeSet<String> = BTreeSet::new();
-    let mut problem: Option<String> = Some("starting".into());
+    let mut problem: Option<String> = Some(first_problem);
     let mut last: Option<BridgeStatus> = None;
     let mut retry = RETRY_MIN;
     let mut next_metadata = Instant::now();
@@ -485,8 +542,9 @@ async fn supervise(
         was_up = up;
         if Instant::now() >= next_metadata {
             let (c, settings) = (consumer.clone(), s.clone());
-            let (a, k) = (assigned.clone(), known_topics.clone());
-            let result = tokio::task::spawn_blocking(move || plan(&c, &settings, &a, &k))
+            let r = placed.lock().map(|r| r.clone()).unwrap_or_default();
+            let a = assigned.clone();
+            let result = tokio::task::spawn_blocking(move || plan(&c, &settings, &a, &r))
                 .await
                 .unwrap_or_else(|e| {
                     Err(KafkaError::Unreachable {
@@ -503,8 +561,13 @@ async fn supervise(
                     // A metadata answer proves a broker is reachable; the
                     // statistics callback may not have said so yet.
                     consumer.context().set_connected(true);
+                    if let Ok(mut r) = placed.lock() {
+                        for p in &new {
+                            r.positions.insert((p.topic.clone(), p.id), p.offset);
+                        }
+                        r.known_topics.extend(s.topics.iter().cloned());
+                    }
                     assigned.extend(new.into_iter().map(|p| (p.topic, p.id)));
-                    known_topics.extend(s.topics.iter().cloned());
                     problem = None;
                     retry = RETRY_MIN;
                     next_metadata = Instant::now() + refresh;
@@ -562,28 +625,88 @@ fn assign(consumer: &Kafka, s: &KafkaSettings, new: &[NewPartition]) -> Result<(
     Ok(())
 }
 
+/// Runs the bridge: a client, its consumer loop and its supervisor; after an
+/// outage, a new client that resumes where the last one stood (see the module doc).
+async fn run(
+    s: Arc<KafkaSettings>,
+    group_id: String,
+    template: Template,
+    sink: EventSink,
+    status: StatusSink,
+    counters: Arc<BridgeCounters>,
+) {
+    let mut resume = Resume::default();
+    let mut first_problem = "starting".to_owned();
+    loop {
+        let signal = Arc::new(tokio::sync::Notify::new());
+        let context = BridgeContext {
+            name: s.name.clone(),
+            counters: counters.clone(),
+            errors: Mutex::new(Throttle::default()),
+            outage: signal.clone(),
+        };
+        let consumer = match client_config(&s, &group_id).create_with_context::<_, Kafka>(context) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                // Config validation makes this unreachable for a checked config.
+                warn!(bridge = %s.name, error = %e, "kafka bridge cannot start");
+                status(BridgeStatus::Down(
+                    KafkaError::Config(e.to_string()).to_string(),
+                ));
+                return;
+            }
+        };
+        let placed = Arc::new(Mutex::new(resume));
+        // In a block, so that both tasks (and their handles on the client) are gone
+        // before the client is dropped below.
+        {
+            let records = consume(
+                consumer.clone(),
+                template.clone(),
+                sink.clone(),
+                counters.clone(),
+                s.name.clone(),
+            );
+            let supervisor = supervise(
+                consumer.clone(),
+                s.clone(),
+                status.clone(),
+                counters.clone(),
+                placed.clone(),
+                first_problem,
+            );
+            let down = outage(&signal, &placed);
+            futures_util::pin_mut!(records, supervisor, down);
+            let either = futures_util::future::select(supervisor, down);
+            if let futures_util::future::Either::Left(_) =
+                futures_util::future::select(records, either).await
+            {
+                // The record stream ended: the client is closing.
+                return;
+            }
+        }
+        resume = positions(
+            &consumer,
+            &placed.lock().map(|r| r.clone()).unwrap_or_default(),
+        );
+        info!(bridge = %s.name, partitions = resume.positions.len(), "kafka brokers unreachable; replacing the client, which resumes at its positions");
+        first_problem = "no Kafka broker reachable; reconnecting".to_owned();
+        // Closing a client may wait on librdkafka's threads: not on this one.
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    }
+}
+
 impl Actor for KafkaBridge {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         (self.status)(BridgeStatus::Starting);
         let s = self.settings.clone();
-        let context = BridgeContext {
-            name: s.name.clone(),
-            counters: self.counters.clone(),
-            errors: Mutex::new(Throttle::default()),
-        };
-        let template = Template::parse(&s.topic_template);
-        let consumer = template.map_err(KafkaError::Config).and_then(|t| {
-            client_config(&s, &self.group_id)
-                .create_with_context::<_, Kafka>(context)
-                .map(|c| (t, Arc::new(c)))
-                .map_err(|e| KafkaError::Config(e.to_string()))
-        });
-        let (template, consumer) = match consumer {
-            Ok(ok) => ok,
+        let template = match Template::parse(&s.topic_template) {
+            Ok(t) => t,
             Err(e) => {
                 // Config validation makes this unreachable for a checked config.
+                let e = KafkaError::Config(e);
                 warn!(bridge = %s.name, error = %e, "kafka bridge cannot start");
                 (self.status)(BridgeStatus::Down(e.to_string()));
                 return;
@@ -591,17 +714,15 @@ impl Actor for KafkaBridge {
         };
         info!(bridge = %s.name, brokers = %s.brokers, topics = ?s.topics, start = %s.start, group_id = %self.group_id, "kafka bridge starting");
         ctx.spawn(
-            consume(
-                consumer.clone(),
+            run(
+                s,
+                self.group_id.clone(),
                 template,
                 self.sink.clone(),
+                self.status.clone(),
                 self.counters.clone(),
-                s.name.clone(),
             )
             .into_actor(self),
-        );
-        ctx.spawn(
-            supervise(consumer, s, self.status.clone(), self.counters.clone()).into_actor(self),
         );
     }
 }
