@@ -488,10 +488,15 @@ struct Resume {
     positions: BTreeMap<(String, i32), i64>,
 }
 
+/// What `placed` holds now (a poisoned lock holds nothing usable).
+fn snapshot(placed: &Mutex<Resume>) -> Resume {
+    placed.lock().map(|r| r.clone()).unwrap_or_default()
+}
+
 /// Every assigned partition's next offset: its position when it has read something,
 /// else the offset it was assigned at (`placed`).
-fn positions(consumer: &Kafka, placed: &Resume) -> Resume {
-    let mut out = placed.clone();
+fn positions(consumer: &Kafka, placed: Resume) -> Resume {
+    let mut out = placed;
     if let Ok(tpl) = consumer.position() {
         for e in tpl.elements() {
             if let Offset::Offset(n) = e.offset() {
@@ -542,7 +547,7 @@ async fn supervise(
         was_up = up;
         if Instant::now() >= next_metadata {
             let (c, settings) = (consumer.clone(), s.clone());
-            let r = placed.lock().map(|r| r.clone()).unwrap_or_default();
+            let r = snapshot(&placed);
             let a = assigned.clone();
             let result = tokio::task::spawn_blocking(move || plan(&c, &settings, &a, &r))
                 .await
@@ -685,10 +690,7 @@ async fn run(
                 return;
             }
         }
-        resume = positions(
-            &consumer,
-            &placed.lock().map(|r| r.clone()).unwrap_or_default(),
-        );
+        resume = positions(&consumer, snapshot(&placed));
         info!(bridge = %s.name, partitions = resume.positions.len(), "kafka brokers unreachable; replacing the client, which resumes at its positions");
         first_problem = "no Kafka broker reachable; reconnecting".to_owned();
         // Closing a client may wait on librdkafka's threads: not on this one.

@@ -49,8 +49,19 @@ impl Budget {
         self.max
     }
 
+    /// Reserves an event's `len` bytes if the total stays within the event bound.
+    pub fn reserve_event(&self, len: usize) -> bool {
+        self.reserve(len, self.max)
+    }
+
+    /// Reserves a reply's or notice's `len` bytes: these may use a second allowance
+    /// of the same size on top of the event bound (see [`crate::outbound`]).
+    pub fn reserve_control(&self, len: usize) -> bool {
+        self.reserve(len, self.max.saturating_mul(2))
+    }
+
     /// Reserves `len` bytes if the total stays within `limit`.
-    pub fn reserve(&self, len: usize, limit: usize) -> bool {
+    fn reserve(&self, len: usize, limit: usize) -> bool {
         let mut held = self.bytes.load(Ordering::Relaxed);
         loop {
             if held + len > limit {
@@ -130,7 +141,7 @@ impl Subscriber {
     /// Offers a live event. The frame is shared: queuing it clones a reference count.
     pub fn offer(&self, frame: &Frame) -> Offer {
         let len = frame.len();
-        if !self.shared.budget.reserve(len, self.shared.budget.max) {
+        if !self.shared.budget.reserve_event(len) {
             self.shared.missed.fetch_add(1, Ordering::Relaxed);
             // The session may need to act (policy `disconnect`); usually a wake-up
             // is already on its way and this costs one atomic.
@@ -239,10 +250,12 @@ mod tests {
     #[test]
     fn budget_refuses_past_the_limit_and_releases() {
         let b = Budget::new(100);
-        assert!(b.reserve(60, 100));
-        assert!(!b.reserve(41, 100));
-        assert!(b.reserve(40, 100));
-        b.release(50);
+        assert!(b.reserve_event(60));
+        assert!(!b.reserve_event(41));
+        assert!(b.reserve_event(40));
+        assert!(b.reserve_control(100), "replies get a second allowance");
+        assert!(!b.reserve_control(1));
+        b.release(150);
         assert_eq!(b.held(), 50);
         b.release(500);
         assert_eq!(b.held(), 0, "never below zero");

@@ -106,7 +106,7 @@ impl Outbound {
 
     /// Offers an event frame (a replayed one: live events arrive reserved).
     pub fn push_event(&mut self, frame: Frame) -> Push {
-        if !self.budget.reserve(frame.len(), self.budget.max()) {
+        if !self.budget.reserve_event(frame.len()) {
             return self.note_dropped(1);
         }
         self.push_reserved(frame);
@@ -133,10 +133,7 @@ impl Outbound {
     /// doc).
     pub fn push_control(&mut self, frame: impl Into<Outgoing>) -> Push {
         let frame = frame.into();
-        if !self
-            .budget
-            .reserve(frame.len(), self.budget.max().saturating_mul(2))
-        {
+        if !self.budget.reserve_control(frame.len()) {
             return Push::Close(crate::protocol::close::SLOW_CONSUMER);
         }
         self.frames.push_back(frame);
@@ -226,7 +223,7 @@ mod tests {
     #[test]
     fn reserved_events_count_once() {
         let mut q = Outbound::new(100, false);
-        assert!(q.budget().reserve(70, 100));
+        assert!(q.budget().reserve_event(70));
         q.push_reserved(frame(70));
         assert_eq!(q.bytes(), 70);
         assert_eq!(q.push_event(frame(40)), Push::Dropped);

@@ -3,10 +3,10 @@
 //! It owns the topic's seq counter, its history ring and its subscribers. Each event
 //! is rendered to a frame once (`event::render`) and the same frame goes to every
 //! subscriber's inbox ([`crate::inbox`]): a reference count, a channel push and two
-//! atomics per subscriber, no allocation and no actor message. Because subscribe requests and events reach the topic
-//! through the same mailbox, a replay and the live stream join without a gap or a
-//! duplicate: the replay is sent (into the subscriber's inbox) before any live event
-//! that follows it.
+//! atomics per subscriber, no allocation and no actor message. Because subscribe
+//! requests and events reach the topic through the same mailbox, a replay and the
+//! live stream join without a gap or a duplicate: the replay is sent (into the
+//! subscriber's inbox) before any live event that follows it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
