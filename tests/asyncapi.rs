@@ -885,7 +885,7 @@ fn every_server_message<'a>(topics: &'a [String], id: &'a RawValue) -> Vec<Serve
         ServerMessage::Welcome {
             session: "ead0a9a565489029",
             node: "n-58a213",
-            epoch: "01M8465RZWV74VWZR57TZYR643",
+            epoch: "019af1c2e6b07c3d9b1e5f4a2c8d6e01",
             protocol: herald::protocol::SUBPROTOCOL,
             delivery: "best-effort",
             heartbeat: Heartbeat {
@@ -1009,27 +1009,33 @@ fn every_op() -> Vec<Op> {
     all
 }
 
-/// The literal codes of `ApiError::new(status, "code", …)` in `broker/src/http.rs`:
+/// The literal codes of `ApiError::new(status, "code", …)` in `broker/src/http/`:
 /// the HTTP-only error codes, next to the [`ErrorCode`]s.
 fn http_only_codes() -> Result<BTreeSet<String>> {
-    let path = repo().join("broker/src/http.rs");
-    let text = std::fs::read_to_string(&path)?;
+    let dir = repo().join("broker/src/http");
     let mut codes = BTreeSet::new();
-    for call in text.split("ApiError::new(").skip(1) {
-        // The first string literal among the call's arguments is the code.
-        let args = call.split(';').next().unwrap_or_default();
-        let code = args.split('"').nth(1).ok_or_else(|| {
-            anyhow!(
-                "an ApiError::new call without a literal code in {}",
-                path.display()
-            )
-        })?;
-        codes.insert(code.to_string());
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        for call in text.split("ApiError::new(").skip(1) {
+            // The first string literal among the call's arguments is the code.
+            let args = call.split(';').next().unwrap_or_default();
+            let code = args.split('"').nth(1).ok_or_else(|| {
+                anyhow!(
+                    "an ApiError::new call without a literal code in {}",
+                    path.display()
+                )
+            })?;
+            codes.insert(code.to_string());
+        }
     }
     ensure!(
         !codes.is_empty(),
         "found no ApiError::new call in {}",
-        path.display()
+        dir.display()
     );
     Ok(codes)
 }
@@ -1062,8 +1068,8 @@ fn the_document_covers_every_protocol_type() -> Result<()> {
         (b"null", None, &BTreeMap::new()),
     ] {
         for source in herald::Source::ALL {
-            let live = herald::event::render(
-                herald::event::EventMeta {
+            let live = herald::protocol::event::render(
+                herald::protocol::event::EventMeta {
                     topic: "orders.eu",
                     seq: 42,
                     ts: 1_763_800_000_123,
@@ -1073,7 +1079,7 @@ fn the_document_covers_every_protocol_type() -> Result<()> {
                 },
                 payload,
             );
-            for frame in [live.clone(), herald::event::replay_of(&live)] {
+            for frame in [live.clone(), herald::protocol::event::replay_of(&live)] {
                 let v: Value = serde_json::from_str(&frame)?;
                 types.insert(contract.server_message(&v)?);
             }

@@ -83,13 +83,13 @@ pub struct JetStreamStart {
     pub stream: String,
     /// What to replay at start. Default `last_per_subject`.
     #[serde(default)]
-    pub deliver: Deliver,
+    pub deliver: JetStreamDeliver,
 }
 
 /// Where a JetStream start begins.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Deliver {
+pub enum JetStreamDeliver {
     /// Only messages stored after the consumer is created.
     New,
     /// Everything the stream holds, then live.

@@ -2,17 +2,20 @@
 //!
 //! What a bridge hands to the broker, and the contract every bridge fulfils.
 //!
-//! Bridges consume an external system (NATS, Kafka) and emit one [`BridgeEvent`] per
-//! message to an actix [`Recipient`]. They do not depend on the broker crate: the
-//! broker owns the topic layer and gives each bridge a recipient, so a bridge can be
-//! tested alone with a recipient that records what it receives.
+//! Bridges consume an external system (NATS, Kafka) and hand one [`BridgeEvent`] per
+//! message to an [`EventSink`]. They do not depend on the broker crate: the broker
+//! owns the topic layer and gives each bridge a sink into it, so a bridge can be
+//! tested alone with a sink that records what it receives.
 //!
 //! ## Layout
 //! - [`BridgeEvent`], [`Source`]: the event as it enters Herald.
-//! - The contract every bridge actor follows: it is started with an [`EventSink`]
-//!   (where its events go), a [`StatusSink`] (its [`BridgeStatus`], for `/readyz`)
-//!   and its [`BridgeCounters`] (for `/metrics`), all labelled by its configured name.
-//! - [`BridgeCounters`]: what each bridge counts, for the broker's metrics.
+//! - [`BridgeContext`]: what every bridge task is started with: an [`EventSink`]
+//!   (where its events go), a [`StatusSink`] (its [`BridgeStatus`], for `/readyz`),
+//!   its [`BridgeCounters`] (for `/metrics`) and a cancellation token (shutdown).
+//!   A bridge is a task, `run(bridge, context)`, that returns once cancelled.
+//! - [`topic`]: the topic grammar (names, patterns, matching, grant coverage),
+//!   shared with the broker.
+//! - [`backoff`]: the capped exponential backoff both bridges retry with.
 //! - [`config`]: the bridges' configuration (`[[bridge.nats]]`, `[[bridge.kafka]]`),
 //!   always compiled.
 //! - `nats` (feature `nats`): the NATS bridge.
@@ -23,14 +26,16 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod backoff;
 pub mod config;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod topic;
 
-use actix::{Message, Recipient};
 use bytes::Bytes;
+pub use tokio_util::sync::CancellationToken;
 
 /// Where an event entered Herald. Sent to clients as the event's `source` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,11 +80,11 @@ impl fmt::Display for Source {
 ///
 /// The payload stays as raw bytes until the topic serializes the event frame once;
 /// no layer before it parses or copies the payload.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
+#[derive(Debug, Clone)]
 pub struct BridgeEvent {
-    /// The Herald topic (already mapped from the subject or Kafka topic). The topic
-    /// layer validates it and drops (and counts) events whose topic is invalid.
+    /// The Herald topic (already mapped from the subject or Kafka topic). The sink
+    /// validates it once ([`topic::TopicName`]) and drops (and counts) events whose
+    /// topic is invalid.
     pub topic: String,
     /// The payload exactly as received: JSON, other UTF-8 text, or binary.
     pub payload: Bytes,
@@ -122,8 +127,60 @@ impl BridgeStatus {
     }
 }
 
-/// Where a bridge sends its events: normally the broker's topic registry.
-pub type EventSink = Recipient<BridgeEvent>;
+/// Where a bridge hands its events: the broker's topic layer. `send` never waits, so
+/// a slow broker never stalls a bridge's client: what does not fit is refused.
+pub trait EventSink: Send + Sync + 'static {
+    /// Hands over one event.
+    fn send(&self, event: BridgeEvent) -> Result<(), SinkError>;
+}
+
+/// Why a sink refused an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The topic layer's queue is full; the event is dropped.
+    #[error("the topic layer is full")]
+    Full,
+    /// The topic is not a valid Herald topic (counted by the broker as
+    /// `invalid_topic`).
+    #[error(transparent)]
+    InvalidTopic(#[from] topic::TopicError),
+}
+
+/// What a bridge task is started with.
+#[derive(Clone)]
+pub struct BridgeContext {
+    /// This node's name (the Kafka bridge's `group.id` is made from it).
+    pub node: String,
+    /// Where its events go.
+    pub sink: Arc<dyn EventSink>,
+    /// Where its status goes.
+    pub status: StatusSink,
+    /// What it counts.
+    pub counters: Arc<BridgeCounters>,
+    /// Cancelled at shutdown: the bridge stops reading, closes its client and
+    /// returns.
+    pub cancel: CancellationToken,
+}
+
+impl fmt::Debug for BridgeContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BridgeContext")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BridgeContext {
+    /// Counts one received message and hands its event to the sink without waiting;
+    /// an event refused because the topic layer is full is counted as dropped.
+    pub fn forward(&self, event: BridgeEvent) {
+        let c = &self.counters;
+        c.add(&c.received, 1);
+        if let Err(SinkError::Full) = self.sink.send(event) {
+            c.add(&c.dropped, 1);
+        }
+    }
+}
 
 /// How a bridge reports its status (the broker records it for `/readyz`).
 pub type StatusSink = Arc<dyn Fn(BridgeStatus) + Send + Sync>;
@@ -134,7 +191,8 @@ pub type StatusSink = Arc<dyn Fn(BridgeStatus) + Send + Sync>;
 pub struct BridgeCounters {
     /// Messages received from the external system.
     pub received: AtomicU64,
-    /// Messages dropped because the broker's hand-off queue was full.
+    /// Messages dropped because the topic layer's queue was full
+    /// (`server.ingest_capacity` per shard).
     pub dropped: AtomicU64,
     /// Messages the client library dropped itself (NATS slow consumer).
     pub slow_consumer: AtomicU64,

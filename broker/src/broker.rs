@@ -1,20 +1,26 @@
 //! [`Broker`]: the running Herald node — configuration, topic registry, node epoch,
-//! authenticator, connection limits and the directory of open sessions — as one
-//! cheap, clonable handle. The binary builds one; an actix-web application that
+//! authenticator, connection limits, bridges and the directory of open sessions — as
+//! one cheap, clonable handle. The binary builds one; an actix-web application that
 //! embeds Herald builds one too and mounts [`Broker::configure`] in its `App`.
+//!
+//! Start-up: [`Config::validate`] checks the configuration (pure), then
+//! [`Components::build`] builds, once, everything that reads files or prepares
+//! clients (the JWT verifier, the listener's TLS configuration, the bridges), each
+//! error named by its config key. `herald check-config` runs both and stops there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use actix::{Actor as _, Recipient};
+use actix::Recipient;
 use herald_bridges::{BridgeCounters, BridgeEvent, BridgeStatus};
 
-use crate::admission::ConnectionLimiter;
 use crate::auth::{Authenticator, NoAuth};
 use crate::config::{Config, ConfigError};
-use crate::message::Shutdown;
-use crate::registry::{PublishError, Registry};
-use crate::topic::TopicSettings;
+use crate::http::admission::ConnectionLimiter;
+use crate::publish::{Bridges, Prepared, PublishError, Publisher};
+use crate::topics::message::Shutdown;
+use crate::topics::topic::TopicSettings;
+use crate::topics::{Event, Registry};
 
 /// Open sessions, so shutdown can reach each one. Locked on connect and disconnect
 /// only, never on the event path.
@@ -72,7 +78,7 @@ impl Readiness {
     }
 
     /// `(ready, reasons)`: ready when every bridge is; reasons name the others.
-    pub fn check(&self) -> (bool, Vec<String>) {
+    pub fn report(&self) -> (bool, Vec<String>) {
         let bridges = self.bridges.lock().unwrap_or_else(|p| p.into_inner());
         let reasons: Vec<String> = bridges
             .iter()
@@ -87,20 +93,62 @@ impl Readiness {
     }
 }
 
+/// What start-up builds once from a validated configuration: everything that reads
+/// a file or prepares a client. Errors name the config key at fault.
+pub struct Components {
+    auth: Arc<dyn Authenticator>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    bridges: Vec<crate::publish::bridges::PreparedBridge>,
+}
+
+impl std::fmt::Debug for Components {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Components")
+            .field("tls", &self.tls.is_some())
+            .field("bridges", &self.bridges.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Components {
+    /// Builds the authenticator, the listener's TLS configuration and the bridges of
+    /// `config` (which must be valid: [`Config::validate`]).
+    pub fn build(config: &Config) -> Result<Components, ConfigError> {
+        let attribute =
+            |key: &str, message: String| config.attribute(ConfigError::at(key.into(), message));
+        let auth: Arc<dyn Authenticator> = match config.auth.mode.as_str() {
+            "jwt" => Arc::new(
+                crate::auth::jwt::JwtAuth::new(&config.auth)
+                    .map_err(|e| attribute(e.key(), e.to_string()))?,
+            ),
+            _ => Arc::new(NoAuth {
+                ticket_ttl_ms: config.auth.ticket_ttl_ms,
+            }),
+        };
+        let s = &config.server;
+        let tls = if s.tls_cert_file.is_empty() {
+            None
+        } else {
+            let tls = crate::http::tls::server_config(&s.tls_cert_file, &s.tls_key_file)
+                .map_err(|e| attribute(e.key(), e.to_string()))?;
+            Some(Arc::new(tls))
+        };
+        let bridges = crate::publish::bridges::prepare(config).map_err(|e| config.attribute(e))?;
+        Ok(Components { auth, tls, bridges })
+    }
+}
+
 struct Inner {
     config: Config,
-    registry: Registry,
+    publisher: Publisher,
     epoch: String,
     node: String,
     auth: Arc<dyn Authenticator>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     limiter: Arc<ConnectionLimiter>,
     sessions: SessionDirectory,
     readiness: Arc<Readiness>,
-    /// Counters of every running bridge, by name, for `/metrics`.
-    bridges: Vec<(String, Arc<BridgeCounters>)>,
-    /// Where publishes go when a cluster backplane is configured.
-    #[cfg(feature = "nats")]
-    backplane: Option<crate::backplane::Backplane>,
+    bridges: Bridges,
 }
 
 /// A running Herald node. Clone it freely.
@@ -120,15 +168,17 @@ impl std::fmt::Debug for Broker {
 
 /// CPU cores available to this process (1 when unknown): the default for
 /// `server.workers` and `server.shards`.
-pub(crate) fn cores() -> usize {
+pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Broker {
-    /// Validates `config` and starts the topic registry. Must be called inside a
-    /// running actix system (e.g. from `#[actix_web::main]`).
+    /// Validates `config`, builds its [`Components`], and starts the topic registry
+    /// and the bridges. Must be called inside a running actix system (e.g. from
+    /// `#[actix_web::main]`).
     pub fn start(config: Config) -> Result<Broker, ConfigError> {
-        config.validate()?;
+        config.validate().map_err(|e| config.attribute(e))?;
+        let components = Components::build(&config)?;
         let shards = if config.server.shards == 0 {
             cores()
         } else {
@@ -151,34 +201,22 @@ impl Broker {
             config.server.max_connections,
             config.server.max_connections_per_ip,
         );
-        // Validated above, so building the JWT authenticator cannot fail here.
-        let auth: Arc<dyn Authenticator> = match config.auth.mode.as_str() {
-            "jwt" => Arc::new(crate::jwt::JwtAuth::new(&config.auth).map_err(|e| {
-                ConfigError::Invalid {
-                    origin: crate::config::Origin::Defaults,
-                    env: String::new(),
-                    key: "auth".into(),
-                    message: e.to_string(),
-                }
-            })?),
-            _ => Arc::new(NoAuth {
-                ticket_ttl_ms: config.auth.ticket_ttl_ms,
-            }),
-        };
         let readiness = Arc::new(Readiness::default());
-        let started = start_bridges(&config, &node, &registry, &readiness);
+        let bridges = Bridges::start(components.bridges, &config, &node, &registry, &readiness);
+        let publisher = Publisher::new(registry, &bridges, &config.cluster.subject_prefix);
         Ok(Broker {
             inner: Arc::new(Inner {
-                registry,
-                epoch: ulid::Ulid::new().to_string(),
+                publisher,
+                // Time-ordered, so a later start has a later epoch; clients treat it
+                // as opaque.
+                epoch: uuid::Uuid::now_v7().simple().to_string(),
                 node,
-                auth,
+                auth: components.auth,
+                tls: components.tls,
                 limiter,
                 sessions: SessionDirectory::default(),
                 readiness,
-                bridges: started.counters,
-                #[cfg(feature = "nats")]
-                backplane: started.backplane,
+                bridges,
                 config,
             }),
         })
@@ -189,12 +227,7 @@ impl Broker {
         &self.inner.config
     }
 
-    /// The topic registry.
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
-    }
-
-    /// This process's history epoch (a ULID; new on every start).
+    /// This process's history epoch (new on every start; opaque to clients).
     pub fn epoch(&self) -> &str {
         &self.inner.epoch
     }
@@ -202,6 +235,21 @@ impl Broker {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// The listener's TLS configuration, when `server.tls_cert_file` is set.
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.inner.tls.clone()
+    }
+
+    /// Number of open WebSocket sessions.
+    pub fn open_sessions(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// The topic registry.
+    pub(crate) fn registry(&self) -> &Registry {
+        self.inner.publisher.registry()
     }
 
     pub(crate) fn authenticator(&self) -> &dyn Authenticator {
@@ -213,44 +261,38 @@ impl Broker {
     }
 
     /// Open sessions.
-    pub fn sessions(&self) -> &SessionDirectory {
+    pub(crate) fn sessions(&self) -> &SessionDirectory {
         &self.inner.sessions
     }
 
     /// Bridge statuses for `/readyz`.
-    pub fn readiness(&self) -> &Readiness {
+    pub(crate) fn readiness(&self) -> &Readiness {
         &self.inner.readiness
     }
 
     /// Counters of every running bridge, by name.
-    pub fn bridges(&self) -> &[(String, Arc<BridgeCounters>)] {
-        &self.inner.bridges
+    pub(crate) fn bridge_counters(&self) -> &[(String, Arc<BridgeCounters>)] {
+        self.inner.bridges.counters()
     }
 
-    /// Checks an event as [`Broker::publish`] would, without publishing it, so a
+    /// Makes a validated event ready to publish (see [`Publisher::prepare`]), so a
     /// batch can be refused as a whole before any of it goes out.
-    pub fn check(&self, event: &BridgeEvent) -> Result<(), PublishError> {
-        crate::pattern::validate_topic(&event.topic)?;
-        #[cfg(feature = "nats")]
-        if let Some(backplane) = &self.inner.backplane {
-            backplane.check(event)?;
-        }
-        Ok(())
+    pub(crate) fn prepare(&self, event: Event) -> Result<Prepared, PublishError> {
+        self.inner.publisher.prepare(event)
+    }
+
+    /// Publishes a prepared event.
+    pub(crate) async fn send(&self, prepared: Prepared) -> Result<(), PublishError> {
+        self.inner.publisher.send(prepared).await
     }
 
     /// Publishes an event: to the cluster backplane when one is configured (every
     /// node, this one included, receives it through its NATS bridge), else straight
     /// to the local topic. Best-effort: `Ok` means accepted for fan-out, not
-    /// delivered. HTTP, WebSocket and embedding applications all publish here.
+    /// delivered. An invalid topic is refused (and counted as `invalid_topic`).
     pub async fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
-        #[cfg(feature = "nats")]
-        if let Some(backplane) = &self.inner.backplane {
-            // The registry validates local publishes; NATS would take any subject.
-            crate::pattern::validate_topic(&event.topic)?;
-            // Counted in herald_events_in_total when it comes back through the bridge.
-            return backplane.publish(event).await;
-        }
-        self.inner.registry.publish(event)
+        let prepared = self.prepare(Publisher::validate(event)?)?;
+        self.send(prepared).await
     }
 
     /// Mounts Herald's routes (`/ws`, `/api/*`, `/healthz`, `/readyz`, `/metrics`,
@@ -262,67 +304,16 @@ impl Broker {
         move |cfg| crate::http::configure(cfg, broker.clone())
     }
 
-    /// Closes every open session with 1001 (part of graceful shutdown).
+    /// Closes every open session with 1001 (the first step of graceful shutdown);
+    /// returns how many were open.
     pub fn shutdown(&self) -> usize {
         self.inner.sessions.shutdown_all()
     }
-}
 
-/// What [`start_bridges`] started.
-struct Started {
-    counters: Vec<(String, Arc<BridgeCounters>)>,
-    #[cfg(feature = "nats")]
-    backplane: Option<crate::backplane::Backplane>,
-}
-
-/// Starts every configured bridge, each with its own [`crate::ingress::Ingress`],
-/// and the backplane when `cluster.backplane` names one of them.
-fn start_bridges(
-    config: &Config,
-    node: &str,
-    registry: &Registry,
-    readiness: &Arc<Readiness>,
-) -> Started {
-    let mut started = Started {
-        counters: Vec::new(),
-        #[cfg(feature = "nats")]
-        backplane: None,
-    };
-    // What every bridge gets: counters, its own ingress, and a status sink that
-    // records its state for /readyz (Starting until it says otherwise).
-    #[allow(unused_variables)]
-    let wire = |name: &str, started: &mut Started| {
-        let counters = Arc::new(BridgeCounters::default());
-        let ingress =
-            crate::ingress::Ingress::new(registry.clone(), config.server.ingest_capacity).start();
-        let owned = name.to_owned();
-        let status_readiness = readiness.clone();
-        let status: herald_bridges::StatusSink =
-            Arc::new(move |status| status_readiness.set(&owned, status));
-        status(BridgeStatus::Starting);
-        started.counters.push((name.to_owned(), counters.clone()));
-        (counters, ingress.recipient(), status)
-    };
-    #[cfg(feature = "nats")]
-    for b in &config.bridge.nats {
-        use herald_bridges::nats::NatsBridge;
-        let (counters, sink, status) = wire(&b.name, &mut started);
-        let client = herald_bridges::nats::ClientSlot::default();
-        NatsBridge::new(b.clone(), sink, status, counters.clone(), client.clone()).start();
-        if config.cluster.backplane == b.name {
-            started.backplane = Some(crate::backplane::Backplane {
-                bridge: b.name.clone(),
-                client,
-                counters,
-                prefix: config.cluster.subject_prefix.clone(),
-            });
-        }
+    /// Stops every bridge: each stops reading, closes its client and returns (the
+    /// step of graceful shutdown after the sessions are closed). Returns how many
+    /// stopped within the time allowed.
+    pub async fn stop_bridges(&self) -> usize {
+        self.inner.bridges.stop().await
     }
-    #[cfg(feature = "kafka")]
-    for b in &config.bridge.kafka {
-        let (counters, sink, status) = wire(&b.name, &mut started);
-        herald_bridges::kafka::KafkaBridge::new(b.clone(), node, sink, status, counters).start();
-    }
-    let _ = (&wire, node);
-    started
 }

@@ -35,30 +35,17 @@
 //! # }
 //! ```
 
-pub mod admission;
 pub mod auth;
-#[cfg(feature = "nats")]
-pub mod backplane;
 pub mod broker;
 pub mod config;
-pub mod event;
 pub mod http;
-pub mod inbox;
-pub mod ingress;
-pub mod jwt;
-pub mod message;
 pub mod metrics;
-pub mod outbound;
-pub mod pattern;
 pub mod protocol;
-pub mod ratelimit;
-pub mod registry;
-pub mod server;
+pub mod publish;
 pub mod session;
-pub mod tickets;
-pub mod tls;
-pub mod topic;
+pub mod topics;
 
 pub use broker::Broker;
 pub use config::Config;
+pub use herald_bridges::topic;
 pub use herald_bridges::{BridgeEvent, Source};

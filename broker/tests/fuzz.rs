@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use herald::config::{Config, ConfigError};
-use herald::pattern::{self, TopicError, MAX_TOPIC_BYTES};
 use herald::protocol::{self, ErrorCode, Op, ServerMessage};
+use herald::topic::{self, TopicError, MAX_TOPIC_BYTES};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
@@ -1068,15 +1068,15 @@ fn validation_agrees_with_the_model() {
     ];
     check(3000, input, |s| {
         let want = model_validate(&s);
-        prop_assert_eq!(pattern::validate_pattern(&s), want.clone(), "{:?}", s);
-        let topic = pattern::validate_topic(&s);
+        prop_assert_eq!(topic::validate_pattern(&s), want.clone(), "{:?}", s);
+        let topic = topic::validate_topic(&s);
         match want {
             Ok(false) => prop_assert_eq!(topic, Ok(())),
             Ok(true) => prop_assert_eq!(topic, Err(TopicError::Wildcard(s.clone()))),
             Err(e) => prop_assert_eq!(topic, Err(e)),
         }
         // Messages go to clients verbatim: never empty.
-        if let Err(e) = pattern::validate_pattern(&s) {
+        if let Err(e) = topic::validate_pattern(&s) {
             prop_assert!(!e.to_string().is_empty());
         }
         Ok(())
@@ -1091,14 +1091,14 @@ fn matching_agrees_with_the_model() {
     let topic = vec(prop::sample::select(vec!["a", "b", "c"]), 1..6).prop_map(|t| t.join("."));
     check(3000, (small_pattern(5), topic), |(p, t)| {
         let want = model_matches(&tokens(&p), &tokens(&t));
-        prop_assert_eq!(pattern::matches(&p, &t), want, "{} ~ {}", p, t);
-        let parsed = pattern::Pattern::parse(&p).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(topic::matches(&p, &t), want, "{} ~ {}", p, t);
+        let parsed = topic::Pattern::parse(&p).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(parsed.matches(&t), want, "Pattern {} ~ {}", p, t);
         Ok(())
     });
     check(1000, (any::<String>(), any::<String>()), |(p, t)| {
-        let _ = pattern::matches(&p, &t);
-        let _ = pattern::covers(&p, &t);
+        let _ = topic::matches(&p, &t);
+        let _ = topic::covers(&p, &t);
         Ok(())
     });
 }
@@ -1122,8 +1122,8 @@ fn covers_is_exact() {
         let universe = all_topics(&alphabet, gt.len().max(pt.len()) + 1);
         let counterexample = universe
             .iter()
-            .find(|t| pattern::matches(&p, t) && !pattern::matches(&g, t));
-        let covers = pattern::covers(&g, &p);
+            .find(|t| topic::matches(&p, t) && !topic::matches(&g, t));
+        let covers = topic::covers(&g, &p);
         prop_assert_eq!(
             covers,
             counterexample.is_none(),
@@ -1135,13 +1135,7 @@ fn covers_is_exact() {
         );
         // A concrete topic is covered exactly when it is matched.
         for t in universe.iter().take(40) {
-            prop_assert_eq!(
-                pattern::covers(&g, t),
-                pattern::matches(&g, t),
-                "{} / {}",
-                g,
-                t
-            );
+            prop_assert_eq!(topic::covers(&g, t), topic::matches(&g, t), "{} / {}", g, t);
         }
         Ok(())
     });
@@ -1154,10 +1148,10 @@ fn covers_is_reflexive_and_transitive() {
         2000,
         (small_pattern(4), small_pattern(4), small_pattern(4)),
         |(a, b, c)| {
-            prop_assert!(pattern::covers(&a, &a), "covers({}, {})", a, a);
-            if pattern::covers(&a, &b) && pattern::covers(&b, &c) {
+            prop_assert!(topic::covers(&a, &a), "covers({}, {})", a, a);
+            if topic::covers(&a, &b) && topic::covers(&b, &c) {
                 prop_assert!(
-                    pattern::covers(&a, &c),
+                    topic::covers(&a, &c),
                     "{} ⊇ {} ⊇ {} but not {} ⊇ {}",
                     a,
                     b,

@@ -9,7 +9,7 @@
 //! twice `queue_max_bytes`.
 //!
 //! The byte count is a [`Budget`] shared with the session's inbox: live events
-//! reserve their bytes when a topic offers them ([`crate::inbox`]), before they reach
+//! reserve their bytes when a topic offers them ([`crate::session::inbox`]), before they reach
 //! this queue, so the bound covers every frame on its way to the socket.
 //!
 //! Herald's own frames are JSON text. The test-only echo route
@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::event::Frame;
-use crate::inbox::Budget;
+use crate::protocol::event::Frame;
+use crate::session::inbox::Budget;
 
 /// A message waiting to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]

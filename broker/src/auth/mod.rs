@@ -2,12 +2,15 @@
 //!
 //! Every connection and HTTP call gets an [`Identity`] from an [`Authenticator`]:
 //! [`NoAuth`] (`auth.mode = "none"`: everyone may subscribe to and publish on every
-//! topic) or [`crate::jwt::JwtAuth`] (`auth.mode = "jwt"`: JWTs, API keys and
+//! topic) or [`crate::auth::jwt::JwtAuth`] (`auth.mode = "jwt"`: JWTs, API keys and
 //! tickets). Sessions and handlers ask the identity before they act, whichever it is.
+
+pub mod jwt;
+pub mod tickets;
 
 use actix_web::HttpRequest;
 
-use crate::pattern;
+use crate::topic;
 
 /// Why credentials were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,12 +70,12 @@ impl Identity {
 
     /// Whether every topic `pattern` can match is granted for subscribing.
     pub fn may_subscribe(&self, pattern: &str) -> bool {
-        self.subscribe.iter().any(|g| pattern::covers(g, pattern))
+        self.subscribe.iter().any(|g| topic::covers(g, pattern))
     }
 
     /// Whether publishing to `topic` is granted.
     pub fn may_publish(&self, topic: &str) -> bool {
-        self.publish.iter().any(|g| pattern::covers(g, topic))
+        self.publish.iter().any(|g| topic::covers(g, topic))
     }
 }
 
@@ -119,7 +122,7 @@ impl Authenticator for NoAuth {
     /// With auth off a ticket is accepted as a formality (every connection is
     /// anonymous anyway), so a client that always asks for one works in both modes.
     fn issue_ticket(&self, _identity: &Identity) -> Result<(String, u64), AuthError> {
-        Ok((crate::tickets::new_ticket(), self.ticket_ttl_ms))
+        Ok((crate::auth::tickets::new_ticket(), self.ticket_ttl_ms))
     }
 
     fn enabled(&self) -> bool {

@@ -1,7 +1,7 @@
 //! Messages between actors: bridge/HTTP/session → registry shard → topic → session.
 //!
 //! Topics do not message sessions per event: [`Deliver`] travels through the
-//! session's inbox ([`crate::inbox`]), byte-bounded, with one wake-up per batch. A
+//! session's inbox ([`crate::session::inbox`]), byte-bounded, with one wake-up per batch. A
 //! live event over a connection's budget is dropped and counted for its next
 //! `lagged`; replies to a subscribe (replay, reset) are never dropped there: there is
 //! one per client request, and requests are rate limited.
@@ -9,12 +9,11 @@
 use std::sync::Arc;
 
 use actix::Message;
-use herald_bridges::BridgeEvent;
 
-use crate::event::Frame;
-pub use crate::inbox::Subscriber;
-use crate::pattern::Pattern;
+use crate::protocol::event::Frame;
 use crate::protocol::{Replay, ResetReason};
+pub use crate::session::inbox::Subscriber;
+use crate::topic::Pattern;
 
 /// What a topic sends to a session (through its inbox).
 #[derive(Debug)]
@@ -31,7 +30,7 @@ pub enum Deliver {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Ingest {
-    pub event: BridgeEvent,
+    pub event: super::Event,
     /// Milliseconds since the Unix epoch when Herald received it (`ts`).
     pub ts: u64,
 }

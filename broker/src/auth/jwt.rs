@@ -24,10 +24,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 
+use crate::auth::tickets::Tickets;
 use crate::auth::{AuthError, Authenticator, Identity, Via};
 use crate::config::AuthConfig;
-use crate::pattern;
-use crate::tickets::Tickets;
+use crate::topic;
 
 /// Why the JWT configuration cannot be used (reported as a config error).
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,16 @@ pub enum JwtConfigError {
     Key { path: String },
     #[error("neither jwt_secret nor jwt_public_key_file is set")]
     NoKey,
+}
+
+impl JwtConfigError {
+    /// The configuration key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            JwtConfigError::NoKey => "auth.jwt_secret",
+            _ => "auth.jwt_public_key_file",
+        }
+    }
 }
 
 /// The `herald` claim.
@@ -179,7 +189,7 @@ impl JwtAuth {
             .ok_or_else(|| AuthError::Invalid("missing exp".into()))?;
         let grants = |list: Option<Vec<String>>, default: &[String], what: &str| {
             let list = list.unwrap_or_else(|| default.to_vec());
-            match list.iter().find(|p| pattern::validate_pattern(p).is_err()) {
+            match list.iter().find(|p| topic::validate_pattern(p).is_err()) {
                 Some(bad) => Err(AuthError::Invalid(format!(
                     "herald.{what} holds an invalid pattern `{bad}`"
                 ))),

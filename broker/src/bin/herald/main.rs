@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod serve;
+
 use clap::{Parser, Subcommand};
-use herald::config::{Config, LogFormat, Origin};
+use herald::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// Herald: realtime events from NATS, Kafka and HTTP to WebSocket clients.
@@ -76,13 +78,18 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::CheckConfig) = cli.command {
+        // What start-up builds from files (JWT key, TLS certificate, bridge clients)
+        // is checked too, without starting anything.
+        if let Err(e) = herald::broker::Components::build(&config) {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
         print!("{}", config.to_masked_toml());
         eprintln!("herald: configuration is valid");
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    let origin = cli.config.map_or(Origin::Defaults, Origin::File);
-    let result = actix_web::rt::System::new().block_on(herald::server::run(config, origin));
+    let result = actix_web::rt::System::new().block_on(serve::run(config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,6 +4,9 @@
 //! routes Herald does not have too. The upgrade is checked (subprotocol, Origin,
 //! credentials, capacity) before any WebSocket frame is sent.
 
+pub mod admission;
+pub mod tls;
+
 use std::collections::BTreeMap;
 
 use actix::prelude::*;
@@ -12,19 +15,20 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
-use herald_bridges::{BridgeEvent, Source};
+use herald_bridges::topic::TopicName;
+use herald_bridges::Source;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::info;
 
-use crate::admission::{self, Subprotocol};
 use crate::auth::{AuthError, Identity};
 use crate::broker::Broker;
+use crate::http::admission::Subprotocol;
 use crate::metrics::{RefusedReason, METRICS};
-use crate::pattern;
 use crate::protocol::{ErrorCode, SUBPROTOCOL};
-use crate::registry::PublishError;
+use crate::publish::PublishError;
 use crate::session::Session;
+use crate::topics::Event;
 
 /// Seconds a client refused for capacity is asked to wait.
 const RETRY_AFTER_S: &str = "5";
@@ -331,7 +335,7 @@ async fn publish(
     // Validate the whole batch before publishing any of it.
     let mut events = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        pattern::validate_topic(&item.topic).map_err(|e| {
+        let topic = TopicName::new(item.topic).map_err(|e| {
             ApiError::protocol(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidTopic,
@@ -352,15 +356,15 @@ async fn publish(
                 ),
             ));
         }
-        if !identity.may_publish(&item.topic) {
+        if !identity.may_publish(&topic) {
             return Err(ApiError::protocol(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
-                format!("event {i}: not allowed to publish to {}", item.topic),
+                format!("event {i}: not allowed to publish to {topic}"),
             ));
         }
-        events.push(BridgeEvent {
-            topic: item.topic,
+        events.push(Event {
+            topic,
             payload: Bytes::copy_from_slice(data.get().as_bytes()),
             key: item.key,
             headers: item.headers.unwrap_or_default(),
@@ -383,11 +387,13 @@ async fn publish(
         )
     };
     // What the backplane would refuse is refused for the whole batch, up front.
-    for (i, event) in events.iter().enumerate() {
-        broker.check(event).map_err(|e| refuse(i, 0, e))?;
-    }
-    for (accepted, event) in events.into_iter().enumerate() {
-        if let Err(e) = broker.publish(event).await {
+    let prepared = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| broker.prepare(event).map_err(|e| refuse(i, 0, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (accepted, event) in prepared.into_iter().enumerate() {
+        if let Err(e) = broker.send(event).await {
             return Err(refuse(accepted, accepted, e));
         }
     }
@@ -405,7 +411,7 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
-    let (ready, reasons) = broker.readiness().check();
+    let (ready, reasons) = broker.readiness().report();
     if ready {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
@@ -416,7 +422,7 @@ async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
 
 async fn metrics(broker: web::Data<Broker>) -> HttpResponse {
     let mut text = METRICS.render();
-    text.push_str(&crate::metrics::render_bridges(broker.bridges()));
+    text.push_str(&crate::metrics::render_bridges(broker.bridge_counters()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)
@@ -425,7 +431,7 @@ async fn metrics(broker: web::Data<Broker>) -> HttpResponse {
 async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .body(include_str!("../assets/index.html"))
+        .body(include_str!("../../assets/index.html"))
 }
 
 /// The JavaScript client (`clients/js`), for pages that want no build step. The same
@@ -433,7 +439,7 @@ async fn index() -> HttpResponse {
 async fn client_js() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/javascript; charset=utf-8")
-        .body(include_str!("../../clients/js/herald.js"))
+        .body(include_str!("../../../clients/js/herald.js"))
 }
 
 /// The AsyncAPI 3.0 document of the protocol (`docs/asyncapi.json`), checked against
@@ -441,7 +447,7 @@ async fn client_js() -> HttpResponse {
 async fn asyncapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(include_str!("../../docs/asyncapi.json"))
+        .body(include_str!("../../../docs/asyncapi.json"))
 }
 
 /// JSON 404/405 for every route nobody serves. The `herald` binary installs it as

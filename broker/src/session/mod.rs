@@ -16,6 +16,10 @@
 //! binary message back unchanged instead of parsing JSON, and sends no `welcome` and
 //! no JSON pings. Frame handling, limits, pongs and close codes stay the ones below.
 
+pub mod inbox;
+pub mod outbound;
+pub mod ratelimit;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,23 +31,26 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message as WsMessage};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::SinkExt as _;
-use herald_bridges::{BridgeEvent, Source};
+use herald_bridges::topic::TopicName;
+use herald_bridges::Source;
+
 use tracing::{debug, info};
 
-use crate::admission::Permit;
 use crate::auth::Identity;
 use crate::broker::Broker;
-use crate::event::Frame;
-use crate::inbox::{Inbox, Wake};
-use crate::message::{Deliver, Shutdown, Subscriber};
+use crate::http::admission::Permit;
 use crate::metrics::{DropReason, METRICS};
-use crate::outbound::{Outbound, Outgoing, Push};
-use crate::pattern::{self, Pattern};
+use crate::protocol::event::Frame;
 use crate::protocol::{
     self, close, ErrorCode, Heartbeat, Limits, Op, ProtocolError, Replay, RequestId, ResetReason,
     ServerMessage, SUBPROTOCOL,
 };
-use crate::ratelimit::{RateLimiter, Verdict};
+use crate::session::inbox::{Inbox, Wake};
+use crate::session::outbound::{Outbound, Outgoing, Push};
+use crate::session::ratelimit::{RateLimiter, Verdict};
+use crate::topic::{self, Pattern};
+use crate::topics::message::{Deliver, Shutdown, Subscriber};
+use crate::topics::Event;
 
 /// The JSON heartbeat, identical for every connection: built once, shared.
 static PING: ByteString = ByteString::from_static(r#"{"type":"ping"}"#);
@@ -384,14 +391,14 @@ impl Session {
                         "publishing from WebSocket clients is disabled on this server",
                     ));
                 }
-                pattern::validate_topic(&topic).map_err(invalid_topic)?;
+                let topic = TopicName::new(topic).map_err(invalid_topic)?;
                 if !self.identity()?.may_publish(&topic) {
                     return Err(ProtocolError::new(
                         ErrorCode::Forbidden,
                         format!("not allowed to publish to {topic}"),
                     ));
                 }
-                let event = BridgeEvent {
+                let event = Event {
                     topic,
                     payload: Bytes::from(data.into_bytes()),
                     key,
@@ -402,7 +409,7 @@ impl Session {
                 // the event is accepted (or refused), without blocking the session.
                 let broker = self.broker.clone();
                 let id = id.clone();
-                let publish = async move { broker.publish(event).await };
+                let publish = async move { broker.send(broker.prepare(event)?).await };
                 ctx.spawn(publish.into_actor(self).map(move |result, act, ctx| {
                     match result {
                         Ok(()) => {
@@ -510,7 +517,7 @@ impl Session {
             }
             (None, Some(resume)) => {
                 for name in resume.topics.keys() {
-                    pattern::validate_topic(name).map_err(invalid_topic)?;
+                    topic::validate_topic(name).map_err(invalid_topic)?;
                 }
                 let mut per_pattern = vec![BTreeMap::new(); new.len()];
                 // Positions for topics no new pattern matches are ignored.
@@ -603,7 +610,7 @@ impl Session {
             .identity
             .as_ref()
             .and_then(|i| i.expires)
-            .is_some_and(|exp| crate::jwt::now_secs() >= exp);
+            .is_some_and(|exp| crate::auth::jwt::now_secs() >= exp);
         if expired {
             info!(session = %self.name, "credentials expired");
             return self.close(ctx, close::UNAUTHORIZED, "token expired");
@@ -627,7 +634,7 @@ fn peer_vanished(e: &std::io::Error) -> bool {
         .is_some_and(|p| matches!(p, actix_web::error::PayloadError::Incomplete(_)))
 }
 
-fn invalid_topic(e: pattern::TopicError) -> ProtocolError {
+fn invalid_topic(e: topic::TopicError) -> ProtocolError {
     ProtocolError::new(ErrorCode::InvalidTopic, e.to_string())
 }
 

@@ -7,6 +7,8 @@
 //! serialized with serde; events are rendered separately in `event.rs` because they
 //! are serialized once and shared by every subscriber.
 
+pub mod event;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};

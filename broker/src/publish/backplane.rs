@@ -11,19 +11,31 @@ use std::str::FromStr as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use herald_bridges::nats::{async_nats, ClientSlot, KEY_HEADER, SOURCE_HEADER};
-use herald_bridges::{BridgeCounters, BridgeEvent};
+use herald_bridges::BridgeCounters;
 
-use crate::registry::PublishError;
+use super::PublishError;
+use crate::topics::Event;
 
 /// Publishing through a NATS bridge's connection.
-pub struct Backplane {
+pub(crate) struct Backplane {
     /// The bridge whose connection carries publishes.
-    pub bridge: String,
-    pub client: ClientSlot,
-    pub counters: Arc<BridgeCounters>,
+    pub(crate) bridge: String,
+    /// Its connection, once made.
+    pub(crate) client: ClientSlot,
+    /// Its counters: `connected` says whether a publish can go out now.
+    pub(crate) counters: Arc<BridgeCounters>,
     /// `cluster.subject_prefix`.
-    pub prefix: String,
+    pub(crate) prefix: String,
+}
+
+/// An event made ready for NATS: subject, headers and payload, built once.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
 }
 
 impl std::fmt::Debug for Backplane {
@@ -35,11 +47,11 @@ impl std::fmt::Debug for Backplane {
 }
 
 impl Backplane {
-    /// Checks what NATS itself would refuse, before anything of a batch is sent:
-    /// header names and values NATS cannot carry, and payloads over the server's
-    /// `max_payload`.
-    pub fn check(&self, event: &BridgeEvent) -> Result<(), PublishError> {
-        self.headers(event).map(drop)?;
+    /// Builds the NATS message of `event`, refusing what NATS itself would refuse,
+    /// so a batch can be refused whole before anything of it is sent: header names
+    /// and values NATS cannot carry, and payloads over the server's `max_payload`.
+    pub(crate) fn prepare(&self, event: Event) -> Result<Outgoing, PublishError> {
+        let headers = self.headers(&event)?;
         if let Some(client) = self.client.get() {
             let max = client.server_info().max_payload;
             if max > 0 && event.payload.len() > max {
@@ -49,12 +61,16 @@ impl Backplane {
                 )));
             }
         }
-        Ok(())
+        Ok(Outgoing {
+            subject: format!("{}{}", self.prefix, event.topic),
+            headers,
+            payload: event.payload,
+        })
     }
 
     /// The NATS headers of `event`. User headers named like Herald's own are left
     /// out, so a publisher cannot forge `Herald-Source` or `Herald-Key`.
-    fn headers(&self, event: &BridgeEvent) -> Result<async_nats::HeaderMap, PublishError> {
+    fn headers(&self, event: &Event) -> Result<async_nats::HeaderMap, PublishError> {
         let mut headers = async_nats::HeaderMap::new();
         for (name, value) in &event.headers {
             if name.eq_ignore_ascii_case(SOURCE_HEADER) || name.eq_ignore_ascii_case(KEY_HEADER) {
@@ -73,8 +89,9 @@ impl Backplane {
         Ok(headers)
     }
 
-    /// Publishes `event` to NATS. `Ok` means handed to a connected NATS client.
-    pub async fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
+    /// Publishes a prepared event to NATS. `Ok` means handed to a connected NATS
+    /// client.
+    pub(crate) async fn send(&self, out: Outgoing) -> Result<(), PublishError> {
         let down =
             |why: String| PublishError::BackplaneDown(format!("bridge {}: {why}", self.bridge));
         if !self.counters.connected.load(Ordering::Relaxed) {
@@ -84,11 +101,8 @@ impl Backplane {
             .client
             .get()
             .ok_or_else(|| down("not connected yet".into()))?;
-        self.check(&event)?;
-        let headers = self.headers(&event)?;
-        let subject = format!("{}{}", self.prefix, event.topic);
         client
-            .publish_with_headers(subject, headers, event.payload)
+            .publish_with_headers(out.subject, out.headers, out.payload)
             .await
             .map_err(|e| down(e.to_string()))
     }

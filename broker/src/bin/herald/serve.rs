@@ -1,6 +1,6 @@
-//! Running Herald as a process: bind, serve, log what it did, and shut down
-//! gracefully on SIGTERM/SIGINT (close every session with 1001, stop accepting, exit
-//! within `server.shutdown_grace_ms`).
+//! The serve loop: bind, serve, log what it did, and shut down gracefully on
+//! SIGTERM/SIGINT, in this order: stop accepting connections, close every session
+//! with 1001, stop the bridges, exit; all within `server.shutdown_grace_ms`.
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +11,8 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{App, HttpServer};
 use tracing::{debug, info, warn};
 
-use crate::broker::Broker;
-use crate::config::{Config, Origin};
+use herald::broker::Broker;
+use herald::config::{Config, Origin};
 
 /// One access-log line per request. Only the path is logged, never the query
 /// string: it may carry a ticket.
@@ -58,7 +58,7 @@ async fn signal() -> &'static str {
 }
 
 /// Serves `config` until a signal; returns once shut down.
-pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     // Slowloris: the head of a connection's first request must arrive in time.
@@ -70,7 +70,7 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
         ms => KeepAlive::Timeout(Duration::from_millis(ms)),
     };
     let workers = match config.server.workers {
-        0 => crate::broker::cores(),
+        0 => herald::broker::cores(),
         n => n,
     };
     let broker = Broker::start(config)?;
@@ -79,7 +79,7 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
         App::new()
             .wrap(from_fn(access_log))
             .configure(app_broker.configure())
-            .default_service(actix_web::web::to(crate::http::not_found))
+            .default_service(actix_web::web::to(herald::http::not_found))
     })
     .workers(workers)
     .client_request_timeout(request_timeout)
@@ -87,22 +87,20 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
     .disable_signals()
     .shutdown_timeout(grace.as_secs().max(1));
     let cfg = broker.config();
-    let tls = !cfg.server.tls_cert_file.is_empty();
-    let server = if tls {
-        let tls_config =
-            crate::tls::server_config(&cfg.server.tls_cert_file, &cfg.server.tls_key_file)?;
-        server.bind_rustls_0_23(addr, tls_config)
+    let tls = broker.tls();
+    let server = if let Some(tls_config) = &tls {
+        server.bind_rustls_0_23(addr, (**tls_config).clone())
     } else {
         server.bind(addr)
     }
     .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.listen): {e}"))?;
     let bound = server.addrs().first().copied().unwrap_or(addr);
-    let (http, ws) = if tls {
+    let (http, ws) = if tls.is_some() {
         ("https", "wss")
     } else {
         ("http", "ws")
     };
-    let setup = match &origin {
+    let setup = match cfg.origin() {
         Origin::Defaults => "no config file: embedded defaults".to_owned(),
         Origin::File(p) => format!("config {}", p.display()),
     };
@@ -119,18 +117,35 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<()> {
     let shutdown_broker = broker.clone();
     actix_rt::spawn(async move {
         let which = signal().await;
+        // Past the grace period (and a second for the last steps) the process exits
+        // whatever is still open.
+        actix_rt::spawn(async move {
+            tokio::time::sleep(grace + Duration::from_secs(1)).await;
+            warn!("grace period over; exiting with connections still open");
+            std::process::exit(0);
+        });
+        let deadline = tokio::time::Instant::now() + grace;
+        // 1. No new connections: a load balancer's next attempt goes elsewhere.
+        handle.pause().await;
+        // 2. Every session writes what it has queued and closes with 1001.
         let open = shutdown_broker.shutdown();
         info!(
             signal = which,
             sessions = open,
             grace_ms = grace.as_millis() as u64,
-            "shutting down: closing sessions with 1001"
+            "shutting down: stopped accepting; closing sessions with 1001"
         );
-        // Stop accepting and let connections finish; the grace period starts now.
-        actix_rt::spawn(handle.stop(true));
-        tokio::time::sleep(grace + Duration::from_secs(1)).await;
-        warn!("grace period over; exiting with connections still open");
-        std::process::exit(0);
+        while shutdown_broker.open_sessions() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        info!(
+            still_open = shutdown_broker.open_sessions(),
+            "sessions closed"
+        );
+        // 3. The bridges stop reading and close their clients.
+        shutdown_broker.stop_bridges().await;
+        // 4. The HTTP server finishes what is left, within what remains of the grace.
+        handle.stop(true).await;
     });
     server.await?;
     info!("herald stopped");

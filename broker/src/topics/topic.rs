@@ -2,7 +2,7 @@
 //!
 //! It owns the topic's seq counter, its history ring and its subscribers. Each event
 //! is rendered to a frame once (`event::render`) and the same frame goes to every
-//! subscriber's inbox ([`crate::inbox`]): a reference count, a channel push and two
+//! subscriber's inbox ([`crate::session::inbox`]): a reference count, a channel push and two
 //! atomics per subscriber, no allocation and no actor message. Because subscribe
 //! requests and events reach the topic through the same mailbox, a replay and the
 //! live stream join without a gap or a duplicate: the replay is sent (into the
@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::event::{self, EventMeta, Frame};
-use crate::inbox::Offer;
-use crate::message::{
+use crate::metrics::{DropReason, METRICS};
+use crate::protocol::event::{self, EventMeta, Frame};
+use crate::protocol::ResetReason;
+use crate::session::inbox::Offer;
+use crate::topics::message::{
     AddSubscriber, Deliver, Ingest, Reason, RemoveSubscriber, StopTopic, Subscriber, TopicIdle,
     TopicInfo, TopicReplay, TopicStats,
 };
-use crate::metrics::{DropReason, METRICS};
-use crate::protocol::ResetReason;
-use crate::registry::Shard;
+use crate::topics::registry::Shard;
 
 /// Settings every topic shares.
 #[derive(Debug, Clone)]

@@ -14,45 +14,18 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use futures_util::future::join_all;
-use herald_bridges::BridgeEvent;
 
-use crate::event;
-use crate::message::{
+use crate::metrics::{DropReason, METRICS};
+use crate::protocol::event;
+use crate::protocol::{Replay, ResetReason};
+use crate::publish::PublishError;
+use crate::topic::Pattern;
+use crate::topics::message::{
     AddSubscriber, Deliver, Ingest, ListTopics, PatternInfo, Reason, RemoveSubscriber, StopTopic,
     Subscribe, Subscriber, TopicIdle, TopicInfo, TopicReplay, TopicStats, Unsubscribe,
 };
-use crate::metrics::{DropReason, METRICS};
-use crate::pattern::{self, Pattern};
-use crate::protocol::{Replay, ResetReason};
-use crate::topic::{Topic, TopicSettings};
-
-/// Why a publish was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
-    #[error("invalid topic: {0}")]
-    InvalidTopic(#[from] pattern::TopicError),
-    #[error("the broker is overloaded (topic queue full); event dropped")]
-    Busy,
-    #[error("the cluster backplane is down ({0}); event not published")]
-    BackplaneDown(String),
-    #[error("{0}")]
-    InvalidHeader(String),
-    #[error("{0}")]
-    TooLarge(String),
-}
-
-impl PublishError {
-    /// The error code a client sees for it.
-    pub fn code(&self) -> crate::protocol::ErrorCode {
-        use crate::protocol::ErrorCode;
-        match self {
-            PublishError::InvalidTopic(_) => ErrorCode::InvalidTopic,
-            PublishError::InvalidHeader(_) => ErrorCode::BadRequest,
-            PublishError::TooLarge(_) => ErrorCode::PayloadTooLarge,
-            PublishError::Busy | PublishError::BackplaneDown(_) => ErrorCode::Internal,
-        }
-    }
-}
+use crate::topics::topic::{Topic, TopicSettings};
+use crate::topics::Event;
 
 /// A known topic and the count of messages the shard sent it.
 struct Slot {
@@ -367,11 +340,7 @@ impl Registry {
 
     /// Hands an event to its topic. Never waits: a full shard mailbox drops the event
     /// and says so.
-    pub fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
-        if let Err(e) = pattern::validate_topic(&event.topic) {
-            METRICS.dropped(DropReason::InvalidTopic, 1);
-            return Err(e.into());
-        }
+    pub fn publish(&self, event: Event) -> Result<(), PublishError> {
         METRICS.event_in(event.source);
         let ts = event::now_ms();
         self.shard(&event.topic)

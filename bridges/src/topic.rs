@@ -1,4 +1,7 @@
-//! Topic names and subscription patterns (PROTOCOL.md section 1).
+//! Topic names and subscription patterns: the grammar of
+//! [docs/protocol.md, section 1](../../docs/protocol.md#1-topics).
+//! Both crates use this one definition: the bridges to build topics, the broker to
+//! validate what clients send and to match subscriptions.
 //!
 //! A topic is 1..=255 bytes of dot-separated tokens of `A-Z a-z 0-9 _ - :`. A pattern
 //! may also use `*` (exactly one token) and `>` (one or more trailing tokens, last
@@ -65,6 +68,44 @@ pub fn validate_topic(s: &str) -> Result<(), TopicError> {
         return Err(TopicError::Wildcard(s.to_owned()));
     }
     Ok(())
+}
+
+/// A concrete topic name that has passed [`validate_topic`]: made once at the edge
+/// where a name enters Herald (HTTP, WebSocket, a bridge's sink, embedded publish),
+/// so the topic layer never checks it again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(String);
+
+impl TopicName {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<Self, TopicError> {
+        let name = name.into();
+        validate_topic(&name)?;
+        Ok(TopicName(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name, as an owned string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for TopicName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Whether `pattern` (already validated) matches the concrete `topic`.

@@ -7,7 +7,7 @@
 //!
 //! Instead every session has an unbounded lock-free channel (`std::sync::mpsc`, which
 //! allocates in blocks of 31 slots, not per message) behind a byte [`Budget`] that it
-//! shares with its [`Outbound`](crate::outbound::Outbound) queue: a topic reserves the
+//! shares with its [`Outbound`](crate::session::outbound::Outbound) queue: a topic reserves the
 //! frame's bytes before sending it, and a frame that does not fit is not sent at all
 //! but counted in `missed` (reported as `lagged`). A `scheduled` flag coalesces
 //! wake-ups: the first frame after the session last drained its inbox sends one
@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use actix::{Message, Recipient};
 
-use crate::event::Frame;
-use crate::message::Deliver;
+use crate::protocol::event::Frame;
+use crate::topics::message::Deliver;
 
 /// Bytes a connection holds: frames in its inbox, in its outbound queue and in the
 /// write in flight. Shared by the topics that reserve and the session that releases.
@@ -55,7 +55,7 @@ impl Budget {
     }
 
     /// Reserves a reply's or notice's `len` bytes: these may use a second allowance
-    /// of the same size on top of the event bound (see [`crate::outbound`]).
+    /// of the same size on top of the event bound (see [`crate::session::outbound`]).
     pub fn reserve_control(&self, len: usize) -> bool {
         self.reserve(len, self.max.saturating_mul(2))
     }

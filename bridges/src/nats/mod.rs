@@ -1,0 +1,175 @@
+//! The NATS bridge: core NATS subscriptions (wildcards allowed) mapped to Herald
+//! topics, one connection per `[[bridge.nats]]` entry.
+//!
+//! Delivery through NATS is at-most-once too: core NATS does not redeliver. The
+//! bridge never blocks the NATS client on a slow broker: it hands each message to
+//! the broker with `try_send` and counts what does not fit. async-nats reconnects by
+//! itself (forever, with backoff) and re-subscribes on reconnect; the bridge reports
+//! `Down` while disconnected and `Ready` once its subscriptions are flushed to the
+//! server again, so `/readyz` tells a load balancer the truth. While it cannot
+//! connect, the reason is the last attempt's error (a TLS error, an authorization
+//! violation, …). A JetStream start whose stream is missing retries with capped
+//! exponential backoff (250 ms doubling to 30 s), Down with the error meanwhile.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use tracing::{info, warn};
+
+/// The NATS client crate, for code that publishes through a bridge's connection.
+pub use async_nats;
+
+use crate::{BridgeContext, BridgeStatus};
+
+pub use crate::config::{JetStreamDeliver, JetStreamStart, NatsSettings};
+pub use connect::server_addrs;
+pub use event::{event_for, topic_for, KEY_HEADER, SOURCE_HEADER};
+
+mod connect;
+mod event;
+mod jetstream;
+
+/// Errors setting up a NATS connection.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Credentials {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("JetStream stream {stream}: {message}")]
+    JetStream { stream: String, message: String },
+    #[error("cannot subscribe to {subject}: {message}")]
+    Subscribe { subject: String, message: String },
+}
+
+/// The bridge's connection, once made, for publishing through it (the cluster
+/// backplane). async-nats reconnects behind the same handle.
+pub type ClientSlot = Arc<std::sync::OnceLock<async_nats::Client>>;
+
+/// A NATS bridge whose settings have been turned into what its client needs (the
+/// server list), once, at start: [`NatsBridge::new`] fails on what no retry fixes.
+#[derive(Debug)]
+pub struct NatsBridge {
+    settings: NatsSettings,
+    addrs: Vec<async_nats::ServerAddr>,
+}
+
+impl NatsBridge {
+    /// Prepares a bridge for `settings`. The error names the settings field.
+    pub fn new(settings: NatsSettings) -> Result<Self, NatsError> {
+        let addrs = server_addrs(&settings.url).map_err(|message| NatsError::Connect {
+            url: settings.url.clone(),
+            message,
+        })?;
+        Ok(NatsBridge { settings, addrs })
+    }
+
+    /// The bridge's name.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Runs the bridge until `context.cancel` is cancelled: connects (retrying),
+    /// subscribes or starts its JetStream consumer, and hands every message to the
+    /// sink. Publishing code gets the connection through `slot` once it exists.
+    /// On cancellation it drains the connection (unsubscribes, flushes what was
+    /// published through it) and returns.
+    pub async fn run(self, context: BridgeContext, slot: ClientSlot) {
+        let name = self.settings.name.clone();
+        let status = context.status.clone();
+        status(BridgeStatus::Starting);
+        let cancel = context.cancel.clone();
+        let result = tokio::select! {
+            result = self.consume(&context, &slot) => result,
+            () = cancel.cancelled() => Ok(()),
+        };
+        match result {
+            Err(e) => {
+                warn!(bridge = %name, error = %e, "nats bridge failed");
+                status(BridgeStatus::Down(e.to_string()));
+                return;
+            }
+            Ok(()) if !cancel.is_cancelled() => {
+                warn!(bridge = %name, "nats subscriptions ended");
+                status(BridgeStatus::Down("NATS subscriptions ended".into()));
+                return;
+            }
+            Ok(()) => {}
+        }
+        if let Some(client) = slot.get() {
+            // Bounded: a server that does not answer does not hold shutdown up.
+            let drained =
+                tokio::time::timeout(std::time::Duration::from_secs(2), client.drain()).await;
+            if !matches!(drained, Ok(Ok(()))) {
+                warn!(bridge = %name, "nats connection not drained in time; closing it");
+            }
+        }
+        status(BridgeStatus::Down("stopped".into()));
+        info!(bridge = %name, "nats bridge stopped");
+    }
+
+    /// Connects, subscribes (or starts the JetStream consumer) and forwards messages
+    /// until the subscriptions end.
+    async fn consume(&self, context: &BridgeContext, slot: &ClientSlot) -> Result<(), NatsError> {
+        let s = &self.settings;
+        let (status, counters) = (&context.status, &context.counters);
+        // Set once subscriptions (or the JetStream consumer) exist, so a first
+        // `Connected` event cannot report Ready before they do.
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let client =
+            connect::connect_with_retry(s, &self.addrs, status, counters, &subscribed, slot)
+                .await?;
+        if let Some(start) = &s.jetstream {
+            let mut messages =
+                jetstream::jetstream_consumer_with_retry(s, start, &client, status).await;
+            // The ordered consumer recreates itself after a lost connection, so a later
+            // `Connected` may report Ready again (after its flush).
+            subscribed.store(true, Ordering::Release);
+            counters.connected.store(true, Ordering::Relaxed);
+            status(BridgeStatus::Ready);
+            info!(bridge = %s.name, stream = %start.stream, "nats bridge consuming from JetStream");
+            let _ = slot.set(client);
+            while let Some(msg) = messages.next().await {
+                match msg {
+                    Ok(msg) => context.forward(event_for(s, msg.message)),
+                    // The ordered consumer recreates itself after a gap or a lost
+                    // connection; an error here is reported and the stream goes on.
+                    Err(e) => warn!(bridge = %s.name, error = %e, "jetstream consumer"),
+                }
+            }
+            return Ok(());
+        }
+        let mut subs = Vec::with_capacity(s.subjects.len());
+        for subject in &s.subjects {
+            let sub =
+                client
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|e| NatsError::Subscribe {
+                        subject: subject.clone(),
+                        message: e.to_string(),
+                    })?;
+            subs.push(sub);
+        }
+        // Ready only once the server has the subscriptions (PING/PONG round trip).
+        // The subscriptions exist now (async-nats re-creates them on reconnect), so a
+        // later Connected may report Ready even if this first flush fails.
+        subscribed.store(true, Ordering::Release);
+        if client.flush().await.is_ok() {
+            counters.connected.store(true, Ordering::Relaxed);
+            status(BridgeStatus::Ready);
+            info!(bridge = %s.name, subjects = ?s.subjects, "nats bridge subscribed");
+        }
+        let mut messages = futures_util::stream::select_all(subs);
+        let _ = slot.set(client);
+        while let Some(msg) = messages.next().await {
+            context.forward(event_for(s, msg));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,199 @@
+//! The bridges' way into the topic layer, and their lives: each configured bridge is
+//! prepared once at start (its settings turned into what its client needs, errors
+//! named by config key), runs as a task with a sink straight into the registry, and
+//! stops when [`Bridges::stop`] cancels it.
+//!
+//! The sink validates each event's topic once and hands the event to its topic's
+//! shard with `try_send`: a bridge never waits for the broker, and an event that does
+//! not fit (`server.ingest_capacity` per shard) is dropped and counted, by the
+//! registry as `topic_busy` and by the bridge as `herald_bridge_dropped_total`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_bridges::{
+    BridgeContext, BridgeCounters, BridgeEvent, BridgeStatus, CancellationToken, EventSink,
+    SinkError, StatusSink,
+};
+use tracing::{info, warn};
+
+use super::PublishError;
+use crate::broker::Readiness;
+use crate::config::{Config, ConfigError};
+use crate::metrics::{DropReason, METRICS};
+use crate::topics::{Event, Registry};
+
+/// Longest time shutdown waits for the bridges to close their clients.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A configured bridge, prepared at start.
+#[derive(Debug)]
+pub(crate) enum PreparedBridge {
+    #[cfg(feature = "nats")]
+    Nats(Box<herald_bridges::nats::NatsBridge>),
+    #[cfg(feature = "kafka")]
+    Kafka(herald_bridges::kafka::KafkaBridge),
+}
+
+/// Prepares every configured bridge; an error names the config key at fault.
+pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedBridge>, ConfigError> {
+    #[allow(unused_mut)]
+    let mut bridges = Vec::new();
+    #[cfg(feature = "nats")]
+    for (i, b) in config.bridge.nats.iter().enumerate() {
+        let bridge = herald_bridges::nats::NatsBridge::new(b.clone()).map_err(|e| {
+            ConfigError::invalid(
+                &format!("bridge.nats[{i}].url"),
+                &b.url,
+                &format!("NATS URLs like nats://127.0.0.1:4222 ({e})"),
+            )
+        })?;
+        bridges.push(PreparedBridge::Nats(Box::new(bridge)));
+    }
+    #[cfg(feature = "kafka")]
+    for (i, b) in config.bridge.kafka.iter().enumerate() {
+        let bridge = herald_bridges::kafka::KafkaBridge::new(b.clone())
+            .map_err(|(field, why)| ConfigError::at(format!("bridge.kafka[{i}].{field}"), why))?;
+        bridges.push(PreparedBridge::Kafka(bridge));
+    }
+    #[cfg(not(all(feature = "nats", feature = "kafka")))]
+    let _ = config;
+    Ok(bridges)
+}
+
+/// The running bridges: their counters for `/metrics`, the backplane's connection,
+/// and what stops them.
+#[derive(Debug)]
+pub struct Bridges {
+    /// Counters of every bridge, by name.
+    counters: Vec<(String, Arc<BridgeCounters>)>,
+    /// Cancelled by [`Bridges::stop`].
+    cancel: CancellationToken,
+    /// The bridge tasks, taken by [`Bridges::stop`].
+    tasks: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
+    #[cfg(feature = "nats")]
+    backplane: Option<(
+        String,
+        herald_bridges::nats::ClientSlot,
+        Arc<BridgeCounters>,
+    )>,
+}
+
+/// What a bridge hands its events to: the registry, through a validated topic.
+struct TopicSink {
+    registry: Registry,
+}
+
+impl EventSink for TopicSink {
+    fn send(&self, event: BridgeEvent) -> Result<(), SinkError> {
+        let event = Event::try_from(event).map_err(|e| {
+            METRICS.dropped(DropReason::InvalidTopic, 1);
+            SinkError::InvalidTopic(e)
+        })?;
+        // A full shard is counted by the registry as `topic_busy`.
+        self.registry.publish(event).map_err(|e| match e {
+            PublishError::InvalidTopic(e) => SinkError::InvalidTopic(e),
+            _ => SinkError::Full,
+        })
+    }
+}
+
+impl Bridges {
+    /// Starts every prepared bridge as a task on the current thread, each reporting
+    /// its status to `readiness` (`Starting` until it says otherwise).
+    pub(crate) fn start(
+        prepared: Vec<PreparedBridge>,
+        config: &Config,
+        node: &str,
+        registry: &Registry,
+        readiness: &Arc<Readiness>,
+    ) -> Bridges {
+        let sink: Arc<dyn EventSink> = Arc::new(TopicSink {
+            registry: registry.clone(),
+        });
+        let cancel = CancellationToken::new();
+        let mut bridges = Bridges {
+            counters: Vec::new(),
+            cancel: cancel.clone(),
+            tasks: Mutex::new(Vec::new()),
+            #[cfg(feature = "nats")]
+            backplane: None,
+        };
+        let mut tasks = Vec::new();
+        for bridge in prepared {
+            let name = match &bridge {
+                #[cfg(feature = "nats")]
+                PreparedBridge::Nats(b) => b.name().to_owned(),
+                #[cfg(feature = "kafka")]
+                PreparedBridge::Kafka(b) => b.name().to_owned(),
+            };
+            let counters = Arc::new(BridgeCounters::default());
+            let owned = name.clone();
+            let status_readiness = readiness.clone();
+            let status: StatusSink = Arc::new(move |status| status_readiness.set(&owned, status));
+            status(BridgeStatus::Starting);
+            bridges.counters.push((name.clone(), counters.clone()));
+            let context = BridgeContext {
+                node: node.to_owned(),
+                sink: sink.clone(),
+                status,
+                counters: counters.clone(),
+                cancel: cancel.child_token(),
+            };
+            let task = match bridge {
+                #[cfg(feature = "nats")]
+                PreparedBridge::Nats(b) => {
+                    let slot = herald_bridges::nats::ClientSlot::default();
+                    if config.cluster.backplane == name {
+                        bridges.backplane = Some((name.clone(), slot.clone(), counters));
+                    }
+                    actix_rt::spawn(b.run(context, slot))
+                }
+                #[cfg(feature = "kafka")]
+                PreparedBridge::Kafka(b) => actix_rt::spawn(b.run(context)),
+            };
+            tasks.push((name, task));
+        }
+        #[cfg(not(feature = "nats"))]
+        let _ = config;
+        bridges.tasks = Mutex::new(tasks);
+        bridges
+    }
+
+    /// Counters of every bridge, by name.
+    pub(crate) fn counters(&self) -> &[(String, Arc<BridgeCounters>)] {
+        &self.counters
+    }
+
+    /// The backplane, when `cluster.backplane` names one of the bridges.
+    #[cfg(feature = "nats")]
+    pub(super) fn backplane(&self, prefix: &str) -> Option<super::backplane::Backplane> {
+        let (bridge, client, counters) = self.backplane.clone()?;
+        Some(super::backplane::Backplane {
+            bridge,
+            client,
+            counters,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Stops every bridge: each stops reading, closes its client and returns. Waits
+    /// at most [`STOP_TIMEOUT`] in all; returns how many bridges stopped in time.
+    pub async fn stop(&self) -> usize {
+        self.cancel.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let total = tasks.len();
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        let mut stopped = 0;
+        for (name, task) in tasks {
+            match tokio::time::timeout_at(deadline, task).await {
+                Ok(_) => stopped += 1,
+                Err(_) => warn!(bridge = %name, "bridge did not stop in time"),
+            }
+        }
+        if total > 0 {
+            info!(bridges = total, stopped, "bridges stopped");
+        }
+        stopped
+    }
+}
