@@ -2,11 +2,13 @@
 """Fan-out benchmarks: Herald side by side with nats-server's WebSocket listener and the
 ws-broadcast reference server (docs/benchmarks.md).
 
-    scripts/bench                 # the full run (about 45 minutes on 2 cores), writes docs/
-    scripts/bench --quick         # a smoke run in a few minutes: small numbers, 1 run
-    scripts/bench --runs 5 --scenarios a,c
-    scripts/bench --servers herald --scenarios a --out target/bench/try
-    scripts/bench --report-only   # rewrite the report from the last run (after editing notes.md)
+    scripts/bench.py                 # the full run (about 45 minutes on 2 cores), writes docs/
+    scripts/bench.py --quick         # a smoke run in a few minutes: small numbers, 1 run
+    scripts/bench.py --runs 5 --scenarios a,c
+    scripts/bench.py --servers herald --scenarios a --out target/bench/try
+    scripts/bench.py --report-only   # rewrite the report from the last run (after editing notes.md)
+    scripts/bench.py --report-only scripts/testdata/bench/results.json --out /tmp/report
+                                     # the report from saved results, elsewhere (as scripts/test does)
 
 What it does:
 - builds the release binaries (`herald`, then `herald-bench` and `ws-broadcast`);
@@ -28,7 +30,7 @@ Scenarios:
   d  connection ramp: 10,000 connections as fast as the server takes them
 
 Every figure is the median of --runs runs (default 3). Raw results (one JSON summary
-per tool run) and every process's log stay in target/bench/. Needs Python 3 (stdlib),
+per tool run) and every process's log stay in target/bench/. Needs Python 3.11+ (stdlib),
 cargo, nats-server and taskset; run as root to raise the open-file limit past the hard
 limit. Only loopback addresses are used.
 """
@@ -123,10 +125,9 @@ class Processes:
         sys.exit(128 + signum)
 
     def start(self, argv, log_path, env=None):
-        logf = open(log_path, "ab")
-        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=ROOT)
-        logf.close()
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, cwd=ROOT)
         self.procs.append(proc)
         return proc
 
@@ -153,6 +154,8 @@ class Bench:
         self.runs = opts.runs or self.plan["runs"]
         self.work = os.path.join(ROOT, "target", "bench")
         os.makedirs(self.work, exist_ok=True)
+        # Where the measurements are saved, or (--report-only) read from.
+        self.results_path = os.path.abspath(opts.report_only or os.path.join(self.work, "results.json"))
         self.procs = Processes()
         cpus = sorted(os.sched_getaffinity(0))
         self.pinned = shutil.which("taskset") is not None and len(cpus) >= 2
@@ -162,7 +165,7 @@ class Bench:
         self.release = os.path.join(ROOT, "target", "release")
         self.invocation = 0
         self.results = []
-        self.measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        self.measured = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         self.machine = []
 
     # -- processes ------------------------------------------------------------------
@@ -225,7 +228,7 @@ class Bench:
         with open(logp, "wb") as logf:
             try:
                 rc = subprocess.run(argv, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout,
-                                    cwd=ROOT).returncode
+                                    cwd=ROOT, check=False).returncode
             except subprocess.TimeoutExpired:
                 log(f"{tag} {server}: herald-bench timed out; see {logp}")
                 return None
@@ -264,12 +267,13 @@ class Bench:
                 "measured": self.measured, "machine": self.machine}
 
     def save(self):
-        with open(os.path.join(self.work, "results.json"), "w") as f:
+        with open(self.results_path, "w") as f:
             json.dump({"meta": self.meta(), "results": self.results}, f, indent=1)
 
     def load(self):
-        """Takes the measurements of the last run from target/bench/results.json."""
-        path = os.path.join(self.work, "results.json")
+        """Takes the measurements of the last run from target/bench/results.json, or the
+        results file given to --report-only."""
+        path = self.results_path
         try:
             with open(path) as f:
                 saved = json.load(f)
@@ -342,7 +346,7 @@ class Bench:
         nofile = raise_nofile(300_000)
         self.machine = machine_rows(self.pinned)
         log(f"open-file limit {nofile}; ephemeral ports {read('/proc/sys/net/ipv4/ip_local_port_range')}; "
-            f"pinned: {'tool+feed on core %s, server on core %s' % (self.tool_core, self.server_core) if self.pinned else 'no'}")
+            f"pinned: {f'tool+feed on core {self.tool_core}, server on core {self.server_core}' if self.pinned else 'no'}")
         self.start_feed()
         started = time.time()
         for scenario in self.opts.scenarios:
@@ -355,7 +359,7 @@ class Bench:
 
 
 def herald_config(port, feed_port):
-    return f"""# Written by scripts/bench.
+    return f"""# Written by scripts/bench.py.
 [server]
 listen = "127.0.0.1:{port}"
 # No admission limits: the benchmark opens tens of thousands of connections.
@@ -375,7 +379,7 @@ strip_prefix = "bench."
 
 
 def nats_ws_config(port, ws_port):
-    return f"""# Written by scripts/bench.
+    return f"""# Written by scripts/bench.py.
 listen: "127.0.0.1:{port}"
 websocket {{
   listen: "127.0.0.1:{ws_port}"
@@ -475,6 +479,11 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def median_of(summaries):
+    """A function of `fn` giving the median of `fn` over `summaries`."""
+    return lambda fn: median([fn(s) for s in summaries])
+
+
 # -- the report ------------------------------------------------------------------------
 
 
@@ -526,18 +535,20 @@ class Report:
 
     def write(self, out_dir):
         os.makedirs(os.path.join(out_dir, "bench"), exist_ok=True)
-        servers = self.b.opts.servers
         md = []
         quick = self.b.opts.quick
         md.append("# Benchmarks\n")
-        md.append("<!-- Generated by scripts/bench; edit docs/bench/notes.md, not this file. -->\n")
+        md.append("<!-- Generated by scripts/bench.py; edit docs/bench/notes.md, not this file. -->\n")
         if quick:
-            md.append("> **Quick run (`scripts/bench --quick`): a smoke test of the tool and the script, with "
+            md.append("> **Quick run (`scripts/bench.py --quick`): a smoke test of the tool and the script, with "
                       "small numbers and one run, on a machine that was busy with other work. These figures are "
-                      "not benchmark results and must not be quoted.** Run `scripts/bench` on an otherwise idle "
+                      "not benchmark results and must not be quoted.** Run `scripts/bench.py` on an otherwise idle "
                       "machine for the real ones.\n")
-        md.append(f"Measured by `scripts/bench{' --quick' if quick else ''}` on {self.b.measured}. Every figure is the median "
-                  f"of {self.b.runs} run(s). Raw results: `target/bench/results.json`.\n")
+        results = os.path.relpath(self.b.results_path, ROOT)
+        if results.startswith(os.pardir):
+            results = self.b.results_path
+        md.append(f"Measured by `scripts/bench.py{' --quick' if quick else ''}` on {self.b.measured}. Every figure is the "
+                  f"median of {self.b.runs} run(s). Raw results: `{results}`.\n")
         md += self.machine()
         md += self.method()
         if "a" in self.b.opts.scenarios:
@@ -558,10 +569,10 @@ class Report:
             with open(notes) as f:
                 md.append(f.read().strip() + "\n")
         md.append("## Rerunning\n")
-        md.append("```sh\nscripts/bench            # everything, 3 runs (about 45 minutes on 2 cores)\n"
-                  "scripts/bench --quick    # a smoke run of every code path\n"
-                  "scripts/bench --report-only   # rewrite this page from target/bench/results.json\n"
-                  "scripts/bench --help\n```\n")
+        md.append("```sh\nscripts/bench.py            # everything, 3 runs (about 45 minutes on 2 cores)\n"
+                  "scripts/bench.py --quick    # a smoke run of every code path\n"
+                  "scripts/bench.py --report-only   # rewrite this page from target/bench/results.json\n"
+                  "scripts/bench.py --help\n```\n")
         md.append("The load tool alone, against any Herald: `cargo run --release -p herald-bench -- --help` "
                   "(see the README's Benchmarks section).\n")
         path = os.path.join(out_dir, "benchmarks.md")
@@ -580,31 +591,31 @@ class Report:
         return [
             "## Method\n",
             f"- {pin} Each server is started fresh for every measurement and stopped after it.",
-            "- Servers under test: **Herald** (release build; a NATS bridge on `bench.>` with "
-            "`strip_prefix = \"bench.\"`; otherwise the defaults, no admission limits); **nats-server** with "
-            "its WebSocket listener (`no_tls`), clients speaking the NATS protocol over WebSocket; "
-            "**ws-broadcast**, a minimal tokio-tungstenite server that forwards each NATS message's payload "
-            "unchanged to the clients subscribed to its topic (no envelope, no sequence, no history, no "
-            "heartbeat), the \"no features at all\" reference.",
-            "- Messages are published with core NATS to `bench.t<i>`: to the feed nats-server for Herald and "
-            "ws-broadcast (which subscribe to it), and to the server under test itself for nats-server. "
-            "Topics are spread round-robin over the connections, one topic per connection.",
-            "- Each payload is a 200-byte JSON object carrying its send time, topic and sequence; latency is "
-            "publish → receipt by the client, measured on one monotonic clock in the load tool "
-            "(`herald-bench`), into HdrHistograms. Offered load is messages/s × subscribers per topic.",
-            f"- A measurement: connect and subscribe every client, settle {p['settle']:g} s, publish for "
-            f"{p['warmup']:g} s of warm-up and {p['duration']:g} s measured, then wait up to {p['drain']:g} s "
-            "for the last deliveries. *Delivered/s* counts deliveries received during the measured seconds; "
-            "*loss* compares the deliveries of the measured messages with what arrived by the end.",
-            f"- Offered load steps up until a server saturates: it delivers less than "
-            f"{SATURATED_SHARE:.0%} of the offered load, loses more than {SATURATED_LOSS_PERCENT:g}%, or drops "
-            "connections. *Saturation* is the highest median delivered/s reached.",
-            "- *CPU* is the server process's user+system time over the measured seconds, in percent of one core "
-            "(`/proc/<pid>/stat`); *(core)* is how busy its core was (`/proc/stat`), which also counts the "
-            "kernel's softirq work on that core: over loopback, much of the TCP work for what the server sends "
-            "runs there without being charged to the process. Memory is the server's resident set (`VmRSS`).",
-            "- A cell marked *(load side busy)* means the load tool may have been the limit at that step: its "
-            "core (shared with the feed nats-server) was at least 95% busy, or the tool itself used 90% of a core.",
+            ("- Servers under test: **Herald** (release build; a NATS bridge on `bench.>` with "
+             "`strip_prefix = \"bench.\"`; otherwise the defaults, no admission limits); **nats-server** with "
+             "its WebSocket listener (`no_tls`), clients speaking the NATS protocol over WebSocket; "
+             "**ws-broadcast**, a minimal tokio-tungstenite server that forwards each NATS message's payload "
+             "unchanged to the clients subscribed to its topic (no envelope, no sequence, no history, no "
+             "heartbeat), the \"no features at all\" reference."),
+            ("- Messages are published with core NATS to `bench.t<i>`: to the feed nats-server for Herald and "
+             "ws-broadcast (which subscribe to it), and to the server under test itself for nats-server. "
+             "Topics are spread round-robin over the connections, one topic per connection."),
+            ("- Each payload is a 200-byte JSON object carrying its send time, topic and sequence; latency is "
+             "publish → receipt by the client, measured on one monotonic clock in the load tool "
+             "(`herald-bench`), into HdrHistograms. Offered load is messages/s × subscribers per topic."),
+            (f"- A measurement: connect and subscribe every client, settle {p['settle']:g} s, publish for "
+             f"{p['warmup']:g} s of warm-up and {p['duration']:g} s measured, then wait up to {p['drain']:g} s "
+             "for the last deliveries. *Delivered/s* counts deliveries received during the measured seconds; "
+             "*loss* compares the deliveries of the measured messages with what arrived by the end."),
+            (f"- Offered load steps up until a server saturates: it delivers less than "
+             f"{SATURATED_SHARE:.0%} of the offered load, loses more than {SATURATED_LOSS_PERCENT:g}%, or drops "
+             "connections. *Saturation* is the highest median delivered/s reached."),
+            ("- *CPU* is the server process's user+system time over the measured seconds, in percent of one core "
+             "(`/proc/<pid>/stat`); *(core)* is how busy its core was (`/proc/stat`), which also counts the "
+             "kernel's softirq work on that core: over loopback, much of the TCP work for what the server sends "
+             "runs there without being charged to the process. Memory is the server's resident set (`VmRSS`)."),
+            ("- A cell marked *(load side busy)* means the load tool may have been the limit at that step: its "
+             "core (shared with the feed nats-server) was at least 95% busy, or the tool itself used 90% of a core."),
             "",
         ]
 
@@ -623,7 +634,7 @@ class Report:
                     cells.append("—")
                     continue
                 any_value = True
-                m = lambda fn: median([fn(s) for s in ss])
+                m = median_of(ss)
                 cell = (f"{m(lambda s: s['deliveries']['per_s']):,.0f}, "
                         f"{m(lambda s: s['latency_ms']['p50']):.2f} / {m(lambda s: s['latency_ms']['p99']):.2f} / "
                         f"{m(lambda s: s['latency_ms']['p999']):.2f}, "
@@ -701,15 +712,15 @@ class Report:
     def idle_section(self):
         n = self.b.plan["c"]["connections"]
         md = [f"## (c) {n:,} idle connections: memory per connection\n",
-              "Each connection is upgraded and subscribed to one of 100 topics, then idles; RSS is read after "
-              "the settle time. Memory per connection = (RSS with the connections − RSS before) / connections.\n",
+              ("Each connection is upgraded and subscribed to one of 100 topics, then idles; RSS is read after "
+               "the settle time. Memory per connection = (RSS with the connections − RSS before) / connections.\n"),
               "| server | connections | RSS before | RSS connected | per connection |", "|---|---:|---:|---:|---:|"]
         for server in self.b.opts.servers:
             ss = self.summaries("c", server)
             if not ss:
                 md.append(f"| {LABELS[server]} | — | — | — | — |")
                 continue
-            m = lambda fn: median([fn(s) for s in ss])
+            m = median_of(ss)
             md.append(f"| {LABELS[server]} | {m(lambda s: s['connections']['subscribed']):,.0f} | "
                       f"{m(lambda s: s['server']['rss_kib_before']) / 1024:.1f} MiB | "
                       f"{m(lambda s: s['server']['rss_kib_connected']) / 1024:.1f} MiB | "
@@ -720,8 +731,8 @@ class Report:
     def ramp_section(self):
         spec = self.b.plan["d"]
         md = [f"## (d) connection ramp: {spec['connections']:,} connections\n",
-              f"As fast as the server accepts them, {spec['concurrency']} set up at a time (TCP connect, upgrade, "
-              "subscription confirmed). The ramp rate is connections / (last subscription − first attempt).\n",
+              (f"As fast as the server accepts them, {spec['concurrency']} set up at a time (TCP connect, upgrade, "
+               "subscription confirmed). The ramp rate is connections / (last subscription − first attempt).\n"),
               "| server | subscribed | failed | ramp | connections/s | connect p50 / p99 / max ms |",
               "|---|---:|---:|---:|---:|---|"]
         for server in self.b.opts.servers:
@@ -729,7 +740,7 @@ class Report:
             if not ss:
                 md.append(f"| {LABELS[server]} | — | — | — | — | — |")
                 continue
-            m = lambda fn: median([fn(s) for s in ss])
+            m = median_of(ss)
             md.append(f"| {LABELS[server]} | {m(lambda s: s['connections']['subscribed']):,.0f} | "
                       f"{m(lambda s: s['connections']['failed']):,.0f} | {m(lambda s: s['connections']['ramp_s']):.2f} s | "
                       f"**{m(lambda s: s['connections']['ramp_per_s']):,.0f}** | "
@@ -831,8 +842,8 @@ def machine_rows(pinned):
         f"| nats-server | {run_out(['nats-server', '--version'])} |",
         f"| ws-broadcast | tokio-tungstenite {tt} (`bench/src/bin/ws-broadcast.rs`) |",
         f"| Rust | {run_out(['rustc', '--version'])} |",
-        f"| open files / ephemeral ports | {resource.getrlimit(resource.RLIMIT_NOFILE)[0]:,} / "
-        f"{read('/proc/sys/net/ipv4/ip_local_port_range')} |",
+        (f"| open files / ephemeral ports | {resource.getrlimit(resource.RLIMIT_NOFILE)[0]:,} / "
+         f"{read('/proc/sys/net/ipv4/ip_local_port_range')} |"),
         f"| pinned | {'yes: load tool and feed nats-server on one core, server on another' if pinned else 'no'} |",
     ]
 
@@ -843,7 +854,8 @@ def yes(ok):
 
 def run_out(argv):
     try:
-        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30).stdout.strip()
+        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30,
+                              check=False).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "?"
 
@@ -888,7 +900,7 @@ def line_chart(path, title, xlabel, ylabel, series, logy=False, diagonal=False, 
             y_hi = y_lo * 10
     else:
         y_lo, y_hi = 0, max(ys + ([x_hi] if diagonal else []) + [1])
-        y_hi = nice_ticks(0, y_hi)[-1] if nice_ticks(0, y_hi)[-1] >= y_hi else y_hi
+        y_hi = max(nice_ticks(0, y_hi)[-1], y_hi)
     x_ticks = nice_ticks(0, x_hi)
     x_hi = max(x_hi, x_ticks[-1])
 
@@ -901,15 +913,15 @@ def line_chart(path, title, xlabel, ylabel, series, logy=False, diagonal=False, 
             return top + ph * (1 - (math.log10(y) - math.log10(y_lo)) / (math.log10(y_hi) - math.log10(y_lo)))
         return top + ph * (1 - (y - y_lo) / (y_hi - y_lo))
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-           f'font-family="sans-serif" font-size="12">',
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+            f'font-family="sans-serif" font-size="12">'),
            f'<rect width="{w}" height="{h}" fill="white"/>',
            f'<text x="{left + pw / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{esc(title)}</text>']
     for t in x_ticks:
         out.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + ph}" stroke="#eee"/>')
         out.append(f'<text x="{px(t):.1f}" y="{top + ph + 18}" text-anchor="middle">{short(t)}</text>')
     if logy:
-        y_ticks = [10 ** e for e in range(int(round(math.log10(y_lo))), int(round(math.log10(y_hi))) + 1)]
+        y_ticks = [10 ** e for e in range(round(math.log10(y_lo)), round(math.log10(y_hi)) + 1)]
     else:
         y_ticks = nice_ticks(0, y_hi)
     for t in y_ticks:
@@ -958,9 +970,10 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"),
                     help="where benchmarks.md and bench/*.svg go (default docs/)")
     ap.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
-    ap.add_argument("--report-only", action="store_true",
+    ap.add_argument("--report-only", nargs="?", const=os.path.join(ROOT, "target", "bench", "results.json"),
+                    metavar="RESULTS",
                     help="measure nothing: rewrite the report from target/bench/results.json (after editing "
-                         "docs/bench/notes.md)")
+                         "docs/bench/notes.md), or from the results file RESULTS; with --out, elsewhere than docs/")
     opts = ap.parse_args()
     opts.scenarios = [s for s in opts.scenarios.split(",") if s]
     opts.servers = [s for s in opts.servers.split(",") if s]
@@ -970,7 +983,7 @@ def main():
     for s in opts.servers:
         if s not in SERVERS:
             ap.error(f"unknown server {s!r}")
-    if shutil.which("nats-server") is None:
+    if not opts.report_only and shutil.which("nats-server") is None:
         ap.error("nats-server is not on PATH (Debian: apt-get install nats-server)")
     Bench(opts).run()
 
