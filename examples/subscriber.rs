@@ -20,7 +20,7 @@
 //!     12:03:09.002 orders.eu #8 (replay) {"id":8}
 //!     -- reset orders.eu (epoch_changed): the missed events cannot be replayed; refetch its state
 //!
-//! Close codes (PROTOCOL.md section 7): 1001 (broker restarting) reconnects after a
+//! Close codes (docs/protocol.md#7-close-codes): 1001 (broker restarting) reconnects after a
 //! short random delay; 4001 (unauthorized) stops with exit status 2, since the same
 //! token would be refused again; protocol errors (1002, 1003, 1007, 1009) stop with
 //! status 1; everything else reconnects with backoff.
@@ -42,7 +42,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-/// The subprotocol of PROTOCOL.md.
+/// The subprotocol of docs/protocol.md.
 const SUBPROTOCOL: &str = "herald.v1.json";
 /// First reconnect delay bound; doubled per failed attempt, up to [`BACKOFF_MAX`].
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -220,7 +220,7 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
         welcome["node"].as_str().unwrap_or("?"),
     ));
     // The server closes a client silent for interval + timeout; the same silence
-    // from the server means the connection is dead (PROTOCOL.md section 5).
+    // from the server means the connection is dead (docs/protocol.md#5-heartbeats-and-timeouts).
     let heartbeat = &welcome["heartbeat"];
     let silence = Duration::from_millis(
         heartbeat["interval_ms"].as_u64().unwrap_or(25_000)

@@ -728,10 +728,9 @@ async fn deep_and_huge_json_is_answered_without_crashing() -> Result<()> {
 /// (about 30,000 in 256 KiB) is refused (`too_many_subscriptions`) promptly, and does not stall
 /// a bystander that shares its worker thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// `Session::subscribe` checks each new pattern against the ones before it in a Vec
-// (`new.contains(&p)`), quadratic in the topics of one request: 30,000 topics take
-// 15 s of a debug build's worker thread, and every session on that thread waits.
-// Keeping a set of the new patterns beside the Vec makes it O(n log n).
+// Guards against a duplicate check that is quadratic in the topics of one request
+// (30,000 topics took 15 s of a debug build's worker thread, and every session on
+// that thread waited): the session finds duplicates with a set, O(n log n).
 async fn a_huge_subscribe_is_refused_promptly() -> Result<()> {
     const LIMIT: usize = 256 * 1024;
     let broker = Broker::start(&format!(
@@ -876,7 +875,8 @@ async fn abandoned_connections_release_everything() -> Result<()> {
 /// session must tell apart from a real protocol error (1002).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // actix-ws reports the cut as `ProtocolError::Io` wrapping
-// `PayloadError::Incomplete`, which the session's catch-all arm closes as 1002.
+// `PayloadError::Incomplete`; the session tells it apart from a protocol error
+// (`peer_vanished` in broker/src/session/) and counts 1006.
 async fn vanished_clients_are_counted_as_1006() -> Result<()> {
     const N: usize = 10;
     let broker = Broker::start(&config("", ""))?;

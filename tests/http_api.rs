@@ -1,4 +1,4 @@
-//! The HTTP API, end to end (PROTOCOL.md section 8): `POST /api/publish` (success,
+//! The HTTP API, end to end (docs/protocol.md#8-http-api): `POST /api/publish` (success,
 //! batches, every refusal), `GET /api/topics`, health, readiness, metrics, the
 //! dashboard and JSON errors for unknown routes. Every test starts its own `herald`.
 

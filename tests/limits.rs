@@ -1,4 +1,4 @@
-//! Limits and refusals, end to end (PROTOCOL.md sections 2, 5, 6 and 7): slow
+//! Limits and refusals, end to end (docs/protocol.md, sections 2, 5, 6 and 7): slow
 //! consumers under both policies, heartbeats, the rate limiter, subscription and
 //! connection limits, Origin and subprotocol checks on the upgrade, WebSocket frame
 //! errors and malformed messages. Every test starts its own `herald` process.
@@ -248,7 +248,7 @@ async fn read_consecutive(client: &mut Client, after: u64, upto: u64) -> Result<
 }
 
 // ---------------------------------------------------------------------------------
-// Slow consumers (PROTOCOL.md section 6)
+// Slow consumers (docs/protocol.md#6-slow-consumers)
 // ---------------------------------------------------------------------------------
 
 /// Policy `drop`: a client that stops reading loses events (never the broker's
@@ -422,7 +422,7 @@ async fn slow_consumer_disconnect_policy_closes_with_4009() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------
-// Heartbeats (PROTOCOL.md section 5)
+// Heartbeats (docs/protocol.md#5-heartbeats-and-timeouts)
 // ---------------------------------------------------------------------------------
 
 /// JSON pings are sent; a silent client is closed with 4008; `{"op":"pong"}` keeps a
@@ -666,7 +666,7 @@ async fn max_subscriptions_is_all_or_nothing_and_freed_by_unsubscribe() -> Resul
 }
 
 // ---------------------------------------------------------------------------------
-// Connection limits and upgrade checks (PROTOCOL.md section 2)
+// Connection limits and upgrade checks (docs/protocol.md#2-connecting)
 // ---------------------------------------------------------------------------------
 
 /// Closes a client and waits for the server's side of the close.
@@ -923,7 +923,7 @@ async fn subprotocol_is_echoed_or_refused() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------
-// Frame errors (PROTOCOL.md sections 2 and 7)
+// Frame errors (docs/protocol.md#2-connecting, docs/protocol.md#7-close-codes)
 // ---------------------------------------------------------------------------------
 
 /// Sends raw frames on a fresh connection and returns how the server closed it.

@@ -797,3 +797,54 @@ async fn a_nats_slow_consumer_is_counted_logged_sparingly_and_survived() -> Resu
     );
     Ok(())
 }
+
+/// Graceful shutdown runs in order: stop accepting connections, close every session
+/// with 1001, stop the bridges (the NATS bridge drains and closes its connection),
+/// exit 0. The log says each step once, in that order, and a connection attempted
+/// after the signal is never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_then_closes_sessions_then_stops_bridges() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let mut broker = Broker::start(&bridge(&nats.url(), ""))?;
+    broker.wait_readyz(200).await?;
+    let mut a = broker.client().await?;
+    a.subscribe(&["orders.*"]).await?;
+    let url = broker.ws_url();
+    let stop = tokio::task::spawn_blocking(move || {
+        let status = broker.terminate(Duration::from_secs(10));
+        (broker, status)
+    });
+    let closed = a.closed(Duration::from_secs(5)).await?;
+    ensure!(closed.code == Some(1001), "{closed:?}");
+    // The session is closed, so the listener is paused by now: a new connection is
+    // not served (refused once the process is gone, unanswered before).
+    let late = tokio::time::timeout(Duration::from_secs(2), Client::connect(&url)).await;
+    ensure!(
+        !matches!(late, Ok(Ok(_))),
+        "a connection opened after shutdown began"
+    );
+    let (broker, status) = stop.await?;
+    let status = status?;
+    let log = broker.log_text();
+    ensure!(status.success(), "exit status {status:?}\n{log}");
+    let steps = [
+        "shutting down: stopped accepting; closing sessions with 1001",
+        "session closed",
+        "sessions closed",
+        "nats bridge stopped",
+        "bridges stopped",
+        "herald stopped",
+    ];
+    let mut at = 0;
+    for step in steps {
+        let Some(found) = log[at..].find(step) else {
+            anyhow::bail!("`{step}` missing or out of order in:\n{log}");
+        };
+        at += found + step.len();
+    }
+    ensure!(
+        log.matches("nats bridge stopped").count() == 1,
+        "the bridge stops once:\n{log}"
+    );
+    Ok(())
+}

@@ -1,4 +1,4 @@
-//! End-to-end tests of PROTOCOL.md sections 1–4: welcome, subscribe with wildcards,
+//! End-to-end tests of docs/protocol.md, sections 1–4: welcome, subscribe with wildcards,
 //! publish, per-topic seq, `last`, `resume`, `reset`, overlapping patterns and the
 //! join of replay and live delivery. Real broker process, real WebSocket clients.
 

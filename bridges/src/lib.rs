@@ -21,6 +21,8 @@
 //! - `nats` (feature `nats`): the NATS bridge.
 //! - `kafka` (feature `kafka`): the Kafka bridge.
 
+#![warn(unreachable_pub)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

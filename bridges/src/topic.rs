@@ -124,7 +124,7 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
 }
 
 /// Whether every topic `pattern` can match is also matched by `grant`
-/// (PROTOCOL.md section 9: `orders.>` is not covered by a grant of `orders.*`).
+/// (docs/protocol.md#subscriptions: `orders.>` is not covered by a grant of `orders.*`).
 pub fn covers(grant: &str, pattern: &str) -> bool {
     let mut g = grant.split('.');
     let mut p = pattern.split('.');

@@ -25,7 +25,7 @@ use crate::topics::{Event, Registry};
 /// Open sessions, so shutdown can reach each one. Locked on connect and disconnect
 /// only, never on the event path.
 #[derive(Debug, Default)]
-pub struct SessionDirectory {
+pub(crate) struct SessionDirectory {
     sessions: Mutex<HashMap<u64, Recipient<Shutdown>>>,
 }
 
@@ -43,17 +43,12 @@ impl SessionDirectory {
     }
 
     /// Number of open sessions.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    /// Whether no session is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Asks every open session to close with 1001.
-    pub fn shutdown_all(&self) -> usize {
+    pub(crate) fn shutdown_all(&self) -> usize {
         let sessions = self.lock();
         for addr in sessions.values() {
             addr.do_send(Shutdown);
@@ -64,13 +59,13 @@ impl SessionDirectory {
 
 /// Status of every configured bridge, for `/readyz`.
 #[derive(Debug, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     bridges: Mutex<BTreeMap<String, BridgeStatus>>,
 }
 
 impl Readiness {
     /// Records a bridge's status (bridges call this as their state changes).
-    pub fn set(&self, bridge: &str, status: BridgeStatus) {
+    pub(crate) fn set(&self, bridge: &str, status: BridgeStatus) {
         self.bridges
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -78,7 +73,7 @@ impl Readiness {
     }
 
     /// `(ready, reasons)`: ready when every bridge is; reasons name the others.
-    pub fn report(&self) -> (bool, Vec<String>) {
+    pub(crate) fn report(&self) -> (bool, Vec<String>) {
         let bridges = self.bridges.lock().unwrap_or_else(|p| p.into_inner());
         let reasons: Vec<String> = bridges
             .iter()

@@ -7,21 +7,31 @@
 //! `docs/protocol.md`.
 //!
 //! ## Layout
-//! - [`broker`]: the [`Broker`] handle: config, registry, epoch, sessions.
-//! - [`session`]: one actor per WebSocket connection.
-//! - [`topic`]: one actor per topic: seq, history ring, subscribers, fan-out.
-//! - [`registry`]: topic name → topic actor, sharded by hash; wildcard subscriptions.
-//! - [`ingress`]: where each bridge's events enter the topic layer; `backplane`:
-//!   publishing through NATS to every node (feature `nats`).
-//! - [`message`]: the messages between those actors.
-//! - [`protocol`]: client ops, server messages, error and close codes.
-//! - [`event`]: rendering an event frame once, for every subscriber.
-//! - [`pattern`]: topic grammar, wildcard matching and grant coverage.
-//! - [`outbound`], [`ratelimit`], [`admission`]: per-connection bounds and limits.
-//! - [`auth`]: the authentication seam and permissions; [`jwt`]: JWTs, API keys
-//!   and [`tickets`]; [`tls`]: the listener's certificate.
-//! - [`http`]: routes and the JSON API; [`server`]: the process, signals, shutdown.
-//! - [`config`]: configuration loading; [`metrics`]: Prometheus metrics.
+//! An event's path reads top to bottom through the folders in this order:
+//! - `publish/`: the way in. HTTP, WebSocket and embedded publishes are prepared
+//!   once and sent to the local topic or, with a cluster backplane, through NATS to
+//!   every node; each bridge runs as a task with a sink straight into the registry.
+//!   (The bridges themselves, and the topic grammar, are in the `herald-bridges`
+//!   crate.)
+//! - `topics/`: the topic layer: the sharded registry (topic name → topic actor,
+//!   wildcard subscriptions), the topic actors (seq, history ring, fan-out of one
+//!   rendered frame) and the messages between them.
+//! - `session/`: one actor per WebSocket connection: its byte-bounded inbox and
+//!   outbound queue, the client's requests, replay planning, the single write in
+//!   flight.
+//! - [`protocol`]: the wire contract: client ops, server messages, error and close
+//!   codes, and the event frame rendered once for every subscriber.
+//! - `http/`: routes (one table), the WebSocket upgrade and its admission checks,
+//!   the JSON API, health and metrics, the listener's TLS.
+//! - `auth/`: the authentication seam and grants; JWTs, API keys and tickets.
+//! - [`config`]: the configuration's schema, loading, validation and masking.
+//! - `broker.rs`: the [`Broker`] handle and the [`Components`] built at start;
+//!   `metrics.rs`: every Prometheus metric; `clock.rs`: the one wall clock.
+//! - `bin/herald/`: the binary: flags, logging, and the serve loop with graceful
+//!   shutdown.
+//!
+//! [docs/architecture.md](../../docs/architecture.md) walks one event through each
+//! file.
 //!
 //! ## Embedding
 //! Inside an actix-web application (within its actix system):
@@ -35,17 +45,22 @@
 //! # }
 //! ```
 
-pub mod auth;
-pub mod broker;
-pub mod config;
-pub mod http;
-pub mod metrics;
-pub mod protocol;
-pub mod publish;
-pub mod session;
-pub mod topics;
+#![warn(unreachable_pub)]
 
-pub use broker::Broker;
+mod auth;
+mod broker;
+mod clock;
+pub mod config;
+mod http;
+mod metrics;
+pub mod protocol;
+mod publish;
+mod session;
+mod topics;
+
+pub use broker::{cores, Broker, Components};
 pub use config::Config;
 pub use herald_bridges::topic;
 pub use herald_bridges::{BridgeEvent, Source};
+pub use http::not_found;
+pub use publish::PublishError;

@@ -15,7 +15,7 @@ use crate::protocol::{close, ErrorCode};
 
 /// Why an event did not reach a connection (label `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// The connection's byte budget (`session.queue_max_bytes`: inbox, outbound
     /// queue and write in flight) was full (policy `drop`).
     QueueFull,
@@ -43,7 +43,7 @@ impl DropReason {
 
 /// Why an upgrade was refused (label `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusedReason {
+pub(crate) enum RefusedReason {
     Origin,
     Subprotocol,
     Capacity,
@@ -75,18 +75,18 @@ impl RefusedReason {
 
 /// Every metric Herald exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     connections: AtomicI64,
     connections_total: AtomicU64,
-    refused: [AtomicU64; 5],
+    refused: [AtomicU64; RefusedReason::ALL.len()],
     subscriptions: AtomicI64,
     topics: AtomicI64,
-    events_in: [AtomicU64; 4],
+    events_in: [AtomicU64; Source::ALL.len()],
     delivered: AtomicU64,
-    dropped: [AtomicU64; 4],
-    closed: [AtomicU64; 13],
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    closed: [AtomicU64; close::ALL.len()],
     closed_other: AtomicU64,
-    client_errors: [AtomicU64; 10],
+    client_errors: [AtomicU64; ErrorCode::ALL.len()],
     lagged_notices: AtomicU64,
 }
 
@@ -94,68 +94,64 @@ pub struct Metrics {
 const Z: AtomicU64 = AtomicU64::new(0);
 
 /// The process-wide metrics.
-pub static METRICS: Metrics = Metrics {
+pub(crate) static METRICS: Metrics = Metrics {
     connections: AtomicI64::new(0),
     connections_total: AtomicU64::new(0),
-    refused: [Z; 5],
+    refused: [Z; RefusedReason::ALL.len()],
     subscriptions: AtomicI64::new(0),
     topics: AtomicI64::new(0),
-    events_in: [Z; 4],
+    events_in: [Z; Source::ALL.len()],
     delivered: Z,
-    dropped: [Z; 4],
-    closed: [Z; 13],
+    dropped: [Z; DropReason::ALL.len()],
+    closed: [Z; close::ALL.len()],
     closed_other: Z,
-    client_errors: [Z; 10],
+    client_errors: [Z; ErrorCode::ALL.len()],
     lagged_notices: Z,
 };
 
 impl Metrics {
-    pub fn connection_opened(&self) {
+    pub(crate) fn connection_opened(&self) {
         self.connections.fetch_add(1, Relaxed);
         self.connections_total.fetch_add(1, Relaxed);
     }
-    pub fn connection_closed(&self, code: u16) {
+    pub(crate) fn connection_closed(&self, code: u16) {
         self.connections.fetch_sub(1, Relaxed);
         match close::ALL.iter().position(|c| *c == code) {
             Some(i) => self.closed[i].fetch_add(1, Relaxed),
             None => self.closed_other.fetch_add(1, Relaxed),
         };
     }
-    pub fn refused(&self, reason: RefusedReason) {
+    pub(crate) fn refused(&self, reason: RefusedReason) {
         self.refused[reason as usize].fetch_add(1, Relaxed);
     }
-    pub fn subscriptions_changed(&self, delta: i64) {
+    pub(crate) fn subscriptions_changed(&self, delta: i64) {
         self.subscriptions.fetch_add(delta, Relaxed);
     }
-    pub fn topics_changed(&self, delta: i64) {
+    pub(crate) fn topics_changed(&self, delta: i64) {
         self.topics.fetch_add(delta, Relaxed);
     }
-    pub fn event_in(&self, source: Source) {
+    pub(crate) fn event_in(&self, source: Source) {
         self.events_in[source.index()].fetch_add(1, Relaxed);
     }
-    pub fn delivered(&self, n: u64) {
+    pub(crate) fn delivered(&self, n: u64) {
         if n > 0 {
             self.delivered.fetch_add(n, Relaxed);
         }
     }
-    pub fn dropped(&self, reason: DropReason, n: u64) {
+    pub(crate) fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Relaxed);
     }
-    pub fn client_error(&self, code: ErrorCode) {
+    pub(crate) fn client_error(&self, code: ErrorCode) {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.client_errors[i].fetch_add(1, Relaxed);
         }
     }
-    pub fn lagged_notice(&self) {
+    pub(crate) fn lagged_notice(&self) {
         self.lagged_notices.fetch_add(1, Relaxed);
-    }
-    /// Current number of open WebSocket connections.
-    pub fn connections(&self) -> i64 {
-        self.connections.load(Relaxed)
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -254,7 +250,7 @@ impl Metrics {
 }
 
 /// Per-bridge metrics (label `bridge`: one value per configured bridge).
-pub fn render_bridges(
+pub(crate) fn render_bridges(
     bridges: &[(String, std::sync::Arc<herald_bridges::BridgeCounters>)],
 ) -> String {
     use std::sync::atomic::Ordering::Relaxed;

@@ -969,7 +969,7 @@ fn session_answers_every_message() {
 // Topics and patterns
 // ---------------------------------------------------------------------------------
 
-/// The reference model of `validate_pattern`, written from PROTOCOL.md section 1.
+/// The reference model of `validate_pattern`, written from docs/protocol.md#1-topics.
 fn model_validate(s: &str) -> Result<bool, TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);

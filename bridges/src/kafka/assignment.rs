@@ -41,7 +41,7 @@ fn plan(
     let known_topics = &resume.known_topics;
     let unreachable = |e: rdkafka::error::KafkaError| KafkaError::Unreachable {
         brokers: s.brokers.clone(),
-        message: e.to_string(),
+        source: Box::new(e),
     };
     let mut new = Vec::new();
     for topic in &s.topics {
@@ -168,7 +168,7 @@ pub(super) async fn supervise(
                 .unwrap_or_else(|e| {
                     Err(KafkaError::Unreachable {
                         brokers: s.brokers.clone(),
-                        message: e.to_string(),
+                        source: Box::new(e),
                     })
                 })
                 .and_then(|new| {
@@ -226,17 +226,17 @@ fn assign(consumer: &Kafka, s: &KafkaSettings, new: &[NewPartition]) -> Result<(
     let mut tpl = TopicPartitionList::new();
     for p in new {
         tpl.add_partition_offset(&p.topic, p.id, Offset::Offset(p.offset))
-            .map_err(|e| KafkaError::Assign {
+            .map_err(|source| KafkaError::Assign {
                 topic: p.topic.clone(),
-                message: e.to_string(),
+                source,
             })?;
     }
     if tpl.count() > 0 {
         consumer
             .incremental_assign(&tpl)
-            .map_err(|e| KafkaError::Assign {
+            .map_err(|source| KafkaError::Assign {
                 topic: new.first().map(|p| p.topic.clone()).unwrap_or_default(),
-                message: e.to_string(),
+                source,
             })?;
         info!(bridge = %s.name, partitions = tpl.count(), start = %s.start, "kafka partitions assigned");
     }

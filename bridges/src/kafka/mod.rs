@@ -67,14 +67,22 @@ pub enum KafkaError {
     #[error("invalid Kafka client configuration: {0}")]
     Config(String),
     /// No broker answered a metadata request.
-    #[error("cannot reach Kafka brokers {brokers}: {message}")]
-    Unreachable { brokers: String, message: String },
+    #[error("cannot reach Kafka brokers {brokers}: {source}")]
+    Unreachable {
+        brokers: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A configured topic does not exist (or is not visible to this client).
     #[error("Kafka topic {topic} not found: {message}")]
     MissingTopic { topic: String, message: String },
     /// librdkafka refused an assignment.
-    #[error("cannot assign partitions of {topic}: {message}")]
-    Assign { topic: String, message: String },
+    #[error("cannot assign partitions of {topic}: {source}")]
+    Assign {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
 }
 
 /// A Kafka bridge whose settings have been checked and whose topic template has been

@@ -49,15 +49,15 @@ async fn jetstream_consumer(
     client: &async_nats::Client,
 ) -> Result<async_nats::jetstream::consumer::push::Ordered, NatsError> {
     use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
-    let err = |message: String| NatsError::JetStream {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| NatsError::JetStream {
         stream: start.stream.clone(),
-        message,
+        source,
     };
     let js = async_nats::jetstream::new(client.clone());
     let stream = js
         .get_stream(&start.stream)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Box::new(e)))?;
     let (filter_subject, filter_subjects) = match s.subjects.as_slice() {
         [one] => (one.clone(), Vec::new()),
         many => (String::new(), many.to_vec()),
@@ -76,6 +76,6 @@ async fn jetstream_consumer(
     let consumer = stream
         .create_consumer(config)
         .await
-        .map_err(|e| err(e.to_string()))?;
-    consumer.messages().await.map_err(|e| err(e.to_string()))
+        .map_err(|e| err(Box::new(e)))?;
+    consumer.messages().await.map_err(|e| err(Box::new(e)))
 }

@@ -41,10 +41,18 @@ pub enum NatsError {
     },
     #[error("cannot connect to {url}: {message}")]
     Connect { url: String, message: String },
-    #[error("JetStream stream {stream}: {message}")]
-    JetStream { stream: String, message: String },
-    #[error("cannot subscribe to {subject}: {message}")]
-    Subscribe { subject: String, message: String },
+    #[error("JetStream stream {stream}: {source}")]
+    JetStream {
+        stream: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        #[source]
+        source: async_nats::SubscribeError,
+    },
 }
 
 /// The bridge's connection, once made, for publishing through it (the cluster
@@ -150,9 +158,9 @@ impl NatsBridge {
                 client
                     .subscribe(subject.clone())
                     .await
-                    .map_err(|e| NatsError::Subscribe {
+                    .map_err(|source| NatsError::Subscribe {
                         subject: subject.clone(),
-                        message: e.to_string(),
+                        source,
                     })?;
             subs.push(sub);
         }

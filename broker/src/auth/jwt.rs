@@ -1,4 +1,4 @@
-//! `auth.mode = "jwt"`: JWTs, API keys and tickets (PROTOCOL.md sections 2, 8, 9).
+//! `auth.mode = "jwt"`: JWTs, API keys and tickets (docs/protocol.md#authentication).
 //!
 //! - A JWT (HS256 with `auth.jwt_secret`; RS256 or ES256 with the PEM public key in
 //!   `auth.jwt_public_key_file`) must carry `exp`; `nbf` is checked when present,
@@ -16,8 +16,6 @@
 //!
 //! Errors say what was wrong with the credentials, never what they were.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use actix_web::http::header;
 use actix_web::HttpRequest;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -31,7 +29,7 @@ use crate::topic;
 
 /// Why the JWT configuration cannot be used (reported as a config error).
 #[derive(Debug, thiserror::Error)]
-pub enum JwtConfigError {
+pub(crate) enum JwtConfigError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -45,7 +43,7 @@ pub enum JwtConfigError {
 
 impl JwtConfigError {
     /// The configuration key at fault.
-    pub fn key(&self) -> &'static str {
+    pub(crate) fn key(&self) -> &'static str {
         match self {
             JwtConfigError::NoKey => "auth.jwt_secret",
             _ => "auth.jwt_public_key_file",
@@ -78,7 +76,7 @@ struct Verifier {
 }
 
 /// The `jwt` authenticator.
-pub struct JwtAuth {
+pub(crate) struct JwtAuth {
     verifiers: Vec<Verifier>,
     api_keys: Vec<Vec<u8>>,
     default_subscribe: Vec<String>,
@@ -98,7 +96,7 @@ impl std::fmt::Debug for JwtAuth {
 
 impl JwtAuth {
     /// Builds the authenticator from `[auth]` (validated by the config loader).
-    pub fn new(c: &AuthConfig) -> Result<JwtAuth, JwtConfigError> {
+    pub(crate) fn new(c: &AuthConfig) -> Result<JwtAuth, JwtConfigError> {
         let validation = |alg: Algorithm| {
             let mut v = Validation::new(alg);
             v.leeway = 0;
@@ -160,7 +158,7 @@ impl JwtAuth {
     }
 
     /// Verifies a JWT and returns the identity it grants.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("not a JWT".into()))?;
         let verifier = self
@@ -262,7 +260,10 @@ impl Authenticator for JwtAuth {
         if let Some(ticket) = query_param(req, "ticket") {
             let identity = self.tickets.redeem(ticket)?;
             // The ticket outlived the token that requested it.
-            if identity.expires.is_some_and(|exp| now_secs() >= exp) {
+            if identity
+                .expires
+                .is_some_and(|exp| crate::clock::now_secs() >= exp)
+            {
                 return Err(AuthError::Expired);
             }
             return Ok(Some(identity));
@@ -302,14 +303,6 @@ impl Authenticator for JwtAuth {
     }
 }
 
-/// Seconds since the Unix epoch, for comparing with `exp`.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,7 +332,7 @@ mod tests {
     #[test]
     fn claims_become_permissions_with_configured_defaults() {
         let a = auth(|_| {});
-        let exp = now_secs() + 60;
+        let exp = crate::clock::now_secs() + 60;
         let id = a
             .verify(&token(
                 json!({"sub": "u1", "exp": exp, "herald": {"subscribe": ["orders.*"]}}),
@@ -362,7 +355,7 @@ mod tests {
             c.issuer = "issuer-x".into();
             c.audience = "herald".into();
         });
-        let ok = json!({"exp": now_secs() + 60, "iss": "issuer-x", "aud": "herald"});
+        let ok = json!({"exp": crate::clock::now_secs() + 60, "iss": "issuer-x", "aud": "herald"});
         assert!(a.verify(&token(ok.clone(), "s3cret")).is_ok());
         let cases = [
             (token(ok.clone(), "wrong"), "bad signature"),
@@ -372,35 +365,35 @@ mod tests {
             ),
             (
                 token(
-                    json!({"exp": now_secs() - 1, "iss": "issuer-x", "aud": "herald"}),
+                    json!({"exp": crate::clock::now_secs() - 1, "iss": "issuer-x", "aud": "herald"}),
                     "s3cret",
                 ),
                 "credentials expired",
             ),
             (
                 token(
-                    json!({"exp": now_secs() + 60, "iss": "other", "aud": "herald"}),
+                    json!({"exp": crate::clock::now_secs() + 60, "iss": "other", "aud": "herald"}),
                     "s3cret",
                 ),
                 "wrong issuer",
             ),
             (
                 token(
-                    json!({"exp": now_secs() + 60, "iss": "issuer-x", "aud": "x"}),
+                    json!({"exp": crate::clock::now_secs() + 60, "iss": "issuer-x", "aud": "x"}),
                     "s3cret",
                 ),
                 "wrong audience",
             ),
             (
                 token(
-                    json!({"exp": now_secs() + 60, "nbf": now_secs() + 30, "iss": "issuer-x", "aud": "herald"}),
+                    json!({"exp": crate::clock::now_secs() + 60, "nbf": crate::clock::now_secs() + 30, "iss": "issuer-x", "aud": "herald"}),
                     "s3cret",
                 ),
                 "nbf",
             ),
             (
                 token(
-                    json!({"exp": now_secs() + 60, "iss": "issuer-x", "aud": "herald", "herald": {"publish": ["a..b"]}}),
+                    json!({"exp": crate::clock::now_secs() + 60, "iss": "issuer-x", "aud": "herald", "herald": {"publish": ["a..b"]}}),
                     "s3cret",
                 ),
                 "invalid pattern",
@@ -420,7 +413,7 @@ mod tests {
             c.issuer = "issuer-x".into();
             c.audience = "herald".into();
         });
-        let exp = now_secs() + 60;
+        let exp = crate::clock::now_secs() + 60;
         for claims in [
             json!({"exp": exp, "aud": "herald"}),
             json!({"exp": exp, "iss": "issuer-x"}),

@@ -1,12 +1,12 @@
-//! Authentication seam and permissions (PROTOCOL.md sections 2 and 9).
+//! Authentication seam and permissions (docs/protocol.md#authentication).
 //!
 //! Every connection and HTTP call gets an [`Identity`] from an [`Authenticator`]:
 //! [`NoAuth`] (`auth.mode = "none"`: everyone may subscribe to and publish on every
 //! topic) or [`crate::auth::jwt::JwtAuth`] (`auth.mode = "jwt"`: JWTs, API keys and
 //! tickets). Sessions and handlers ask the identity before they act, whichever it is.
 
-pub mod jwt;
-pub mod tickets;
+pub(crate) mod jwt;
+pub(crate) mod tickets;
 
 use actix_web::HttpRequest;
 
@@ -14,7 +14,7 @@ use crate::topic;
 
 /// Why credentials were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     #[error("missing credentials")]
     Missing,
     #[error("invalid credentials: {0}")]
@@ -29,7 +29,7 @@ pub enum AuthError {
 
 /// How an identity was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub(crate) enum Via {
     /// Auth is off.
     Anonymous,
     /// A verified JWT (upgrade header, `{"op":"auth"}` or `/api/*` Bearer).
@@ -42,7 +42,7 @@ pub enum Via {
 
 /// Who is on the other end, and what they may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The token's `sub`, when there is one (never logged with the token).
     pub subject: Option<String>,
     /// Patterns the holder may subscribe to.
@@ -58,7 +58,7 @@ pub struct Identity {
 
 impl Identity {
     /// Anyone, allowed everything: the identity when auth is off.
-    pub fn anonymous() -> Self {
+    pub(crate) fn anonymous() -> Self {
         Identity {
             subject: None,
             subscribe: vec![">".into()],
@@ -69,18 +69,18 @@ impl Identity {
     }
 
     /// Whether every topic `pattern` can match is granted for subscribing.
-    pub fn may_subscribe(&self, pattern: &str) -> bool {
+    pub(crate) fn may_subscribe(&self, pattern: &str) -> bool {
         self.subscribe.iter().any(|g| topic::covers(g, pattern))
     }
 
     /// Whether publishing to `topic` is granted.
-    pub fn may_publish(&self, topic: &str) -> bool {
+    pub(crate) fn may_publish(&self, topic: &str) -> bool {
         self.publish.iter().any(|g| topic::covers(g, topic))
     }
 }
 
 /// Decides who a WebSocket upgrade or an API call comes from.
-pub trait Authenticator: Send + Sync + 'static {
+pub(crate) trait Authenticator: Send + Sync + 'static {
     /// Credentials on the upgrade request. `Ok(None)` means the client must send
     /// `{"op":"auth"}` first; `Err` refuses the upgrade with 401.
     fn upgrade(&self, req: &HttpRequest) -> Result<Option<Identity>, AuthError>;
@@ -101,7 +101,7 @@ pub trait Authenticator: Send + Sync + 'static {
 
 /// `auth.mode = "none"`.
 #[derive(Debug, Clone, Copy)]
-pub struct NoAuth {
+pub(crate) struct NoAuth {
     /// `auth.ticket_ttl_ms`, reported with the formal tickets it issues.
     pub ticket_ttl_ms: u64,
 }

@@ -22,23 +22,23 @@ use crate::auth::{AuthError, Identity, Via};
 
 /// Outstanding (issued, unused, unexpired) tickets per node. A client that asks for
 /// more than this within one ticket lifetime gets 503.
-pub const MAX_OUTSTANDING: usize = 100_000;
+pub(crate) const MAX_OUTSTANDING: usize = 100_000;
 
 /// A fresh random ticket: 32 bytes from the OS generator, base64url.
-pub fn new_ticket() -> String {
+pub(crate) fn new_ticket() -> String {
     let bytes: [u8; 32] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The node's outstanding tickets.
 #[derive(Debug)]
-pub struct Tickets {
+pub(crate) struct Tickets {
     ttl: Duration,
     open: Mutex<HashMap<String, (Identity, Instant)>>,
 }
 
 impl Tickets {
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         Tickets {
             ttl,
             open: Mutex::new(HashMap::new()),
@@ -46,7 +46,7 @@ impl Tickets {
     }
 
     /// Issues a ticket carrying `identity`; returns it and its lifetime in ms.
-    pub fn issue(&self, identity: &Identity) -> Result<(String, u64), AuthError> {
+    pub(crate) fn issue(&self, identity: &Identity) -> Result<(String, u64), AuthError> {
         let now = Instant::now();
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() >= MAX_OUTSTANDING {
@@ -65,7 +65,7 @@ impl Tickets {
     }
 
     /// Redeems `ticket`: valid once, before it expires.
-    pub fn redeem(&self, ticket: &str) -> Result<Identity, AuthError> {
+    pub(crate) fn redeem(&self, ticket: &str) -> Result<Identity, AuthError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         match open.remove(ticket) {
             Some((identity, expires)) if expires > Instant::now() => Ok(identity),

@@ -103,7 +103,6 @@ pub struct Provenance {
     from_env: Vec<(String, String)>,
 }
 
-
 impl Config {
     /// Where this configuration came from.
     pub fn origin(&self) -> &Origin {

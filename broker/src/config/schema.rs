@@ -52,15 +52,15 @@ pub struct ServerConfig {
     /// connection (the WebSocket upgrade included), in milliseconds, counted from
     /// the connection's start; past it the request gets 408 and the connection is
     /// closed, so a client that dribbles its headers (slowloris) cannot hold it.
-    /// 1 to 3600000. Default 5000. (A Herald addition.)
+    /// 1 to 3600000. Default 5000.
     pub client_request_timeout_ms: u64,
     /// How long an idle HTTP/1.1 connection is kept open for a next request, in
     /// milliseconds; 0 turns keep-alive off (one request per connection). The
     /// header deadline above covers only a connection's first request, so where
     /// untrusted clients reach the HTTP port, 0 also closes that gap. At most
-    /// 3600000. Default 5000. (A Herald addition.)
+    /// 3600000. Default 5000.
     pub keep_alive_ms: u64,
-    /// Test-only (a Herald addition): mount `/echo`, a WebSocket route whose sessions
+    /// Test-only: mount `/echo`, a WebSocket route whose sessions
     /// send every text and binary message back unchanged, with the same frame
     /// handling as `/ws`; the Autobahn conformance run uses it (docs/conformance.md).
     /// Never turn it on in production. Default false.
@@ -93,7 +93,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// What a connection does when its outbound queue is full (PROTOCOL.md section 6).
+/// What a connection does when its outbound queue is full (docs/protocol.md#6-slow-consumers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SlowConsumer {
@@ -189,7 +189,7 @@ impl Default for PublishConfig {
     }
 }
 
-/// `[auth]`: authentication (PROTOCOL.md sections 2, 8 and 9; docs/security.md).
+/// `[auth]`: authentication (docs/protocol.md#2-connecting, docs/protocol.md#8-http-api, docs/protocol.md#authentication; docs/security.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -259,7 +259,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[log]`: logging (a Herald addition; `RUST_LOG` overrides `level`).
+/// `[log]`: logging (`RUST_LOG` overrides `level`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {

@@ -1,5 +1,5 @@
 //! Who may open a WebSocket: subprotocol, Origin allow-list and connection limits
-//! (PROTOCOL.md section 2). Checked before the upgrade, so a refused client gets an
+//! (docs/protocol.md#2-connecting). Checked before the upgrade, so a refused client gets an
 //! HTTP status and a JSON body, never a half-open WebSocket.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use crate::protocol::SUBPROTOCOL;
 
 /// What the client asked for in `Sec-WebSocket-Protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subprotocol {
+pub(crate) enum Subprotocol {
     /// Nothing offered: served `herald.v1.json` without echoing it.
     NoneOffered,
     /// `herald.v1.json` among the offers: echoed back.
@@ -24,7 +24,7 @@ pub enum Subprotocol {
 }
 
 /// Reads the client's subprotocol offers (one header or several, comma-separated).
-pub fn subprotocol(headers: &HeaderMap) -> Subprotocol {
+pub(crate) fn subprotocol(headers: &HeaderMap) -> Subprotocol {
     let mut offered = false;
     for value in headers.get_all(SEC_WEBSOCKET_PROTOCOL) {
         let Ok(value) = value.to_str() else {
@@ -47,7 +47,7 @@ pub fn subprotocol(headers: &HeaderMap) -> Subprotocol {
 
 /// Whether the request's `Origin` may connect. No list, or no `Origin` header (not a
 /// browser): allowed.
-pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     if allowed.is_empty() {
         return true;
     }
@@ -62,7 +62,7 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// Counts open connections, globally and per client IP.
 #[derive(Debug)]
-pub struct ConnectionLimiter {
+pub(crate) struct ConnectionLimiter {
     max: usize,
     max_per_ip: usize,
     total: AtomicUsize,
@@ -72,14 +72,14 @@ pub struct ConnectionLimiter {
 
 /// A held connection slot; dropping it frees the slot.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     limiter: Arc<ConnectionLimiter>,
     ip: Option<IpAddr>,
 }
 
 impl ConnectionLimiter {
     /// `0` means unlimited, for either bound.
-    pub fn new(max: usize, max_per_ip: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(ConnectionLimiter {
             max,
             max_per_ip,
@@ -89,7 +89,7 @@ impl ConnectionLimiter {
     }
 
     /// Takes a slot for a connection from `ip`, or says which bound is reached.
-    pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Permit, RefusedReason> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Permit, RefusedReason> {
         let prev = self.total.fetch_add(1, Ordering::AcqRel);
         if self.max > 0 && prev >= self.max {
             self.total.fetch_sub(1, Ordering::AcqRel);
@@ -112,7 +112,8 @@ impl ConnectionLimiter {
     }
 
     /// Connections currently held.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
 }

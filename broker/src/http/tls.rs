@@ -8,50 +8,64 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Why the certificate or key cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read certificates from {path}: {message}")]
-    Cert { path: String, message: String },
-    #[error("cannot read a private key from {path}: {message}")]
-    Key { path: String, message: String },
+pub(crate) enum TlsError {
+    #[error("cannot read certificates from {path}: {source}")]
+    Cert {
+        path: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path} holds no CERTIFICATE block")]
+    NoCert { path: String },
+    #[error("cannot read a private key from {path}: {source}")]
+    Key {
+        path: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("the certificate and key do not make a TLS configuration: {0}")]
-    Config(String),
+    Config(#[source] rustls::Error),
 }
 
 impl TlsError {
     /// The configuration key to blame.
-    pub fn key(&self) -> &'static str {
+    pub(crate) fn key(&self) -> &'static str {
         match self {
-            TlsError::Cert { .. } | TlsError::Config(_) => "server.tls_cert_file",
+            TlsError::Cert { .. } | TlsError::NoCert { .. } | TlsError::Config(_) => {
+                "server.tls_cert_file"
+            }
             TlsError::Key { .. } => "server.tls_key_file",
         }
     }
 }
 
 /// Loads the PEM files into a rustls server configuration.
-pub fn server_config(cert_file: &str, key_file: &str) -> Result<rustls::ServerConfig, TlsError> {
+pub(crate) fn server_config(
+    cert_file: &str,
+    key_file: &str,
+) -> Result<rustls::ServerConfig, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Cert {
+        .map_err(|source| TlsError::Cert {
             path: cert_file.into(),
-            message: e.to_string(),
+            source,
         })?;
     if certs.is_empty() {
-        return Err(TlsError::Cert {
+        return Err(TlsError::NoCert {
             path: cert_file.into(),
-            message: "no CERTIFICATE block".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::Key {
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Key {
         path: key_file.into(),
-        message: e.to_string(),
+        source,
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
+        .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

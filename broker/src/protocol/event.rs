@@ -3,7 +3,7 @@
 //! A topic renders an event into a [`Frame`] once; every subscriber's queue holds a
 //! clone of the same `ByteString` (a reference count, no copy). The payload is
 //! embedded as JSON when it parses as JSON, as a JSON string when it is other UTF-8,
-//! and as `data_b64` otherwise (PROTOCOL.md section 3). History keeps the live frame;
+//! and as `data_b64` otherwise (docs/protocol.md#event). History keeps the live frame;
 //! a replayed copy differs only by `"replay":true`, spliced in after the type field.
 
 use std::collections::BTreeMap;
@@ -94,14 +94,6 @@ pub fn replay_of(frame: &Frame) -> Frame {
         }
         None => frame.clone(),
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The wire contract (PROTOCOL.md sections 3–7): what clients send, what the server
+//! The wire contract (docs/protocol.md, sections 3–7): what clients send, what the server
 //! answers, error codes and close codes.
 //!
 //! Client messages are parsed into one flat [`Request`] borrowing from the frame, then
@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 /// The only subprotocol, offered in `Sec-WebSocket-Protocol`.
 pub const SUBPROTOCOL: &str = "herald.v1.json";
 
-/// WebSocket close codes Herald uses (PROTOCOL.md section 7).
+/// WebSocket close codes Herald uses (docs/protocol.md#7-close-codes).
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;

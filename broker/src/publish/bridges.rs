@@ -64,7 +64,7 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedBridge>, ConfigErro
 /// The running bridges: their counters for `/metrics`, the backplane's connection,
 /// and what stops them.
 #[derive(Debug)]
-pub struct Bridges {
+pub(crate) struct Bridges {
     /// Counters of every bridge, by name.
     counters: Vec<(String, Arc<BridgeCounters>)>,
     /// Cancelled by [`Bridges::stop`].
@@ -179,7 +179,7 @@ impl Bridges {
 
     /// Stops every bridge: each stops reading, closes its client and returns. Waits
     /// at most [`STOP_TIMEOUT`] in all; returns how many bridges stopped in time.
-    pub async fn stop(&self) -> usize {
+    pub(crate) async fn stop(&self) -> usize {
         self.cancel.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         let total = tasks.len();

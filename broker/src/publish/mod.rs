@@ -9,7 +9,7 @@ use herald_bridges::topic::TopicError;
 mod backplane;
 pub(crate) mod bridges;
 
-pub use bridges::Bridges;
+pub(crate) use bridges::Bridges;
 
 use crate::metrics::{DropReason, METRICS};
 use crate::topics::{Event, Registry};
@@ -46,7 +46,7 @@ impl PublishError {
 /// Made by [`Publisher::prepare`], so a batch can be refused whole before any of it
 /// is sent, and nothing is built twice.
 #[derive(Debug)]
-pub struct Prepared(Route);
+pub(crate) struct Prepared(Route);
 
 #[derive(Debug)]
 enum Route {

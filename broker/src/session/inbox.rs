@@ -30,14 +30,14 @@ use crate::topics::message::Deliver;
 /// Bytes a connection holds: frames in its inbox, in its outbound queue and in the
 /// write in flight. Shared by the topics that reserve and the session that releases.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     bytes: AtomicUsize,
     /// The event bound (`session.queue_max_bytes`).
     max: usize,
 }
 
 impl Budget {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Budget {
             bytes: AtomicUsize::new(0),
             max,
@@ -45,18 +45,18 @@ impl Budget {
     }
 
     /// The event bound.
-    pub fn max(&self) -> usize {
+    pub(crate) fn max(&self) -> usize {
         self.max
     }
 
     /// Reserves an event's `len` bytes if the total stays within the event bound.
-    pub fn reserve_event(&self, len: usize) -> bool {
+    pub(crate) fn reserve_event(&self, len: usize) -> bool {
         self.reserve(len, self.max)
     }
 
     /// Reserves a reply's or notice's `len` bytes: these may use a second allowance
     /// of the same size on top of the event bound (see [`crate::session::outbound`]).
-    pub fn reserve_control(&self, len: usize) -> bool {
+    pub(crate) fn reserve_control(&self, len: usize) -> bool {
         self.reserve(len, self.max.saturating_mul(2))
     }
 
@@ -80,7 +80,7 @@ impl Budget {
     }
 
     /// Gives back `len` bytes (written, or never queued).
-    pub fn release(&self, len: usize) {
+    pub(crate) fn release(&self, len: usize) {
         let _ = self
             .bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
@@ -89,7 +89,7 @@ impl Budget {
     }
 
     /// Bytes held now.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }
 }
@@ -97,7 +97,7 @@ impl Budget {
 /// Topic → session: frames are waiting in the inbox.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct Wake;
+pub(crate) struct Wake;
 
 /// What the session and its subscribers share.
 #[derive(Debug)]
@@ -111,7 +111,7 @@ struct Shared {
 
 /// A connection as topics see it. Cloned once per subscription, never per event.
 #[derive(Clone)]
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     /// Process-unique session number (dedup key: one delivery per connection).
     pub id: u64,
     tx: Sender<Deliver>,
@@ -129,7 +129,7 @@ impl std::fmt::Debug for Subscriber {
 
 /// What became of a live event offered to a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
+pub(crate) enum Offer {
     Queued,
     /// Over the connection's byte budget: dropped and counted for its `lagged`.
     Dropped,
@@ -139,7 +139,7 @@ pub enum Offer {
 
 impl Subscriber {
     /// Offers a live event. The frame is shared: queuing it clones a reference count.
-    pub fn offer(&self, frame: &Frame) -> Offer {
+    pub(crate) fn offer(&self, frame: &Frame) -> Offer {
         let len = frame.len();
         if !self.shared.budget.reserve_event(len) {
             self.shared.missed.fetch_add(1, Ordering::Relaxed);
@@ -158,7 +158,7 @@ impl Subscriber {
 
     /// Sends a replay or a `reset`: never dropped here (one per client request, and
     /// requests are rate limited). Replayed events meet the byte bound in the session.
-    pub fn send(&self, deliver: Deliver) {
+    pub(crate) fn send(&self, deliver: Deliver) {
         if self.tx.send(deliver).is_ok() {
             self.wake();
         }
@@ -172,7 +172,7 @@ impl Subscriber {
 }
 
 /// The session's end.
-pub struct Inbox {
+pub(crate) struct Inbox {
     tx: Sender<Deliver>,
     rx: Receiver<Deliver>,
     shared: Arc<Shared>,
@@ -180,7 +180,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// An empty inbox whose frames count against `budget`.
-    pub fn new(budget: Arc<Budget>) -> Self {
+    pub(crate) fn new(budget: Arc<Budget>) -> Self {
         let (tx, rx) = mpsc::channel();
         Inbox {
             tx,
@@ -194,7 +194,7 @@ impl Inbox {
     }
 
     /// The handle topics deliver through; `wake` is the session's address.
-    pub fn subscriber(&self, id: u64, wake: Recipient<Wake>) -> Subscriber {
+    pub(crate) fn subscriber(&self, id: u64, wake: Recipient<Wake>) -> Subscriber {
         Subscriber {
             id,
             tx: self.tx.clone(),
@@ -205,7 +205,7 @@ impl Inbox {
 
     /// Call on [`Wake`], before [`Inbox::next`]: a frame sent from now on sends a new
     /// wake-up, so none is left waiting unnoticed.
-    pub fn woken(&self) {
+    pub(crate) fn woken(&self) {
         self.shared.scheduled.store(false, Ordering::Release);
         // Pairs with the AcqRel swap in `Subscriber::wake`: the sends that saw
         // `scheduled` still true happened before this point and are drained below.
@@ -213,13 +213,13 @@ impl Inbox {
     }
 
     /// The next waiting delivery, if any.
-    pub fn next(&self) -> Option<Deliver> {
+    pub(crate) fn next(&self) -> Option<Deliver> {
         // Empty, or (impossible while `self.tx` lives) disconnected.
         self.rx.try_recv().ok()
     }
 
     /// Live events dropped for lack of budget since the last call.
-    pub fn take_missed(&self) -> u64 {
+    pub(crate) fn take_missed(&self) -> u64 {
         if self.shared.missed.load(Ordering::Relaxed) == 0 {
             return 0;
         }

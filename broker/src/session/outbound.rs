@@ -1,4 +1,4 @@
-//! A connection's outbound queue, bounded in bytes (PROTOCOL.md section 6).
+//! A connection's outbound queue, bounded in bytes (docs/protocol.md#6-slow-consumers).
 //!
 //! Events that do not fit are dropped (policy `drop`) and counted; the count becomes
 //! one `lagged` notice once the queue has room again. Replies and notices (control
@@ -64,7 +64,7 @@ impl From<Outgoing> for actix_ws::Message {
 
 /// What happened to a frame offered to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Push {
+pub(crate) enum Push {
     /// Queued.
     Queued,
     /// An event that did not fit and was dropped (policy `drop`).
@@ -76,7 +76,7 @@ pub enum Push {
 
 /// The queue itself: frames waiting to be written, and the bytes they hold.
 #[derive(Debug)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     frames: VecDeque<Outgoing>,
     /// Bytes of queued frames, frames handed to the writer and not yet written, and
     /// frames reserved by topics and still in the inbox.
@@ -89,7 +89,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(max_bytes: usize, disconnect_when_full: bool) -> Self {
+    pub(crate) fn new(max_bytes: usize, disconnect_when_full: bool) -> Self {
         Outbound {
             frames: VecDeque::new(),
             budget: Arc::new(Budget::new(max_bytes)),
@@ -100,12 +100,12 @@ impl Outbound {
     }
 
     /// The byte budget, to share with the session's inbox.
-    pub fn budget(&self) -> &Arc<Budget> {
+    pub(crate) fn budget(&self) -> &Arc<Budget> {
         &self.budget
     }
 
     /// Offers an event frame (a replayed one: live events arrive reserved).
-    pub fn push_event(&mut self, frame: Frame) -> Push {
+    pub(crate) fn push_event(&mut self, frame: Frame) -> Push {
         if !self.budget.reserve_event(frame.len()) {
             return self.note_dropped(1);
         }
@@ -114,14 +114,14 @@ impl Outbound {
     }
 
     /// Queues a live event whose bytes a topic already reserved.
-    pub fn push_reserved(&mut self, frame: Frame) {
+    pub(crate) fn push_reserved(&mut self, frame: Frame) {
         self.events += 1;
         self.frames.push_back(Outgoing::Text(frame));
     }
 
     /// Counts `n` events that did not fit (here, or when a topic offered them) for
     /// the next `lagged` notice; with policy `disconnect`, says to close instead.
-    pub fn note_dropped(&mut self, n: u64) -> Push {
+    pub(crate) fn note_dropped(&mut self, n: u64) -> Push {
         if self.disconnect_when_full {
             return Push::Close(crate::protocol::close::SLOW_CONSUMER);
         }
@@ -131,7 +131,7 @@ impl Outbound {
 
     /// Offers a reply or notice (or an echo); these are not dropped (see the module
     /// doc).
-    pub fn push_control(&mut self, frame: impl Into<Outgoing>) -> Push {
+    pub(crate) fn push_control(&mut self, frame: impl Into<Outgoing>) -> Push {
         let frame = frame.into();
         if !self.budget.reserve_control(frame.len()) {
             return Push::Close(crate::protocol::close::SLOW_CONSUMER);
@@ -142,7 +142,7 @@ impl Outbound {
 
     /// Events dropped since the last notice, if the queue has room again for a
     /// notice; resets the count. The caller sends `{"type":"lagged","dropped":n}`.
-    pub fn take_lagged(&mut self) -> Option<u64> {
+    pub(crate) fn take_lagged(&mut self) -> Option<u64> {
         // "Room again": at most half full, so the notice is not followed by another
         // drop straight away (one notice per overflow episode).
         if self.dropped > 0 && self.budget.held() <= self.budget.max() / 2 {
@@ -155,7 +155,7 @@ impl Outbound {
     /// Takes every queued frame for one coalesced write, with the number of event
     /// frames among them. Their bytes stay counted until [`Outbound::written`] says
     /// the writer is done with them.
-    pub fn take_batch(&mut self) -> (Vec<Outgoing>, u64) {
+    pub(crate) fn take_batch(&mut self) -> (Vec<Outgoing>, u64) {
         (
             self.frames.drain(..).collect(),
             std::mem::take(&mut self.events),
@@ -163,16 +163,17 @@ impl Outbound {
     }
 
     /// The writer finished a batch of `bytes`.
-    pub fn written(&mut self, bytes: usize) {
+    pub(crate) fn written(&mut self, bytes: usize) {
         self.budget.release(bytes);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 
     /// Bytes held (reserved, queued, and in the writer).
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.budget.held()
     }
 }

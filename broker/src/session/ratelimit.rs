@@ -9,7 +9,7 @@ use std::time::Instant;
 
 /// Outcome of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Allow,
     /// Refuse this message with `rate_limited`.
     Limit,
@@ -18,7 +18,7 @@ pub enum Verdict {
 }
 
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     tokens: f64,
     per_s: f64,
     burst: f64,
@@ -28,7 +28,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(per_s: u32, burst: u32) -> Self {
+    pub(crate) fn new(per_s: u32, burst: u32) -> Self {
         RateLimiter {
             tokens: f64::from(burst),
             per_s: f64::from(per_s),
@@ -39,11 +39,11 @@ impl RateLimiter {
         }
     }
 
-    pub fn check(&mut self) -> Verdict {
-        self.check_at(Instant::now())
+    pub(crate) fn admit(&mut self) -> Verdict {
+        self.admit_at(Instant::now())
     }
 
-    fn check_at(&mut self, now: Instant) -> Verdict {
+    fn admit_at(&mut self, now: Instant) -> Verdict {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_s).min(self.burst);
@@ -73,12 +73,12 @@ mod tests {
         let mut r = RateLimiter::new(10, 3);
         r.last = t0;
         for _ in 0..3 {
-            assert_eq!(r.check_at(t0), Verdict::Allow);
+            assert_eq!(r.admit_at(t0), Verdict::Allow);
         }
         for _ in 0..3 {
-            assert_eq!(r.check_at(t0), Verdict::Limit);
+            assert_eq!(r.admit_at(t0), Verdict::Limit);
         }
-        assert_eq!(r.check_at(t0), Verdict::Close);
+        assert_eq!(r.admit_at(t0), Verdict::Close);
     }
 
     #[test]
@@ -86,13 +86,13 @@ mod tests {
         let t0 = Instant::now();
         let mut r = RateLimiter::new(10, 1);
         r.last = t0;
-        assert_eq!(r.check_at(t0), Verdict::Allow);
-        assert_eq!(r.check_at(t0), Verdict::Limit);
+        assert_eq!(r.admit_at(t0), Verdict::Allow);
+        assert_eq!(r.admit_at(t0), Verdict::Limit);
         // 100 ms at 10/s is one token; the refused streak resets on success.
-        assert_eq!(r.check_at(t0 + Duration::from_millis(100)), Verdict::Allow);
+        assert_eq!(r.admit_at(t0 + Duration::from_millis(100)), Verdict::Allow);
         assert_eq!(r.refused_in_a_row, 0);
         // The bucket never holds more than the burst.
-        assert_eq!(r.check_at(t0 + Duration::from_secs(60)), Verdict::Allow);
-        assert_eq!(r.check_at(t0 + Duration::from_secs(60)), Verdict::Limit);
+        assert_eq!(r.admit_at(t0 + Duration::from_secs(60)), Verdict::Allow);
+        assert_eq!(r.admit_at(t0 + Duration::from_secs(60)), Verdict::Limit);
     }
 }

@@ -12,12 +12,12 @@ use actix::Message;
 
 use crate::protocol::event::Frame;
 use crate::protocol::{Replay, ResetReason};
-pub use crate::session::inbox::Subscriber;
+pub(crate) use crate::session::inbox::Subscriber;
 use crate::topic::Pattern;
 
 /// What a topic sends to a session (through its inbox).
 #[derive(Debug)]
-pub enum Deliver {
+pub(crate) enum Deliver {
     /// A live event.
     Event(Frame),
     /// History for one topic, oldest first, already flagged `replay`.
@@ -29,7 +29,7 @@ pub enum Deliver {
 /// An event entering the topic layer, stamped with its arrival time.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Ingest {
+pub(crate) struct Ingest {
     pub event: super::Event,
     /// Milliseconds since the Unix epoch when Herald received it (`ts`).
     pub ts: u64,
@@ -39,7 +39,7 @@ pub struct Ingest {
 /// shard for a wildcard pattern).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Subscribe {
+pub(crate) struct Subscribe {
     pub subscriber: Subscriber,
     pub pattern: Pattern,
     pub replay: Arc<Replay>,
@@ -48,7 +48,7 @@ pub struct Subscribe {
 /// Remove one pattern of a connection.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Unsubscribe {
+pub(crate) struct Unsubscribe {
     pub subscriber: u64,
     pub pattern: Pattern,
 }
@@ -56,14 +56,14 @@ pub struct Unsubscribe {
 /// Why a connection is subscribed to a topic: by its exact name, or through a
 /// wildcard pattern. A connection stays subscribed while it has any reason left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     Exact,
     Pattern,
 }
 
 /// What a topic replays to a subscriber joining it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopicReplay {
+pub(crate) enum TopicReplay {
     None,
     /// The N most recent events.
     Last(u32),
@@ -74,7 +74,7 @@ pub enum TopicReplay {
 /// Shard → topic: add a subscriber.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct AddSubscriber {
+pub(crate) struct AddSubscriber {
     pub subscriber: Subscriber,
     pub reason: Reason,
     pub replay: TopicReplay,
@@ -83,14 +83,14 @@ pub struct AddSubscriber {
 /// Shard → topic: remove one reason of a subscriber.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct RemoveSubscriber {
+pub(crate) struct RemoveSubscriber {
     pub subscriber: u64,
     pub reason: Reason,
 }
 
 /// One row of `GET /api/topics`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct TopicInfo {
+pub(crate) struct TopicInfo {
     pub topic: String,
     pub subscribers: usize,
     pub seq: u64,
@@ -100,7 +100,7 @@ pub struct TopicInfo {
 
 /// One `patterns` row of `GET /api/topics`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct PatternInfo {
+pub(crate) struct PatternInfo {
     pub pattern: String,
     pub subscribers: usize,
 }
@@ -108,17 +108,17 @@ pub struct PatternInfo {
 /// Shard/topic → stats.
 #[derive(Debug, Message)]
 #[rtype(result = "Option<TopicInfo>")]
-pub struct TopicStats;
+pub(crate) struct TopicStats;
 
 /// Everything a shard holds, for `GET /api/topics`.
 #[derive(Debug, Message)]
 #[rtype(result = "(Vec<TopicInfo>, Vec<PatternInfo>)")]
-pub struct ListTopics;
+pub(crate) struct ListTopics;
 
 /// Topic → shard: nothing to keep me alive (no subscribers, no history).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct TopicIdle {
+pub(crate) struct TopicIdle {
     pub topic: String,
     /// Messages the topic has handled; the shard compares with what it sent, so a
     /// topic with work in flight is never stopped.
@@ -128,9 +128,9 @@ pub struct TopicIdle {
 /// Shard → topic: stop now (the shard has forgotten you).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct StopTopic;
+pub(crate) struct StopTopic;
 
 /// Broker → session: the process is shutting down, close with 1001.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub(crate) struct Shutdown;

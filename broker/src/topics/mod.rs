@@ -8,15 +8,15 @@ use bytes::Bytes;
 use herald_bridges::topic::{TopicError, TopicName};
 use herald_bridges::{BridgeEvent, Source};
 
-pub mod message;
-pub mod registry;
-pub mod topic;
+pub(crate) mod message;
+pub(crate) mod registry;
+pub(crate) mod topic;
 
-pub use registry::Registry;
+pub(crate) use registry::Registry;
 
 /// An event whose topic has been validated, on its way into its topic.
 #[derive(Debug, Clone)]
-pub struct Event {
+pub(crate) struct Event {
     /// The topic.
     pub topic: TopicName,
     /// The payload exactly as received.

@@ -16,7 +16,6 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 use crate::metrics::{DropReason, METRICS};
-use crate::protocol::event;
 use crate::protocol::{Replay, ResetReason};
 use crate::publish::PublishError;
 use crate::topic::Pattern;
@@ -49,7 +48,7 @@ impl Slot {
 const FORGOTTEN_CAP: usize = 100_000;
 
 /// One registry shard.
-pub struct Shard {
+pub(crate) struct Shard {
     index: usize,
     shards: usize,
     hasher: std::collections::hash_map::RandomState,
@@ -291,7 +290,7 @@ fn shard_of(hasher: &impl BuildHasher, topic: &str, shards: usize) -> usize {
 
 /// The handle to the registry: clone it freely (an `Arc`).
 #[derive(Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     shards: Arc<[Addr<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -307,7 +306,7 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Starts `shards` shard actors, each on its own arbiter (thread). Must run inside
     /// an actix system.
-    pub fn start(shards: usize, settings: TopicSettings) -> Registry {
+    pub(crate) fn start(shards: usize, settings: TopicSettings) -> Registry {
         let shards = shards.max(1);
         let settings = Arc::new(settings);
         let hasher = std::collections::hash_map::RandomState::new();
@@ -340,9 +339,9 @@ impl Registry {
 
     /// Hands an event to its topic. Never waits: a full shard mailbox drops the event
     /// and says so.
-    pub fn publish(&self, event: Event) -> Result<(), PublishError> {
+    pub(crate) fn publish(&self, event: Event) -> Result<(), PublishError> {
         METRICS.event_in(event.source);
-        let ts = event::now_ms();
+        let ts = crate::clock::now_ms();
         self.shard(&event.topic)
             .try_send(Ingest { event, ts })
             .map_err(|_| {
@@ -352,7 +351,12 @@ impl Registry {
     }
 
     /// Subscribes `subscriber` to `pattern`.
-    pub fn subscribe(&self, subscriber: &Subscriber, pattern: &Pattern, replay: Arc<Replay>) {
+    pub(crate) fn subscribe(
+        &self,
+        subscriber: &Subscriber,
+        pattern: &Pattern,
+        replay: Arc<Replay>,
+    ) {
         let msg = |s: &Subscriber| Subscribe {
             subscriber: s.clone(),
             pattern: pattern.clone(),
@@ -368,7 +372,7 @@ impl Registry {
     }
 
     /// Removes one pattern of a connection.
-    pub fn unsubscribe(&self, subscriber: u64, pattern: &Pattern) {
+    pub(crate) fn unsubscribe(&self, subscriber: u64, pattern: &Pattern) {
         let msg = || Unsubscribe {
             subscriber,
             pattern: pattern.clone(),
@@ -383,7 +387,7 @@ impl Registry {
     }
 
     /// Every topic and pattern this node holds, sorted by name.
-    pub async fn list(&self) -> (Vec<TopicInfo>, Vec<PatternInfo>) {
+    pub(crate) async fn list(&self) -> (Vec<TopicInfo>, Vec<PatternInfo>) {
         let answers = join_all(self.shards.iter().map(|s| s.send(ListTopics))).await;
         let mut topics = Vec::new();
         let mut patterns = Vec::new();

@@ -26,7 +26,7 @@ use crate::topics::registry::Shard;
 
 /// Settings every topic shares.
 #[derive(Debug, Clone)]
-pub struct TopicSettings {
+pub(crate) struct TopicSettings {
     /// Events kept per topic (0: no history).
     pub history_size: usize,
     /// History age limit, ms.
@@ -52,7 +52,7 @@ struct Kept {
 
 /// The bounded replay ring: at most `size` events, none older than `ttl_ms`.
 #[derive(Debug, Default)]
-pub struct History {
+pub(crate) struct History {
     events: VecDeque<Kept>,
 }
 
@@ -124,7 +124,7 @@ struct Entry {
 }
 
 /// The topic actor.
-pub struct Topic {
+pub(crate) struct Topic {
     name: String,
     seq: u64,
     last_event_ms: Option<u64>,
@@ -145,7 +145,7 @@ pub struct Topic {
 
 impl Topic {
     /// A new topic with the pattern subscribers that already match it.
-    pub fn new(
+    pub(crate) fn new(
         name: String,
         settings: Arc<TopicSettings>,
         shard: Addr<Shard>,
@@ -200,7 +200,7 @@ impl Topic {
 
     fn tick(&mut self, _ctx: &mut Context<Self>) {
         self.history
-            .expire(event::now_ms(), self.settings.history_ttl_ms);
+            .expire(crate::clock::now_ms(), self.settings.history_ttl_ms);
         if self.subscribers.is_empty() && self.history.is_empty() {
             if !self.reported_idle {
                 self.reported_idle = true;
@@ -280,7 +280,7 @@ impl Handler<AddSubscriber> for Topic {
     fn handle(&mut self, msg: AddSubscriber, _ctx: &mut Self::Context) {
         self.handled_one();
         self.history
-            .expire(event::now_ms(), self.settings.history_ttl_ms);
+            .expire(crate::clock::now_ms(), self.settings.history_ttl_ms);
         let id = msg.subscriber.id;
         match self.subscribers.get_mut(&id) {
             // Already receiving this topic live: a replay would duplicate events.

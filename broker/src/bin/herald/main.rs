@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig) = cli.command {
         // What start-up builds from files (JWT key, TLS certificate, bridge clients)
         // is checked too, without starting anything.
-        if let Err(e) = herald::broker::Components::build(&config) {
+        if let Err(e) = herald::Components::build(&config) {
             eprintln!("herald: {e}");
             return ExitCode::from(2);
         }

@@ -11,8 +11,8 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{App, HttpServer};
 use tracing::{debug, info, warn};
 
-use herald::broker::Broker;
 use herald::config::{Config, Origin};
+use herald::Broker;
 
 /// One access-log line per request. Only the path is logged, never the query
 /// string: it may carry a ticket.
@@ -70,7 +70,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         ms => KeepAlive::Timeout(Duration::from_millis(ms)),
     };
     let workers = match config.server.workers {
-        0 => herald::broker::cores(),
+        0 => herald::cores(),
         n => n,
     };
     let broker = Broker::start(config)?;
@@ -79,7 +79,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         App::new()
             .wrap(from_fn(access_log))
             .configure(app_broker.configure())
-            .default_service(actix_web::web::to(herald::http::not_found))
+            .default_service(actix_web::web::to(herald::not_found))
     })
     .workers(workers)
     .client_request_timeout(request_timeout)

@@ -1,0 +1,100 @@
+//! `GET /ws`: the WebSocket upgrade. Checked in this order before anything is
+//! written: subprotocol, Origin, capacity (`server.max_connections`, per IP), then
+//! credentials, so an upgrade refused for capacity never spends a ticket. The test-
+//! only `/echo` route is the same upgrade into a session in echo mode.
+
+use actix::prelude::*;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::admission::{self, Subprotocol};
+use super::api::auth_error;
+use super::ApiError;
+use crate::broker::Broker;
+use crate::metrics::{RefusedReason, METRICS};
+use crate::protocol::{ErrorCode, SUBPROTOCOL};
+use crate::session::Session;
+
+/// Marks the test-only `/echo` resource (`server.conformance_echo`): the same
+/// upgrade as `/ws`, and a session in echo mode (docs/conformance.md).
+#[derive(Debug, Clone, Copy)]
+struct EchoRoute;
+
+/// Mounts `/echo` (`server.conformance_echo`).
+pub(super) fn configure_echo(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/echo")
+            .app_data(EchoRoute)
+            .route(web::get().to(upgrade)),
+    );
+}
+
+pub(super) async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    broker: web::Data<Broker>,
+) -> Result<HttpResponse, ApiError> {
+    let cfg = broker.config();
+    let subprotocol = admission::subprotocol(req.headers());
+    if subprotocol == Subprotocol::Unsupported {
+        METRICS.refused(RefusedReason::Subprotocol);
+        return Err(ApiError::protocol(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("unsupported WebSocket subprotocol; this server speaks {SUBPROTOCOL}"),
+        ));
+    }
+    if !admission::origin_allowed(req.headers(), &cfg.server.allowed_origins) {
+        METRICS.refused(RefusedReason::Origin);
+        return Err(ApiError::protocol(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this Origin may not connect (server.allowed_origins)",
+        ));
+    }
+    let ip = req.peer_addr().map(|a| a.ip());
+    let permit = broker.limiter().acquire(ip).map_err(|reason| {
+        METRICS.refused(reason);
+        let which = match reason {
+            RefusedReason::CapacityPerIp => {
+                "this client address has too many connections (server.max_connections_per_ip)"
+            }
+            _ => "the server is at its connection limit (server.max_connections)",
+        };
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", which);
+        e.retry_after = true;
+        e
+    })?;
+    // Credentials after the admission checks, so an upgrade refused for capacity
+    // never uses up a ticket.
+    let identity = broker.authenticator().upgrade(&req).map_err(|e| {
+        METRICS.refused(RefusedReason::Unauthorized);
+        auth_error(e)
+    })?;
+    let (mut response, ws, stream) = actix_ws::handle(&req, body).map_err(|e| {
+        ApiError::protocol(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("not a WebSocket upgrade: {e}"),
+        )
+    })?;
+    if subprotocol == Subprotocol::Herald {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    let max = cfg.session.max_message_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let broker = broker.get_ref().clone();
+    let echo = req.app_data::<EchoRoute>().is_some();
+    Session::create(move |ctx| {
+        ctx.add_stream(stream);
+        Session::new(broker, ws, identity, ip, permit).echo(echo)
+    });
+    Ok(response)
+}
