@@ -6,6 +6,9 @@ ws-broadcast reference server (docs/benchmarks.md).
     scripts/bench.py --quick         # a smoke run in a few minutes: small numbers, 1 run
     scripts/bench.py --runs 5 --scenarios a,c
     scripts/bench.py --servers herald --scenarios a --out target/bench/try
+    scripts/bench.py --no-build --servers herald --scenarios a,c --steps 50000 \
+        --herald-bin before=/tmp/herald-before --herald-bin after=target/release/herald
+                                     # two builds of Herald side by side, interleaved run by run
     scripts/bench.py --report-only   # rewrite the report from the last run (after editing notes.md)
     scripts/bench.py --report-only scripts/testdata/bench/results.json --out /tmp/report
                                      # the report from saved results, elsewhere (as scripts/test does)
@@ -86,6 +89,15 @@ QUICK = {
 # load, loses more than this percentage, or drops connections.
 SATURATED_SHARE = 0.95
 SATURATED_LOSS_PERCENT = 1.0
+
+
+def register_variants(servers):
+    """Labels and colours for herald@NAME servers (--herald-bin)."""
+    palette = ["#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
+    variants = [s for s in servers if s.startswith("herald@")]
+    for i, s in enumerate(variants):
+        LABELS[s] = f"Herald ({s.partition('@')[2]})"
+        COLORS[s] = palette[i % len(palette)]
 
 
 def log(msg):
@@ -183,12 +195,13 @@ class Bench:
         """Starts server `name` fresh; returns (process, ws url, nats url to publish to)."""
         logp = os.path.join(self.work, f"{tag}.{name}.log")
         port = free_port()
-        if name == "herald":
+        if name == "herald" or name.startswith("herald@"):
             conf = os.path.join(self.work, "herald.toml")
             with open(conf, "w") as f:
                 f.write(herald_config(port, self.feed_port))
-            proc = self.procs.start(self.pin(self.server_core, [os.path.join(self.release, "herald"),
-                                                                "--config", conf]), logp)
+            variant = name.partition("@")[2]
+            binary = (self.opts.herald_bin or {}).get(variant) or os.path.join(self.release, "herald")
+            proc = self.procs.start(self.pin(self.server_core, [binary, "--config", conf]), logp)
             wait_port(port, proc, "herald")
             wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
             return proc, f"ws://127.0.0.1:{port}/ws", f"nats://127.0.0.1:{self.feed_port}"
@@ -219,7 +232,7 @@ class Bench:
         source = f"127.{1 + k % 250}.{(k // 250) % 250}.1"
         out = os.path.join(self.work, f"{tag}.{server}.json")
         argv = self.pin(self.tool_core, [os.path.join(self.release, "herald-bench"),
-                                         "--target", server, "--url", url, "--nats-url", nats_url,
+                                         "--target", server.partition("@")[0], "--url", url, "--nats-url", nats_url,
                                          "--pid", str(pid), "--json", out, "--source-base", source,
                                          "--label", tag] + [str(a) for a in args]
                          + (["--cores", f"{self.tool_core},{self.server_core}"] if self.pinned else []))
@@ -239,7 +252,7 @@ class Bench:
             return None
         with open(out) as f:
             summary = json.load(f)
-        if server == "herald":
+        if server.partition("@")[0] == "herald":
             summary["herald_metrics"] = herald_metrics(url)
         return summary
 
@@ -285,6 +298,7 @@ class Bench:
         self.runs, self.pinned = meta["runs"], meta["pinned"]
         self.tool_core, self.server_core = meta["tool_core"], meta["server_core"]
         self.opts.scenarios, self.opts.servers = meta["scenarios"], meta["servers"]
+        register_variants(self.opts.servers)
         self.measured, self.machine = meta["measured"], meta["machine"]
         self.results = saved["results"]
 
@@ -297,9 +311,10 @@ class Bench:
     def stepped(self, scenario):
         spec = self.plan[scenario]
         p = self.plan
+        steps = self.opts.steps or spec["steps"]
         for run in range(1, self.runs + 1):
             for server in self.opts.servers:
-                for step in spec["steps"]:
+                for step in steps:
                     s = self.one(scenario, server, run, step, self.common() + [
                         "-c", spec["connections"], "--topics", spec["topics"], "--size", 200,
                         "--offered", step, "--duration", p["duration"], "--warmup", p["warmup"]])
@@ -970,6 +985,12 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"),
                     help="where benchmarks.md and bench/*.svg go (default docs/)")
     ap.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
+    ap.add_argument("--herald-bin", metavar="NAME=PATH", action="append", default=[],
+                    help="measure this herald binary as server herald@NAME instead of target/release/herald; "
+                         "give it twice (e.g. before=...,after=...) to compare two builds side by side in one "
+                         "run, interleaved run by run")
+    ap.add_argument("--steps", metavar="N,N",
+                    help="offered loads (deliveries/s) for scenarios a and b instead of the plan's")
     ap.add_argument("--report-only", nargs="?", const=os.path.join(ROOT, "target", "bench", "results.json"),
                     metavar="RESULTS",
                     help="measure nothing: rewrite the report from target/bench/results.json (after editing "
@@ -977,12 +998,30 @@ def main():
     opts = ap.parse_args()
     opts.scenarios = [s for s in opts.scenarios.split(",") if s]
     opts.servers = [s for s in opts.servers.split(",") if s]
+    if opts.steps:
+        try:
+            opts.steps = [int(n) for n in opts.steps.split(",") if n]
+        except ValueError:
+            ap.error(f"--steps: expected comma-separated numbers, got {opts.steps!r}")
+    bins = {}
+    for spec in opts.herald_bin:
+        name, _, path = spec.partition("=")
+        if not name or not path or not os.access(path, os.X_OK):
+            ap.error(f"--herald-bin: expected NAME=PATH of an executable file, got {spec!r}")
+        bins[name] = os.path.abspath(path)
+    opts.herald_bin = bins
+    if bins:
+        expanded = []
+        for s in opts.servers:
+            expanded += [f"herald@{n}" for n in bins] if s == "herald" else [s]
+        opts.servers = expanded
     for s in opts.scenarios:
         if s not in "abcd" or len(s) != 1:
             ap.error(f"unknown scenario {s!r}")
     for s in opts.servers:
-        if s not in SERVERS:
+        if s not in SERVERS and not s.startswith("herald@"):
             ap.error(f"unknown server {s!r}")
+    register_variants(opts.servers)
     if not opts.report_only and shutil.which("nats-server") is None:
         ap.error("nats-server is not on PATH (Debian: apt-get install nats-server)")
     Bench(opts).run()

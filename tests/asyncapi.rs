@@ -301,12 +301,7 @@ async fn the_broker_serves_the_document_verbatim() -> Result<()> {
     let broker = Broker::start(&config("", ""))?;
     let res = reqwest::get(format!("{}/asyncapi.json", broker.http())).await?;
     ensure!(res.status() == 200, "GET /asyncapi.json: {}", res.status());
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = herald_e2e::header(&res, "content-type");
     ensure!(
         content_type.starts_with("application/json"),
         "content-type {content_type}"
@@ -1058,7 +1053,7 @@ fn the_document_covers_every_protocol_type() -> Result<()> {
         let v: Value = serde_json::from_str(&m.to_frame())?;
         types.insert(contract.server_message(&v)?);
     }
-    // Events are rendered by herald::event, once per event.
+    // Events are rendered by herald::protocol::event, once per event.
     let mut headers = BTreeMap::new();
     headers.insert("trace".to_string(), "abc".to_string());
     for (payload, key, headers) in [

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context as _, Result};
-use herald_e2e::{config, Broker, WAIT};
+use herald_e2e::{config, header, Broker, WAIT};
 use serde_json::{json, Value};
 
 /// Asserts `body` is Herald's JSON error with `code` and a message.
@@ -437,17 +437,43 @@ async fn health_metrics_dashboard_and_route_errors() -> Result<()> {
         body["error"]["code"].is_string(),
         "405 is not a JSON error: {body}"
     );
+    // A wrong method on each route answers 405 and names the right one in `Allow`.
+    let http = reqwest::Client::new();
+    for (path, wrong, allowed) in [
+        ("/api/publish", reqwest::Method::GET, "POST"),
+        ("/api/tickets", reqwest::Method::GET, "POST"),
+        ("/api/topics", reqwest::Method::POST, "GET"),
+        ("/healthz", reqwest::Method::POST, "GET"),
+        ("/readyz", reqwest::Method::DELETE, "GET"),
+        ("/metrics", reqwest::Method::PUT, "GET"),
+        ("/herald.js", reqwest::Method::POST, "GET"),
+        ("/asyncapi.json", reqwest::Method::POST, "GET"),
+        ("/", reqwest::Method::POST, "GET"),
+        ("/ws", reqwest::Method::POST, "GET"),
+    ] {
+        let res = http
+            .request(wrong.clone(), format!("{}{path}", broker.http()))
+            .send()
+            .await?;
+        ensure!(
+            res.status().as_u16() == 405,
+            "{wrong} {path}: {}",
+            res.status()
+        );
+        let allow = header(&res, "allow");
+        ensure!(allow == allowed, "{wrong} {path}: Allow `{allow}`");
+        let body: Value = res.json().await?;
+        ensure!(
+            body["error"]["code"] == "method_not_allowed",
+            "{wrong} {path}: {body}"
+        );
+    }
 
     let res = reqwest::get(format!("{}/", broker.http()))
         .await
         .context("GET /")?;
     ensure!(res.status().as_u16() == 200, "GET /: {}", res.status());
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = header(&res, "content-type");
     ensure!(
         content_type.starts_with("text/html"),
         "GET / content-type {content_type}"

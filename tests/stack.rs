@@ -216,12 +216,7 @@ async fn the_demo_stack_delivers_nats_metrics_and_kafka_orders() -> Result<()> {
     for (path, content_type) in [("/", "text/html"), ("/herald.js", "text/javascript")] {
         let res = http.get(format!("{}{path}", broker.http())).send().await?;
         assert_eq!(res.status(), 200, "{path}");
-        let header = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let header = herald_e2e::header(&res, "content-type");
         ensure!(header.starts_with(content_type), "{path}: {header}");
         ensure!(!res.text().await?.trim().is_empty(), "{path} is empty");
     }

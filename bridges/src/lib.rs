@@ -12,7 +12,8 @@
 //! - [`BridgeContext`]: what every bridge task is started with: an [`EventSink`]
 //!   (where its events go), a [`StatusSink`] (its [`BridgeStatus`], for `/readyz`),
 //!   its [`BridgeCounters`] (for `/metrics`) and a cancellation token (shutdown).
-//!   A bridge is a task, `run(bridge, context)`, that returns once cancelled.
+//!   A bridge is prepared once (`NatsBridge::new`, `KafkaBridge::new`) and runs as a
+//!   task, `bridge.run(context, …)`, that returns once cancelled.
 //! - [`topic`]: the topic grammar (names, patterns, matching, grant coverage),
 //!   shared with the broker.
 //! - [`backoff`]: the capped exponential backoff both bridges retry with.

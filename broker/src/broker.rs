@@ -9,6 +9,7 @@
 //! error named by its config key. `herald check-config` runs both and stops there.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::Recipient;
@@ -144,6 +145,9 @@ struct Inner {
     sessions: SessionDirectory,
     readiness: Arc<Readiness>,
     bridges: Bridges,
+    /// Set by [`Broker::shutdown`]: upgrades are refused, and a session that opens
+    /// all the same closes at once with 1001.
+    shutting_down: AtomicBool,
 }
 
 /// A running Herald node. Clone it freely.
@@ -174,6 +178,14 @@ impl Broker {
     pub fn start(config: Config) -> Result<Broker, ConfigError> {
         config.validate().map_err(|e| config.attribute(e))?;
         let components = Components::build(&config)?;
+        Ok(Broker::start_with(config, components))
+    }
+
+    /// Starts with the [`Components`] already built from `config` (which
+    /// [`Config::load`] or [`Config::validate`] has validated): the binary builds
+    /// them before it starts logging, so that their errors are reported like every
+    /// other configuration error. Must be called inside a running actix system.
+    pub fn start_with(config: Config, components: Components) -> Broker {
         let shards = if config.server.shards == 0 {
             cores()
         } else {
@@ -199,7 +211,7 @@ impl Broker {
         let readiness = Arc::new(Readiness::default());
         let bridges = Bridges::start(components.bridges, &config, &node, &registry, &readiness);
         let publisher = Publisher::new(registry, &bridges, &config.cluster.subject_prefix);
-        Ok(Broker {
+        Broker {
             inner: Arc::new(Inner {
                 publisher,
                 // Time-ordered, so a later start has a later epoch; clients treat it
@@ -212,9 +224,10 @@ impl Broker {
                 sessions: SessionDirectory::default(),
                 readiness,
                 bridges,
+                shutting_down: AtomicBool::new(false),
                 config,
             }),
-        })
+        }
     }
 
     /// The configuration it runs with.
@@ -286,8 +299,12 @@ impl Broker {
     /// to the local topic. Best-effort: `Ok` means accepted for fan-out, not
     /// delivered. An invalid topic is refused (and counted as `invalid_topic`).
     pub async fn publish(&self, event: BridgeEvent) -> Result<(), PublishError> {
-        let prepared = self.prepare(Publisher::validate(event)?)?;
-        self.send(prepared).await
+        self.publish_one(Publisher::validate(event)?).await
+    }
+
+    /// Publishes one validated event (see [`Publisher::publish`]).
+    pub(crate) async fn publish_one(&self, event: Event) -> Result<(), PublishError> {
+        self.inner.publisher.publish(event).await
     }
 
     /// Mounts Herald's routes (`/ws`, `/api/*`, `/healthz`, `/readyz`, `/metrics`,
@@ -299,10 +316,19 @@ impl Broker {
         move |cfg| crate::http::configure(cfg, broker.clone())
     }
 
-    /// Closes every open session with 1001 (the first step of graceful shutdown);
-    /// returns how many were open.
+    /// Closes every open session with 1001, and every session that opens from now
+    /// on (graceful shutdown, once the listener stops accepting); returns how many
+    /// were open.
     pub fn shutdown(&self) -> usize {
+        // Before the directory is walked: a session inserted after the walk sees the
+        // flag (see `Session::started`).
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.sessions.shutdown_all()
+    }
+
+    /// Whether [`Broker::shutdown`] has been called.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Stops every bridge: each stops reading, closes its client and returns (the

@@ -624,3 +624,12 @@ pub fn code(c: CloseCode) -> u16 {
 pub fn config(server: &str, rest: &str) -> String {
     format!("[server]\nshards = 2\nworkers = 2\n{server}\n{rest}\n")
 }
+
+/// A response header as text (`""` when absent or not text).
+pub fn header(res: &reqwest::Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}

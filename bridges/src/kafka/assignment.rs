@@ -135,7 +135,7 @@ pub(super) async fn outage(signal: &tokio::sync::Notify, placed: &Mutex<Resume>)
 /// Keeps the assignment complete (every partition of every topic) and the status
 /// true: Ready only when every topic's partitions are assigned and a broker is up.
 /// Records in `placed` where it assigned each partition, for a client that replaces
-/// this one after an outage (see [`run`]).
+/// this one after an outage (see `clients` in `mod.rs`).
 pub(super) async fn supervise(
     consumer: Arc<Kafka>,
     s: Arc<KafkaSettings>,

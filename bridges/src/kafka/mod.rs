@@ -116,8 +116,14 @@ impl KafkaBridge {
         (context.status)(BridgeStatus::Starting);
         info!(bridge = %s.name, brokers = %s.brokers, topics = ?s.topics, start = %s.start, group_id = %group_id, "kafka bridge starting");
         clients(s.clone(), group_id, self.template, &context).await;
-        (context.status)(BridgeStatus::Down("stopped".into()));
-        info!(bridge = %s.name, "kafka bridge stopped");
+        if context.cancel.is_cancelled() {
+            (context.status)(BridgeStatus::Down("stopped".into()));
+            info!(bridge = %s.name, "kafka bridge stopped");
+        } else {
+            // The client refused its configuration, or its record stream ended; the
+            // status already says why.
+            warn!(bridge = %s.name, "kafka bridge ended");
+        }
     }
 }
 
@@ -164,8 +170,9 @@ async fn consume(consumer: Arc<Kafka>, template: Template, context: BridgeContex
 
 /// A client, its consumer loop and its supervisor; after an outage, a new client
 /// that resumes where the last one stood (see the module doc). Returns when the
-/// record stream ends, or once `context.cancel` is cancelled and the client is
-/// closed.
+/// record stream ends, or once `context.cancel` is cancelled and this task's hold
+/// on the client is released (off the runtime thread; a metadata call still in
+/// flight on the blocking pool releases the last hold when it returns).
 async fn clients(
     s: Arc<KafkaSettings>,
     group_id: String,

@@ -12,14 +12,16 @@ use super::{ClientSlot, NatsError, NatsSettings};
 use crate::backoff::Backoff;
 use crate::{BridgeCounters, BridgeStatus, StatusSink};
 
-/// Parses `url` (one URL or several, comma-separated) into server addresses.
+/// Parses `url` (one URL or several, comma-separated) into server addresses. An
+/// error names the URL by its position, never by its text (it may hold a password).
 pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
     url.split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(|u| {
+        .enumerate()
+        .map(|(i, u)| {
             u.parse::<async_nats::ServerAddr>()
-                .map_err(|e| format!("`{u}`: {e}"))
+                .map_err(|e| format!("URL {} of the list: {e}", i + 1))
         })
         .collect::<Result<Vec<_>, _>>()
         .and_then(|v| {
@@ -31,12 +33,25 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
         })
 }
 
-pub(super) async fn options(
+/// What the client's event callback shares with the bridge.
+#[derive(Clone)]
+pub(super) struct Shared {
+    /// Where the bridge's status goes.
+    pub(super) status: StatusSink,
+    /// The bridge's counters (`connected`, disconnects, reconnects, slow consumer).
+    pub(super) counters: Arc<BridgeCounters>,
+    /// Set once subscriptions (or the JetStream consumer) exist, so a first
+    /// `Connected` event cannot report Ready before they do.
+    pub(super) subscribed: Arc<AtomicBool>,
+    /// The connection, once made (a flush on reconnect proves re-subscription).
+    pub(super) slot: ClientSlot,
+    /// Told when the connection is closed for good (after a drain).
+    pub(super) closed: Arc<tokio::sync::Notify>,
+}
+
+async fn options(
     s: &NatsSettings,
-    status: StatusSink,
-    counters: Arc<BridgeCounters>,
-    subscribed: Arc<AtomicBool>,
-    slot: ClientSlot,
+    shared: &Shared,
 ) -> Result<async_nats::ConnectOptions, NatsError> {
     let mut opts = if !s.creds_file.is_empty() {
         async_nats::ConnectOptions::with_credentials_file(&s.creds_file)
@@ -65,6 +80,7 @@ pub(super) async fn options(
         );
     }
     let name = s.name.clone();
+    let shared = shared.clone();
     Ok(opts
         .require_tls(s.tls_required)
         .name(format!("herald-{}", s.name))
@@ -75,20 +91,29 @@ pub(super) async fn options(
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
-            let status = status.clone();
-            let counters = counters.clone();
+            let Shared {
+                status,
+                counters,
+                subscribed,
+                slot,
+                closed,
+            } = shared.clone();
             let name = name.clone();
-            let subscribed = subscribed.clone();
-            let slot = slot.clone();
             async move {
                 match event {
+                    // The connection is closed for good (after a drain): the bridge
+                    // waits for this before it says it stopped.
+                    async_nats::Event::Closed => {
+                        counters.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                        closed.notify_one();
+                    }
                     async_nats::Event::Connected => {
                         counters.connected.store(true, std::sync::atomic::Ordering::Relaxed);
                         if counters.disconnects.load(std::sync::atomic::Ordering::Relaxed) > 0 {
                             counters.add(&counters.reconnects, 1);
                         }
                         info!(bridge = %name, "nats connected");
-                        // The first Connected comes before `run` has subscribed: `run`
+                        // The first Connected comes before the bridge has subscribed: it
                         // reports Ready itself then.
                         if subscribed.load(std::sync::atomic::Ordering::Acquire) {
                             // Connected can precede the re-subscriptions; a flush is
@@ -203,22 +228,12 @@ const CONNECT_RETRY_MAX: Duration = Duration::from_secs(4);
 pub(super) async fn connect_with_retry(
     s: &NatsSettings,
     addrs: &[async_nats::ServerAddr],
-    status: &StatusSink,
-    counters: &Arc<BridgeCounters>,
-    subscribed: &Arc<AtomicBool>,
-    slot: &ClientSlot,
+    shared: &Shared,
 ) -> Result<async_nats::Client, NatsError> {
     let mut retry = Retry::new(CONNECT_RETRY_FIRST, CONNECT_RETRY_MAX);
     loop {
         // Built again for every attempt: `connect` consumes the options.
-        let opts = options(
-            s,
-            status.clone(),
-            counters.clone(),
-            subscribed.clone(),
-            slot.clone(),
-        )
-        .await?;
+        let opts = options(s, shared).await?;
         match opts.connect(addrs.to_vec()).await {
             Ok(client) => {
                 if retry.attempts > 1 {
@@ -228,7 +243,7 @@ pub(super) async fn connect_with_retry(
             }
             Err(e) => {
                 let error = format!("cannot connect to NATS: {e}");
-                status(BridgeStatus::Down(format!("{error}; retrying")));
+                (shared.status)(BridgeStatus::Down(format!("{error}; retrying")));
                 retry.failed(&s.name, error).await;
             }
         }

@@ -13,7 +13,7 @@ pub const SOURCE_HEADER: &str = "Herald-Source";
 pub const KEY_HEADER: &str = "Herald-Key";
 
 /// Maps a subject to a Herald topic: strip `strip_prefix` when present, then prepend
-/// `topic_prefix`. The result is validated by the topic layer (invalid topics are
+/// `topic_prefix`. The broker's sink validates the result (invalid topics are
 /// dropped and counted there).
 pub fn topic_for(subject: &str, strip_prefix: &str, topic_prefix: &str) -> String {
     let rest = if strip_prefix.is_empty() {

@@ -3,7 +3,7 @@
 //!
 //! Delivery through NATS is at-most-once too: core NATS does not redeliver. The
 //! bridge never blocks the NATS client on a slow broker: it hands each message to
-//! the broker with `try_send` and counts what does not fit. async-nats reconnects by
+//! the broker's sink, which never waits, and counts what does not fit. async-nats reconnects by
 //! itself (forever, with backoff) and re-subscribes on reconnect; the bridge reports
 //! `Down` while disconnected and `Ready` once its subscriptions are flushed to the
 //! server again, so `/readyz` tells a load balancer the truth. While it cannot
@@ -39,8 +39,10 @@ pub enum NatsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot connect to {url}: {message}")]
-    Connect { url: String, message: String },
+    /// `url` (or one of its comma-separated URLs) does not parse. The message names
+    /// the URL at fault.
+    #[error("{0}")]
+    Url(String),
     #[error("JetStream stream {stream}: {source}")]
     JetStream {
         stream: String,
@@ -54,6 +56,9 @@ pub enum NatsError {
         source: async_nats::SubscribeError,
     },
 }
+
+/// Longest time a stopping bridge waits for its connection to drain and close.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The bridge's connection, once made, for publishing through it (the cluster
 /// backplane). async-nats reconnects behind the same handle.
@@ -70,10 +75,7 @@ pub struct NatsBridge {
 impl NatsBridge {
     /// Prepares a bridge for `settings`. The error names the settings field.
     pub fn new(settings: NatsSettings) -> Result<Self, NatsError> {
-        let addrs = server_addrs(&settings.url).map_err(|message| NatsError::Connect {
-            url: settings.url.clone(),
-            message,
-        })?;
+        let addrs = server_addrs(&settings.url).map_err(NatsError::Url)?;
         Ok(NatsBridge { settings, addrs })
     }
 
@@ -86,14 +88,22 @@ impl NatsBridge {
     /// subscribes or starts its JetStream consumer, and hands every message to the
     /// sink. Publishing code gets the connection through `slot` once it exists.
     /// On cancellation it drains the connection (unsubscribes, flushes what was
-    /// published through it) and returns.
+    /// published through it), waits until the client says it is closed (at most
+    /// [`DRAIN_TIMEOUT`]) and returns.
     pub async fn run(self, context: BridgeContext, slot: ClientSlot) {
         let name = self.settings.name.clone();
         let status = context.status.clone();
         status(BridgeStatus::Starting);
+        let shared = connect::Shared {
+            status: status.clone(),
+            counters: context.counters.clone(),
+            subscribed: Arc::new(AtomicBool::new(false)),
+            slot: slot.clone(),
+            closed: Arc::new(tokio::sync::Notify::new()),
+        };
         let cancel = context.cancel.clone();
         let result = tokio::select! {
-            result = self.consume(&context, &slot) => result,
+            result = self.consume(&context, &shared) => result,
             () = cancel.cancelled() => Ok(()),
         };
         match result {
@@ -110,9 +120,15 @@ impl NatsBridge {
             Ok(()) => {}
         }
         if let Some(client) = slot.get() {
-            // Bounded: a server that does not answer does not hold shutdown up.
-            let drained =
-                tokio::time::timeout(std::time::Duration::from_secs(2), client.drain()).await;
+            // `drain` only asks the client to drain; the connection is closed once
+            // the client's `Closed` event says so. Bounded: a server that does not
+            // answer does not hold shutdown up.
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                client.drain().await?;
+                shared.closed.notified().await;
+                Ok::<_, async_nats::client::DrainError>(())
+            })
+            .await;
             if !matches!(drained, Ok(Ok(()))) {
                 warn!(bridge = %name, "nats connection not drained in time; closing it");
             }
@@ -123,15 +139,15 @@ impl NatsBridge {
 
     /// Connects, subscribes (or starts the JetStream consumer) and forwards messages
     /// until the subscriptions end.
-    async fn consume(&self, context: &BridgeContext, slot: &ClientSlot) -> Result<(), NatsError> {
+    async fn consume(
+        &self,
+        context: &BridgeContext,
+        shared: &connect::Shared,
+    ) -> Result<(), NatsError> {
         let s = &self.settings;
         let (status, counters) = (&context.status, &context.counters);
-        // Set once subscriptions (or the JetStream consumer) exist, so a first
-        // `Connected` event cannot report Ready before they do.
-        let subscribed = Arc::new(AtomicBool::new(false));
-        let client =
-            connect::connect_with_retry(s, &self.addrs, status, counters, &subscribed, slot)
-                .await?;
+        let (subscribed, slot) = (&shared.subscribed, &shared.slot);
+        let client = connect::connect_with_retry(s, &self.addrs, shared).await?;
         if let Some(start) = &s.jetstream {
             let mut messages =
                 jetstream::jetstream_consumer_with_retry(s, start, &client, status).await;

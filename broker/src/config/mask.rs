@@ -35,7 +35,7 @@ impl Config {
 
 /// `nats://user:pass@host` → `nats://***@host`, for every URL of a comma-separated
 /// list, with or without a scheme.
-fn mask_url_credentials(urls: &str) -> String {
+pub(crate) fn mask_url_credentials(urls: &str) -> String {
     urls.split(',')
         .map(|url| {
             let lead = url.len() - url.trim_start().len();

@@ -24,6 +24,7 @@ mod mask;
 mod schema;
 mod validate;
 
+pub(crate) use mask::mask_url_credentials;
 pub use schema::*;
 
 /// Where a configuration value came from, for error messages.

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where it was loaded from (not a key).
+    /// Where it was loaded from (not a key; opaque, so `..Default::default()`
+    /// still fills it in a struct literal).
     #[serde(skip)]
-    pub(crate) provenance: super::Provenance,
+    pub provenance: super::Provenance,
     pub server: ServerConfig,
     pub session: SessionConfig,
     pub history: HistoryConfig,

@@ -488,6 +488,43 @@ mod tests {
     }
 
     #[test]
+    fn one_nats_authentication_method_per_bridge() {
+        let load = |auth: &str| {
+            Config::load(
+                Some(file(&format!("[[bridge.nats]]\n{auth}\n")).path()),
+                no_env(),
+            )
+        };
+        for one in [
+            "user = \"u\"\npassword = \"p\"",
+            "token = \"t\"",
+            "nkey = \"SUAXXX\"",
+            "creds_file = \"/x.creds\"",
+        ] {
+            assert!(load(one).is_ok(), "{one}");
+        }
+        for (two, key) in [
+            ("user = \"u\"\ntoken = \"t\"", "bridge.nats[0].token"),
+            ("token = \"t\"\nnkey = \"SUAXXX\"", "bridge.nats[0].nkey"),
+            (
+                "nkey = \"SUAXXX\"\ncreds_file = \"/x\"",
+                "bridge.nats[0].creds_file",
+            ),
+            (
+                "password = \"p\"\ncreds_file = \"/x\"",
+                "bridge.nats[0].creds_file",
+            ),
+        ] {
+            let msg = load(two).expect_err(two).to_string();
+            assert!(
+                msg.contains(key) && msg.contains("only one"),
+                "{two}: {msg}"
+            );
+            assert!(!msg.contains("SUAXXX"), "never a secret: {msg}");
+        }
+    }
+
+    #[test]
     fn origins_must_be_origins() {
         let mut c = Config::default();
         c.server.allowed_origins = vec!["https://ok.example".into(), "ok.example".into()];

@@ -36,6 +36,15 @@ pub(super) async fn upgrade(
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
     let cfg = broker.config();
+    if broker.is_shutting_down() {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down; connect again (to another node)",
+        );
+        e.retry_after = true;
+        return Err(e);
+    }
     let subprotocol = admission::subprotocol(req.headers());
     if subprotocol == Subprotocol::Unsupported {
         METRICS.refused(RefusedReason::Subprotocol);

@@ -89,22 +89,28 @@ impl Backplane {
         Ok(headers)
     }
 
+    /// The bridge's connection, when it is up: publishes fail at once while it is
+    /// down rather than wait in the NATS client's buffer.
+    pub(crate) fn connection(&self) -> Result<&async_nats::Client, PublishError> {
+        if !self.counters.connected.load(Ordering::Relaxed) {
+            return Err(self.down("disconnected from NATS".into()));
+        }
+        self.client
+            .get()
+            .ok_or_else(|| self.down("not connected yet".into()))
+    }
+
+    fn down(&self, why: String) -> PublishError {
+        PublishError::BackplaneDown(format!("bridge {}: {why}", self.bridge))
+    }
+
     /// Publishes a prepared event to NATS. `Ok` means handed to a connected NATS
     /// client.
     pub(crate) async fn send(&self, out: Outgoing) -> Result<(), PublishError> {
-        let down =
-            |why: String| PublishError::BackplaneDown(format!("bridge {}: {why}", self.bridge));
-        if !self.counters.connected.load(Ordering::Relaxed) {
-            return Err(down("disconnected from NATS".into()));
-        }
-        let client = self
-            .client
-            .get()
-            .ok_or_else(|| down("not connected yet".into()))?;
-        client
+        self.connection()?
             .publish_with_headers(out.subject, out.headers, out.payload)
             .await
-            .map_err(|e| down(e.to_string()))
+            .map_err(|e| self.down(e.to_string()))
     }
 }
 

@@ -41,11 +41,11 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedBridge>, ConfigErro
     let mut bridges = Vec::new();
     #[cfg(feature = "nats")]
     for (i, b) in config.bridge.nats.iter().enumerate() {
-        let bridge = herald_bridges::nats::NatsBridge::new(b.clone()).map_err(|e| {
+        let bridge = herald_bridges::nats::NatsBridge::new(b.clone()).map_err(|why| {
             ConfigError::invalid(
                 &format!("bridge.nats[{i}].url"),
-                &b.url,
-                &format!("NATS URLs like nats://127.0.0.1:4222 ({e})"),
+                crate::config::mask_url_credentials(&b.url),
+                &format!("NATS URLs like nats://127.0.0.1:4222 ({why})"),
             )
         })?;
         bridges.push(PreparedBridge::Nats(Box::new(bridge)));
@@ -185,10 +185,13 @@ impl Bridges {
         let total = tasks.len();
         let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
         let mut stopped = 0;
-        for (name, task) in tasks {
-            match tokio::time::timeout_at(deadline, task).await {
+        for (name, mut task) in tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(_) => stopped += 1,
-                Err(_) => warn!(bridge = %name, "bridge did not stop in time"),
+                Err(_) => {
+                    warn!(bridge = %name, "bridge did not stop in time; abandoning it");
+                    task.abort();
+                }
             }
         }
         if total > 0 {

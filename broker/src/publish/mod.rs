@@ -108,6 +108,17 @@ impl Publisher {
         }
     }
 
+    /// Prepares and sends one event. With a backplane that is down, the answer is
+    /// `BackplaneDown` before anything else is checked.
+    pub(crate) async fn publish(&self, event: Event) -> Result<(), PublishError> {
+        #[cfg(feature = "nats")]
+        if let Some(backplane) = &self.backplane {
+            backplane.connection()?;
+        }
+        let prepared = self.prepare(event)?;
+        self.send(prepared).await
+    }
+
     /// Validates an event from code that has not (an embedding application): an
     /// invalid topic is counted as `invalid_topic` and refused.
     pub(crate) fn validate(event: herald_bridges::BridgeEvent) -> Result<Event, PublishError> {

@@ -237,6 +237,11 @@ impl Actor for Session {
             .insert(self.id, ctx.address().recipient());
         let subject = self.identity.as_ref().and_then(|i| i.subject.as_deref());
         info!(session = %self.name, ip = ?self.ip, subject = subject.unwrap_or("-"), "session opened");
+        // Upgraded while shutdown began: shutdown's walk of the directory may have
+        // missed this session, but the flag was set before that walk.
+        if self.broker.is_shutting_down() {
+            return self.close(ctx, close::GOING_AWAY, "server shutting down");
+        }
         if self.identity.is_some() && !self.echo {
             self.welcome(ctx);
             self.flush(ctx);

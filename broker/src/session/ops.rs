@@ -103,7 +103,7 @@ impl Session {
                 // the event is accepted (or refused), without blocking the session.
                 let broker = self.broker.clone();
                 let id = id.clone();
-                let publish = async move { broker.send(broker.prepare(event)?).await };
+                let publish = async move { broker.publish_one(event).await };
                 ctx.spawn(publish.into_actor(self).map(move |result, act, ctx| {
                     match result {
                         Ok(()) => {

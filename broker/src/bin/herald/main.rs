@@ -77,19 +77,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::CheckConfig) = cli.command {
-        // What start-up builds from files (JWT key, TLS certificate, bridge clients)
-        // is checked too, without starting anything.
-        if let Err(e) = herald::Components::build(&config) {
+    // What start-up builds from files (JWT key, TLS certificate, bridge clients),
+    // before logging starts: its errors are configuration errors like the others.
+    let components = match herald::Components::build(&config) {
+        Ok(c) => c,
+        Err(e) => {
             eprintln!("herald: {e}");
             return ExitCode::from(2);
         }
+    };
+    if let Some(Command::CheckConfig) = cli.command {
         print!("{}", config.to_masked_toml());
         eprintln!("herald: configuration is valid");
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    let result = actix_web::rt::System::new().block_on(serve::run(config));
+    let result = actix_web::rt::System::new().block_on(serve::run(config, components));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,7 +12,7 @@ use actix_web::{App, HttpServer};
 use tracing::{debug, info, warn};
 
 use herald::config::{Config, Origin};
-use herald::Broker;
+use herald::{Broker, Components};
 
 /// One access-log line per request. Only the path is logged, never the query
 /// string: it may carry a ticket.
@@ -57,8 +57,9 @@ async fn signal() -> &'static str {
     }
 }
 
-/// Serves `config` until a signal; returns once shut down.
-pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+/// Serves `config` (validated, with its `components` built) until a signal; returns
+/// once shut down.
+pub(crate) async fn run(config: Config, components: Components) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     // Slowloris: the head of a connection's first request must arrive in time.
@@ -73,7 +74,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         0 => herald::cores(),
         n => n,
     };
-    let broker = Broker::start(config)?;
+    let broker = Broker::start_with(config, components);
     let app_broker = broker.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -118,9 +119,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     actix_rt::spawn(async move {
         let which = signal().await;
         // Past the grace period (and a second for the last steps) the process exits
-        // whatever is still open.
-        actix_rt::spawn(async move {
-            tokio::time::sleep(grace + Duration::from_secs(1)).await;
+        // whatever is still open. A thread, not a task: it must fire even while the
+        // runtime itself is shutting down (waiting on a blocking task, say).
+        std::thread::spawn(move || {
+            std::thread::sleep(grace + Duration::from_secs(1));
             warn!("grace period over; exiting with connections still open");
             std::process::exit(0);
         });
@@ -144,7 +146,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         );
         // 3. The bridges stop reading and close their clients.
         shutdown_broker.stop_bridges().await;
-        // 4. The HTTP server finishes what is left, within what remains of the grace.
+        // 4. The HTTP server finishes what is left (its workers wait at most
+        //    `shutdown_grace_ms` for their connections; the watchdog above bounds
+        //    the whole shutdown by the grace period and a second).
         handle.stop(true).await;
     });
     server.await?;
