@@ -483,22 +483,19 @@ async fn es256_and_rs256_tokens_verify_with_a_pem_public_key() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_wss_and_https_with_the_configured_certificate() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+/// A self-signed certificate for `localhost` written into `dir`: the `[server]` lines
+/// that serve TLS with it, and a client connector that trusts it.
+fn self_signed_tls(dir: &std::path::Path) -> Result<(String, tokio_rustls::TlsConnector)> {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
-    let cert_file = dir.path().join("cert.pem");
-    let key_file = dir.path().join("key.pem");
+    let cert_file = dir.join("cert.pem");
+    let key_file = dir.join("key.pem");
     std::fs::write(&cert_file, cert.cert.pem())?;
     std::fs::write(&key_file, cert.key_pair.serialize_pem())?;
-    let broker = Broker::start(&config(
-        &format!(
-            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
-            cert_file.display(),
-            key_file.display()
-        ),
-        "",
-    ))?;
+    let server = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        cert_file.display(),
+        key_file.display()
+    );
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone())?;
     let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -507,7 +504,36 @@ async fn tls_serves_wss_and_https_with_the_configured_certificate() -> Result<()
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    Ok((
+        server,
+        tokio_rustls::TlsConnector::from(Arc::new(client_config)),
+    ))
+}
+
+/// `GET path` over TLS to `addr`: the whole response, head and body.
+async fn https_get(
+    connector: &tokio_rustls::TlsConnector,
+    addr: &str,
+    path: &str,
+) -> Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.ok();
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_wss_and_https_with_the_configured_certificate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (server, connector) = self_signed_tls(dir.path())?;
+    let broker = Broker::start(&config(&server, ""))?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     // wss://
     let tcp = tokio::net::TcpStream::connect(&broker.addr).await?;
@@ -518,13 +544,7 @@ async fn tls_serves_wss_and_https_with_the_configured_certificate() -> Result<()
     let welcome: Value = serde_json::from_str(welcome.to_text()?)?;
     assert_eq!(welcome["type"], "welcome");
     // https://
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let tcp = tokio::net::TcpStream::connect(&broker.addr).await?;
-    let mut tls = connector.connect(name, tcp).await?;
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    tls.read_to_string(&mut response).await.ok();
+    let response = https_get(&connector, &broker.addr, "/healthz").await?;
     ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
     // Plain HTTP on the TLS port gets no HTTP answer.
     let plain = reqwest::Client::new()
@@ -587,5 +607,285 @@ async fn a_refused_upgrade_keeps_the_ticket_and_an_expired_token_voids_it() -> R
     // The route exists: the wrong method is a 405, not a 404.
     let (status, _) = api(&broker, reqwest::Method::GET, "/api/tickets", None, None).await?;
     assert_eq!(status, 405);
+    Ok(())
+}
+
+/// The names of the `topics` (or `patterns`) of a `GET /api/topics` answer.
+fn names(body: &Value, list: &str, field: &str) -> Vec<String> {
+    body[list]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| r[field].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `GET /api/topics` shows each caller exactly the topics and patterns its subscribe
+/// grants cover, with the coverage rule of `subscribe`; an API key sees everything;
+/// nobody sees anything without credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_topics_lists_only_what_the_caller_may_subscribe_to() -> Result<()> {
+    let broker = Broker::start(&jwt_config(""))?;
+    for topic in [
+        "orders.customer-4711.invoice",
+        "orders.customer-0815.invoice",
+        "public.news",
+        "public.sports.live",
+    ] {
+        let (status, body) = api(
+            &broker,
+            reqwest::Method::POST,
+            "/api/publish",
+            Some(API_KEY),
+            Some(json!({"topic": topic, "data": {"n": 1}})),
+        )
+        .await?;
+        ensure!(status == 202, "{topic}: {status} {body}");
+    }
+    // Two wildcard subscriptions held by a session that may subscribe to anything.
+    let admin = user("ops", &[">"], &[]);
+    let mut watcher = Client::connect_with(ws_request(&broker, "", Some(&admin))?).await?;
+    watcher.subscribe(&["public.*", "orders.>"]).await?;
+    let list = |cred: Option<String>| {
+        let broker = &broker;
+        async move {
+            let (status, body) = api(
+                broker,
+                reqwest::Method::GET,
+                "/api/topics",
+                cred.as_deref(),
+                None,
+            )
+            .await?;
+            ensure!(status == 200, "{status} {body}");
+            Ok::<_, anyhow::Error>((
+                names(&body, "topics", "topic"),
+                names(&body, "patterns", "pattern"),
+            ))
+        }
+    };
+    let everything = (
+        vec![
+            "orders.customer-0815.invoice".to_owned(),
+            "orders.customer-4711.invoice".to_owned(),
+            "public.news".to_owned(),
+            "public.sports.live".to_owned(),
+        ],
+        vec!["orders.>".to_owned(), "public.*".to_owned()],
+    );
+    ensure!(
+        list(Some(API_KEY.into())).await? == everything,
+        "an API key sees all"
+    );
+    ensure!(
+        list(Some(admin.clone())).await? == everything,
+        "`>` sees all"
+    );
+    // `public.*` covers one token: not public.sports.live, and not the pattern
+    // orders.>.
+    let (topics, patterns) = list(Some(user("browser", &["public.*"], &[]))).await?;
+    ensure!(topics == ["public.news"], "{topics:?}");
+    ensure!(patterns == ["public.*"], "{patterns:?}");
+    let (topics, patterns) = list(Some(user("customer", &["orders.customer-4711.>"], &[]))).await?;
+    ensure!(topics == ["orders.customer-4711.invoice"], "{topics:?}");
+    ensure!(
+        patterns.is_empty(),
+        "orders.> is wider than the grant: {patterns:?}"
+    );
+    let (topics, patterns) = list(Some(user("nobody", &[], &[]))).await?;
+    ensure!(
+        topics.is_empty() && patterns.is_empty(),
+        "{topics:?} {patterns:?}"
+    );
+    let (status, _) = api(&broker, reqwest::Method::GET, "/api/topics", None, None).await?;
+    ensure!(status == 401, "no credentials: {status}");
+    Ok(())
+}
+
+/// One row of the route table in docs/security.md.
+struct DocRoute {
+    method: reqwest::Method,
+    path: String,
+    /// The documented status without credentials, with an invalid JWT, and with an
+    /// API key: the first number of each cell.
+    statuses: [u16; 3],
+}
+
+/// The route table of docs/security.md ("Routes and their credentials").
+fn doc_routes() -> Result<Vec<DocRoute>> {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/security.md"),
+    )?;
+    let first_number = |cell: &str| -> Result<u16> {
+        let digits: String = cell
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse()
+            .with_context(|| format!("no status in `{cell}`"))
+    };
+    let mut routes = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let Some(route) = cells
+            .get(1)
+            .and_then(|c| c.strip_prefix('`'))
+            .and_then(|c| c.strip_suffix('`'))
+        else {
+            continue;
+        };
+        let Some((method, path)) = route.split_once(' ') else {
+            continue;
+        };
+        if !matches!(method, "GET" | "POST") || cells.len() < 7 {
+            continue;
+        }
+        routes.push(DocRoute {
+            method: method.parse()?,
+            path: path.to_owned(),
+            statuses: [
+                first_number(cells[3])?,
+                first_number(cells[4])?,
+                first_number(cells[5])?,
+            ],
+        });
+    }
+    ensure!(
+        routes.len() >= 10,
+        "the route table has {} rows",
+        routes.len()
+    );
+    Ok(routes)
+}
+
+/// Walks the route table of docs/security.md against a node with `auth.mode =
+/// "jwt"`: every route answers a caller without credentials, with an invalid JWT and
+/// with an API key exactly as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_credential_as_docs_security_says() -> Result<()> {
+    let broker = Broker::start(&jwt_config(""))?;
+    let invalid = token(json!({"sub": "x", "exp": now() + 60})).replace('.', "x.");
+    for route in doc_routes()? {
+        let creds = [None, Some(invalid.as_str()), Some(API_KEY)];
+        for (cred, want) in creds.into_iter().zip(route.statuses) {
+            let got = if route.path == "/ws" {
+                match tokio_tungstenite::connect_async(ws_request(&broker, "", cred)?).await {
+                    Ok((_, res)) => res.status().as_u16(),
+                    Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+                    Err(e) => anyhow::bail!("GET /ws: {e}"),
+                }
+            } else {
+                let body = (route.method == reqwest::Method::POST && route.path == "/api/publish")
+                    .then(|| json!({"topic": "docs.walk", "data": 1}));
+                api(&broker, route.method.clone(), &route.path, cred, body)
+                    .await?
+                    .0
+            };
+            let which = match cred {
+                None => "no credential",
+                Some(c) if c == API_KEY => "an API key",
+                Some(_) => "an invalid JWT",
+            };
+            ensure!(
+                got == want,
+                "{} {} with {which}: {got}, docs/security.md says {want}",
+                route.method,
+                route.path
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The status of `GET path` at `base`.
+async fn status_of(base: &str, path: &str) -> Result<u16> {
+    Ok(reqwest::get(format!("{base}{path}"))
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// With `server.admin_listen`, `/metrics`, `/healthz`, `/readyz` and `/api/topics`
+/// answer there only; `server.dashboard = false` turns `/` and `/herald.js` off; the
+/// WebSocket and the publish API stay on the public port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_takes_the_operational_routes_off_the_public_port() -> Result<()> {
+    let broker = Broker::start(&jwt_config("").replace(
+        "[server]\n",
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\ndashboard = false\n",
+    ))?;
+    let admin = format!("http://{}", broker.admin.clone().context("admin address")?);
+    let public = broker.http();
+    for path in [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/api/topics",
+        "/",
+        "/herald.js",
+    ] {
+        ensure!(status_of(&public, path).await? == 404, "public {path}");
+    }
+    ensure!(status_of(&public, "/asyncapi.json").await? == 200);
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        ensure!(status_of(&admin, path).await? == 200, "admin {path}");
+    }
+    for path in ["/ws", "/", "/herald.js", "/asyncapi.json"] {
+        ensure!(status_of(&admin, path).await? == 404, "admin {path}");
+    }
+    // /api/topics keeps its credentials on the admin address.
+    ensure!(status_of(&admin, "/api/topics").await? == 401);
+    let res = reqwest::Client::new()
+        .get(format!("{admin}/api/topics"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await?;
+    ensure!(res.status() == 200, "{}", res.status());
+    // A wrong method on the admin address is still a 405 with `Allow`.
+    let res = reqwest::Client::new()
+        .post(format!("{admin}/metrics"))
+        .send()
+        .await?;
+    ensure!(res.status() == 405 && herald_e2e::header(&res, "allow") == "GET");
+    // The public side works as before.
+    let (status, body) = api(
+        &broker,
+        reqwest::Method::POST,
+        "/api/publish",
+        Some(API_KEY),
+        Some(json!({"topic": "a.b", "data": 1})),
+    )
+    .await?;
+    ensure!(status == 202, "{status} {body}");
+    // The WebSocket stays on the public port (`connect_with` waits for `welcome`).
+    Client::connect_with(ws_request(&broker, "", Some(&user("u", &[">"], &[])))?).await?;
+    let logs = broker.log_text();
+    ensure!(
+        logs.contains(&format!("/api/topics on {admin}/")),
+        "the startup line names the admin address: {logs}"
+    );
+    Ok(())
+}
+
+/// The admin listener speaks plain HTTP while `server.listen` serves TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_is_plain_http_beside_tls_on_the_public_port() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (tls, connector) = self_signed_tls(dir.path())?;
+    let broker = Broker::start(&config(
+        &format!("{tls}\nadmin_listen = \"127.0.0.1:0\""),
+        "",
+    ))?;
+    let admin = format!("http://{}", broker.admin.clone().context("admin address")?);
+    ensure!(status_of(&admin, "/healthz").await? == 200);
+    ensure!(status_of(&admin, "/metrics").await? == 200);
+    let response = https_get(&connector, &broker.addr, "/metrics").await?;
+    ensure!(response.starts_with("HTTP/1.1 404"), "{response}");
+    let response = https_get(&connector, &broker.addr, "/").await?;
+    ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
     Ok(())
 }

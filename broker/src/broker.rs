@@ -308,12 +308,24 @@ impl Broker {
     }
 
     /// Mounts Herald's routes (`/ws`, `/api/*`, `/healthz`, `/readyz`, `/metrics`,
-    /// `/`) in an actix-web `App`: `App::new().configure(broker.configure())`, or
-    /// under a prefix with `web::scope("/realtime").configure(broker.configure())`.
-    /// It leaves the app's default service (its 404 handling) alone.
+    /// `/`, `/herald.js`, `/asyncapi.json`; the table is in docs/security.md) in an
+    /// actix-web `App`: `App::new().configure(broker.configure())`, or under a prefix
+    /// with `web::scope("/realtime").configure(broker.configure())`. With
+    /// `server.dashboard = false` it leaves out `/` and `/herald.js`; with
+    /// `server.admin_listen` set, the operational routes (see
+    /// [`Broker::configure_admin`]). It leaves the app's default service (its 404
+    /// handling) alone.
     pub fn configure(&self) -> impl Fn(&mut actix_web::web::ServiceConfig) + Clone + 'static {
         let broker = self.clone();
         move |cfg| crate::http::configure(cfg, broker.clone())
+    }
+
+    /// Mounts the operational routes (`/metrics`, `/healthz`, `/readyz`,
+    /// `/api/topics`) for a second listener, when `server.admin_listen` is set:
+    /// [`Broker::configure`] then leaves them out.
+    pub fn configure_admin(&self) -> impl Fn(&mut actix_web::web::ServiceConfig) + Clone + 'static {
+        let broker = self.clone();
+        move |cfg| crate::http::configure_admin(cfg, broker.clone())
     }
 
     /// Closes every open session with 1001, and every session that opens from now

@@ -365,6 +365,33 @@ test("a broker with auth asks for a token and connects with it", { timeout: TEST
   assertNoProblems(dash);
 });
 
+test("with server.admin_listen the page streams events and says where the topic list is", { timeout: TEST_TIMEOUT }, async () => {
+  const adminPort = await freePort();
+  const broker = await herald({
+    env: { HERALD_SERVER__ADMIN_LISTEN: `127.0.0.1:${adminPort}` },
+    readyUrl: `http://127.0.0.1:${adminPort}/readyz`,
+  });
+  const dash = await dashboard(broker);
+  const { page } = dash;
+  // The one probe of api/topics on this port: Chromium logs the 404 itself.
+  dash.allow(/status of 404 \(Not Found\)/);
+
+  await expectState(page, "open");
+  await eventually(async () => assert.match(await page.textContent("#topics-status"), /admin address \(server\.admin_listen\)/));
+  // The event stream does not need the topic list.
+  await subscribe(page, "orders.*");
+  await broker.publish([{ topic: "orders.eu", data: { id: 1 } }]);
+  await eventually(async () => assert.deepEqual((await eventRows(page)).map((r) => r.topic), ["orders.eu"]));
+  // It stopped polling: no request for api/topics once the page knows (the access
+  // log has one line per request).
+  const probes = () => broker.logs.filter((line) => line.includes("path=/api/topics")).length;
+  const before = probes();
+  assert.ok(before >= 1, "the page asked once");
+  await sleep(2_500);
+  assert.equal(probes(), before, "no polling after a 404");
+  assertNoProblems(dash);
+});
+
 test("screenshot of a busy dashboard", { timeout: TEST_TIMEOUT }, async () => {
   const update = process.env.HERALD_UPDATE_SCREENSHOT === "1";
   const broker = await herald();

@@ -43,10 +43,11 @@ export function freePort() {
 
 /**
  * Starts the real broker with only environment overrides (defaults otherwise) and
- * waits for GET /readyz. The parent's own HERALD_* settings are not passed on, so a
- * developer's environment cannot change what is tested.
+ * waits for GET /readyz (or `readyUrl`, for a broker with an admin listener). The
+ * parent's own HERALD_* settings are not passed on, so a developer's environment
+ * cannot change what is tested.
  */
-export async function startHerald({ env = {}, port } = {}) {
+export async function startHerald({ env = {}, port, readyUrl } = {}) {
   port ??= await freePort();
   const base = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !(k.startsWith("HERALD_") && (k.includes("__") || k === "HERALD_CONFIG"))),
@@ -73,7 +74,7 @@ export async function startHerald({ env = {}, port } = {}) {
   const deadline = Date.now() + WAIT_MS;
   for (;;) {
     if (exited) throw new Error(`herald exited (${JSON.stringify(exited)}) before it was ready:\n${logs.join("\n")}`);
-    const res = await fetch(new URL("readyz", url)).catch(() => null);
+    const res = await fetch(readyUrl ?? new URL("readyz", url)).catch(() => null);
     if (res?.status === 200) break;
     if (Date.now() > deadline) {
       child.kill("SIGKILL");

@@ -122,6 +122,8 @@ pub fn example_bin(name: &str) -> PathBuf {
 pub struct Broker {
     child: Option<Child>,
     pub addr: String,
+    /// The address of `server.admin_listen`, when the config sets one.
+    pub admin: Option<String>,
     /// Everything the process logged (stdout and stderr), line by line.
     pub logs: Arc<Mutex<Vec<String>>>,
     _config: tempfile::NamedTempFile,
@@ -152,7 +154,7 @@ impl Broker {
         }
         let mut child = cmd.spawn().context("spawn herald")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let (tx, rx) = std::sync::mpsc::channel::<(String, Option<String>)>();
         for stream in [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().expect("stderr")),
@@ -164,15 +166,19 @@ impl Broker {
                     if let Some(rest) = line.split("addr=").nth(1) {
                         if line.contains("herald listening") {
                             let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                            let _ = tx.send(addr);
+                            let admin = line
+                                .split("admin=\"")
+                                .nth(1)
+                                .and_then(|rest| rest.split('"').next().map(str::to_owned));
+                            let _ = tx.send((addr, admin));
                         }
                     }
                     logs.lock().expect("logs").push(line);
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
+        let (addr, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(found) => found,
             Err(_) => {
                 let _ = child.kill();
                 let logs = logs.lock().expect("logs").join("\n");
@@ -182,6 +188,7 @@ impl Broker {
         Ok(Broker {
             child: Some(child),
             addr,
+            admin,
             logs,
             _config: file,
         })

@@ -71,6 +71,14 @@ pub struct ServerConfig {
     pub tls_cert_file: String,
     /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub tls_key_file: String,
+    /// Serve the dashboard at `/` and the JavaScript client at `/herald.js`.
+    /// Default true.
+    pub dashboard: bool,
+    /// A second address (`host:port`) for the operational routes: `/metrics`,
+    /// `/healthz`, `/readyz` and `/api/topics` move there, off `listen`, so a public
+    /// load balancer never exposes them. Plain HTTP, even with TLS on `listen`.
+    /// Empty (the default): everything on `listen`.
+    pub admin_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +98,8 @@ impl Default for ServerConfig {
             conformance_echo: false,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            dashboard: true,
+            admin_listen: String::new(),
         }
     }
 }

@@ -12,6 +12,7 @@ impl Config {
     /// Checks what serde cannot: ranges, addresses, and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.admin_addr()?;
         let s = &self.session;
         if s.heartbeat_interval_ms == 0 {
             return Err(invalid(
@@ -390,14 +391,35 @@ impl Config {
 
     /// `server.listen` as a socket address (`localhost:8080` resolves too).
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        use std::net::ToSocketAddrs as _;
-        let listen = &self.server.listen;
-        listen
-            .parse()
-            .ok()
-            .or_else(|| listen.to_socket_addrs().ok().and_then(|mut a| a.next()))
-            .ok_or_else(|| invalid("server.listen", listen, "host:port, e.g. 127.0.0.1:8080"))
+        socket_addr("server.listen", &self.server.listen)
     }
+
+    /// `server.admin_listen` as a socket address, when set.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let admin = &self.server.admin_listen;
+        if admin.is_empty() {
+            return Ok(None);
+        }
+        let addr = socket_addr("server.admin_listen", admin)?;
+        if addr.port() != 0 && Some(addr) == self.listen_addr().ok() {
+            return Err(invalid(
+                "server.admin_listen",
+                admin,
+                "an address other than server.listen (or empty, to serve everything there)",
+            ));
+        }
+        Ok(Some(addr))
+    }
+}
+
+/// `value` of `key` as a socket address (`localhost:8080` resolves too).
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs as _;
+    value
+        .parse()
+        .ok()
+        .or_else(|| value.to_socket_addrs().ok().and_then(|mut a| a.next()))
+        .ok_or_else(|| invalid(key, value, "host:port, e.g. 127.0.0.1:8080"))
 }
 
 #[cfg(test)]
@@ -485,6 +507,31 @@ mod tests {
                 .expect("a NATS bridge is valid");
         assert_eq!(c.bridge.nats[0].subjects, vec!["events.>".to_string()]);
         assert!(!c.to_masked_toml().contains("pw-secret"));
+    }
+
+    #[test]
+    fn the_admin_listener_is_an_address_of_its_own() {
+        let load = |server: &str| {
+            Config::load(
+                Some(file(&format!("[server]\n{server}\n")).path()),
+                no_env(),
+            )
+        };
+        let c = load("admin_listen = \"127.0.0.1:9090\"").expect("valid");
+        assert_eq!(c.admin_addr().expect("valid").map(|a| a.port()), Some(9090));
+        assert_eq!(
+            load("").expect("default").admin_addr().expect("valid"),
+            None
+        );
+        for bad in [
+            "admin_listen = \"9090\"",
+            "admin_listen = \"127.0.0.1:8080\"",
+        ] {
+            let msg = load(bad).expect_err(bad).to_string();
+            assert!(msg.contains("server.admin_listen"), "{bad}: {msg}");
+        }
+        // Two free ports picked by the system are two addresses.
+        assert!(load("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"").is_ok());
     }
 
     #[test]

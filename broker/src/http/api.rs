@@ -257,7 +257,11 @@ pub(super) async fn topics(
     req: HttpRequest,
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
-    api_identity(&req, &broker)?;
-    let (topics, patterns) = broker.registry().list().await;
+    let identity = api_identity(&req, &broker)?;
+    let (mut topics, mut patterns) = broker.registry().list().await;
+    // Only what the caller may subscribe to (the coverage rule of `subscribe`):
+    // topic names often carry customer or tenant ids. API keys are granted `>`.
+    topics.retain(|t| identity.may_subscribe(&t.topic));
+    patterns.retain(|p| identity.may_subscribe(&p.pattern));
     Ok(HttpResponse::Ok().json(serde_json::json!({ "topics": topics, "patterns": patterns })))
 }

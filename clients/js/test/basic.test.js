@@ -27,7 +27,7 @@ test("subscribe, then events published over WebSocket and HTTP arrive in the pro
   assert.equal(h.state, "open");
   assert.equal(welcome.type, "welcome");
   assert.equal(welcome.protocol, "herald.v1.json");
-  assert.match(welcome.epoch, /^[0-9A-Z]{26}$/);
+  assert.match(welcome.epoch, /^[0-9a-f]{32}$/, "an opaque id: a UUIDv7 in hex");
   assert.equal(typeof welcome.heartbeat.interval_ms, "number");
 
   const events = [];

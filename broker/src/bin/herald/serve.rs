@@ -61,6 +61,7 @@ async fn signal() -> &'static str {
 /// once shut down.
 pub(crate) async fn run(config: Config, components: Components) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
+    let admin_addr = config.admin_addr()?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     // Slowloris: the head of a connection's first request must arrive in time.
     // actix-web sets no such deadline for later requests on a kept-alive
@@ -101,20 +102,65 @@ pub(crate) async fn run(config: Config, components: Components) -> anyhow::Resul
     } else {
         ("http", "ws")
     };
+    // The operational routes on an address of their own (`server.admin_listen`):
+    // plain HTTP, one worker, the same access log and JSON 404/405.
+    let admin = match admin_addr {
+        None => None,
+        Some(admin_addr) => {
+            let admin_broker = broker.clone();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .wrap(from_fn(access_log))
+                    .configure(admin_broker.configure_admin())
+                    .default_service(actix_web::web::to(herald::not_found))
+            })
+            .workers(1)
+            .client_request_timeout(request_timeout)
+            .keep_alive(keep_alive)
+            .disable_signals()
+            .shutdown_timeout(grace.as_secs().max(1))
+            .bind(admin_addr)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot listen on {admin_addr} (server.admin_listen): {e}")
+            })?;
+            let bound = server.addrs().first().copied().unwrap_or(admin_addr);
+            Some((server.run(), bound))
+        }
+    };
+    let admin_note = match &admin {
+        Some((_, bound)) => {
+            format!("; /metrics, /healthz, /readyz and /api/topics on http://{bound}/")
+        }
+        None => String::new(),
+    };
     let setup = match cfg.origin() {
         Origin::Defaults => "no config file: embedded defaults".to_owned(),
         Origin::File(p) => format!("config {}", p.display()),
     };
+    let dashboard = if cfg.server.dashboard {
+        "dashboard at /, "
+    } else {
+        ""
+    };
     info!(
         addr = %bound,
+        admin = admin.as_ref().map(|(_, a)| a.to_string()),
         node = broker.node(),
         epoch = broker.epoch(),
-        "herald listening on {http}://{bound}/ (dashboard at /, WebSocket at {ws}://{bound}/ws); {setup}; bridges: {}; auth: {}",
+        "herald listening on {http}://{bound}/ ({dashboard}WebSocket at {ws}://{bound}/ws){admin_note}; {setup}; bridges: {}; auth: {}",
         cfg.bridge.nats.len() + cfg.bridge.kafka.len(),
         cfg.auth.mode,
     );
     let server = server.run();
     let handle = server.handle();
+    let admin_handle = admin.as_ref().map(|(server, _)| server.handle());
+    if let Some((server, _)) = admin {
+        actix_rt::spawn(async move {
+            if let Err(e) = server.await {
+                warn!(error = %e, "admin listener failed");
+            }
+        });
+    }
     let shutdown_broker = broker.clone();
     actix_rt::spawn(async move {
         let which = signal().await;
@@ -148,7 +194,11 @@ pub(crate) async fn run(config: Config, components: Components) -> anyhow::Resul
         shutdown_broker.stop_bridges().await;
         // 4. The HTTP server finishes what is left (its workers wait at most
         //    `shutdown_grace_ms` for their connections; the watchdog above bounds
-        //    the whole shutdown by the grace period and a second).
+        //    the whole shutdown by the grace period and a second). The admin
+        //    listener answers probes until here (`/readyz` says 503 by now).
+        if let Some(admin) = admin_handle {
+            admin.stop(true).await;
+        }
         handle.stop(true).await;
     });
     server.await?;
