@@ -848,3 +848,137 @@ async fn shutdown_stops_accepting_then_closes_sessions_then_stops_bridges() -> R
     );
     Ok(())
 }
+
+const TICKET_SECRET: &str = "cluster-ticket-test-secret-0123456789";
+
+/// A node with `auth.mode = "jwt"` whose backplane is `nats`.
+fn auth_cluster_node(url: &str) -> String {
+    config(
+        "",
+        &format!(
+            "[cluster]\nbackplane = \"bus\"\nsubject_prefix = \"herald.\"\n\
+             [[bridge.nats]]\nname = \"bus\"\nurl = \"{url}\"\nsubjects = [\"herald.>\"]\nstrip_prefix = \"herald.\"\n\
+             [auth]\nmode = \"jwt\"\njwt_secret = \"{TICKET_SECRET}\"\n"
+        ),
+    )
+}
+
+/// A user's JWT, valid for ten minutes, that may subscribe to everything.
+fn cluster_user() -> Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 600;
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "exp": exp, "herald": {"subscribe": [">"]}}),
+        &jsonwebtoken::EncodingKey::from_secret(TICKET_SECRET.as_bytes()),
+    )?)
+}
+
+/// `POST /api/tickets` on `node` with `token`.
+async fn ticket_from(node: &Broker, token: &str) -> Result<String> {
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/tickets", node.http()))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    ensure!(res.status() == 201, "POST /api/tickets: {}", res.status());
+    let body: Value = res.json().await?;
+    Ok(body["ticket"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The upgrade status of `/ws?ticket=…` on `node`: 101, or the refusal's status.
+async fn upgrade_with(node: &Broker, ticket: &str) -> Result<u16> {
+    let url = format!("{}?ticket={ticket}", node.ws_url());
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((_, res)) => Ok(res.status().as_u16()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Ok(res.status().as_u16()),
+        Err(e) => anyhow::bail!("upgrade: {e}"),
+    }
+}
+
+/// Waits until every node has logged `line`.
+async fn all_logged(nodes: &[Broker], line: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|n| n.log_text().contains(line)) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "not every node logged `{line}`"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// With a backplane whose NATS has JetStream, a ticket issued by any node opens a
+/// WebSocket on any node, once in the whole cluster: presented to three nodes at the
+/// same moment, it opens exactly one connection and the others get 401. No ticket is
+/// ever logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_from_any_node_opens_one_websocket_on_any_node() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let node = auth_cluster_node(&nats.url());
+    let nodes = [
+        Broker::start(&node)?,
+        Broker::start(&node)?,
+        Broker::start(&node)?,
+    ];
+    for n in &nodes {
+        n.wait_readyz(200).await?;
+    }
+    all_logged(&nodes, "tickets are cluster-wide").await?;
+    let token = cluster_user()?;
+    let mut issued = Vec::new();
+    // Issued on one node, redeemed on another, refused everywhere afterwards.
+    let ticket = ticket_from(&nodes[0], &token).await?;
+    issued.push(ticket.clone());
+    ensure!(upgrade_with(&nodes[1], &ticket).await? == 101);
+    for n in [&nodes[0], &nodes[1], &nodes[2]] {
+        ensure!(upgrade_with(n, &ticket).await? == 401, "a spent ticket");
+    }
+    // The same ticket on three nodes at once: exactly one connection.
+    for round in 0..6 {
+        let ticket = ticket_from(&nodes[round % 3], &token).await?;
+        issued.push(ticket.clone());
+        let (a, b, c) = tokio::join!(
+            upgrade_with(&nodes[0], &ticket),
+            upgrade_with(&nodes[1], &ticket),
+            upgrade_with(&nodes[2], &ticket),
+        );
+        let mut statuses = [a?, b?, c?];
+        statuses.sort_unstable();
+        ensure!(statuses == [101, 401, 401], "round {round}: {statuses:?}");
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let logs = n.log_text();
+        for t in &issued {
+            ensure!(!logs.contains(t.as_str()), "node {i} logged a ticket");
+        }
+    }
+    Ok(())
+}
+
+/// Without JetStream on the backplane's NATS, tickets stay node-local, and every
+/// node says so when it starts: a ticket works on the node that issued it only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_jetstream_tickets_stay_node_local_and_the_log_says_so() -> Result<()> {
+    let nats = NatsServer::start_with_config("")?;
+    let node = auth_cluster_node(&nats.url());
+    let nodes = [Broker::start(&node)?, Broker::start(&node)?];
+    for n in &nodes {
+        n.wait_readyz(200).await?;
+    }
+    all_logged(&nodes, "tickets are node-local").await?;
+    let token = cluster_user()?;
+    let ticket = ticket_from(&nodes[0], &token).await?;
+    ensure!(
+        upgrade_with(&nodes[1], &ticket).await? == 401,
+        "another node"
+    );
+    ensure!(
+        upgrade_with(&nodes[0], &ticket).await? == 101,
+        "the issuing node"
+    );
+    Ok(())
+}

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use actix::Recipient;
 use herald_bridges::{BridgeCounters, BridgeEvent, BridgeStatus};
 
+use crate::auth::tickets::{TicketStore, Tickets};
 use crate::auth::{Authenticator, NoAuth};
 use crate::config::{Config, ConfigError};
 use crate::http::admission::ConnectionLimiter;
@@ -117,9 +118,7 @@ impl Components {
                 crate::auth::jwt::JwtAuth::new(&config.auth)
                     .map_err(|e| attribute(e.key(), e.to_string()))?,
             ),
-            _ => Arc::new(NoAuth {
-                ticket_ttl_ms: config.auth.ticket_ttl_ms,
-            }),
+            _ => Arc::new(NoAuth),
         };
         let s = &config.server;
         let tls = if s.tls_cert_file.is_empty() {
@@ -145,6 +144,8 @@ struct Inner {
     sessions: SessionDirectory,
     readiness: Arc<Readiness>,
     bridges: Bridges,
+    /// Where tickets live: cluster-wide with a backplane and auth on.
+    tickets: TicketStore,
     /// Set by [`Broker::shutdown`]: upgrades are refused, and a session that opens
     /// all the same closes at once with 1001.
     shutting_down: AtomicBool,
@@ -211,6 +212,7 @@ impl Broker {
         let readiness = Arc::new(Readiness::default());
         let bridges = Bridges::start(components.bridges, &config, &node, &registry, &readiness);
         let publisher = Publisher::new(registry, &bridges, &config.cluster.subject_prefix);
+        let tickets = ticket_store(&config, &bridges);
         Broker {
             inner: Arc::new(Inner {
                 publisher,
@@ -224,6 +226,7 @@ impl Broker {
                 sessions: SessionDirectory::default(),
                 readiness,
                 bridges,
+                tickets,
                 shutting_down: AtomicBool::new(false),
                 config,
             }),
@@ -262,6 +265,11 @@ impl Broker {
 
     pub(crate) fn authenticator(&self) -> &dyn Authenticator {
         &*self.inner.auth
+    }
+
+    /// Where this node issues and redeems tickets.
+    pub(crate) fn tickets(&self) -> &TicketStore {
+        &self.inner.tickets
     }
 
     pub(crate) fn limiter(&self) -> &Arc<ConnectionLimiter> {
@@ -349,4 +357,27 @@ impl Broker {
     pub async fn stop_bridges(&self) -> usize {
         self.inner.bridges.stop().await
     }
+}
+
+/// Where tickets live: a formality with auth off; with auth on, in the backplane's
+/// JetStream bucket when there is a backplane (`auth/cluster_tickets.rs`), else in
+/// this node's memory.
+fn ticket_store(config: &Config, bridges: &Bridges) -> TicketStore {
+    let ttl = std::time::Duration::from_millis(config.auth.ticket_ttl_ms);
+    if config.auth.mode != "jwt" {
+        return TicketStore::Formal {
+            ttl_ms: config.auth.ticket_ttl_ms,
+        };
+    }
+    #[cfg(feature = "nats")]
+    if let Some(slot) = bridges.backplane_client() {
+        return TicketStore::Cluster(crate::auth::cluster_tickets::ClusterTickets::start(
+            slot,
+            config.cluster.tickets_bucket.clone(),
+            ttl,
+        ));
+    }
+    #[cfg(not(feature = "nats"))]
+    let _ = bridges;
+    TicketStore::Local(Tickets::new(ttl))
 }

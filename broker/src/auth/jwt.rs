@@ -22,8 +22,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 
-use crate::auth::tickets::Tickets;
-use crate::auth::{AuthError, Authenticator, Identity, Via};
+use crate::auth::{AuthError, Authenticator, Identity, Upgrade, Via};
 use crate::config::AuthConfig;
 use crate::topic;
 
@@ -81,7 +80,6 @@ pub(crate) struct JwtAuth {
     api_keys: Vec<Vec<u8>>,
     default_subscribe: Vec<String>,
     default_publish: Vec<String>,
-    tickets: Tickets,
 }
 
 impl std::fmt::Debug for JwtAuth {
@@ -153,7 +151,6 @@ impl JwtAuth {
             api_keys: c.api_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             default_subscribe: c.default_subscribe.clone(),
             default_publish: c.default_publish.clone(),
-            tickets: Tickets::new(std::time::Duration::from_millis(c.ticket_ttl_ms)),
         })
     }
 
@@ -248,27 +245,19 @@ fn query_param<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 }
 
 impl Authenticator for JwtAuth {
-    fn upgrade(&self, req: &HttpRequest) -> Result<Option<Identity>, AuthError> {
+    fn upgrade(&self, req: &HttpRequest) -> Result<Upgrade, AuthError> {
         if query_param(req, "token").is_some() || query_param(req, "access_token").is_some() {
             return Err(AuthError::Invalid(
                 "tokens are never accepted in the URL; use the Authorization header, a ticket, or {\"op\":\"auth\"}".into(),
             ));
         }
         if let Some(token) = bearer(req)? {
-            return self.verify(token).map(Some);
+            return self.verify(token).map(Upgrade::Identified);
         }
         if let Some(ticket) = query_param(req, "ticket") {
-            let identity = self.tickets.redeem(ticket)?;
-            // The ticket outlived the token that requested it.
-            if identity
-                .expires
-                .is_some_and(|exp| crate::clock::now_secs() >= exp)
-            {
-                return Err(AuthError::Expired);
-            }
-            return Ok(Some(identity));
+            return Ok(Upgrade::Ticket(ticket.to_owned()));
         }
-        Ok(None)
+        Ok(Upgrade::Later)
     }
 
     fn token(&self, token: &str) -> Result<Identity, AuthError> {
@@ -289,13 +278,13 @@ impl Authenticator for JwtAuth {
         self.verify(cred)
     }
 
-    fn issue_ticket(&self, identity: &Identity) -> Result<(String, u64), AuthError> {
+    fn may_request_ticket(&self, identity: &Identity) -> Result<(), AuthError> {
         if identity.via != Via::Jwt {
             return Err(AuthError::Forbidden(
                 "only a JWT holder may request a ticket (it carries the token's identity and permissions)".into(),
             ));
         }
-        self.tickets.issue(identity)
+        Ok(())
     }
 
     fn enabled(&self) -> bool {

@@ -5,6 +5,8 @@
 //! topic) or [`crate::auth::jwt::JwtAuth`] (`auth.mode = "jwt"`: JWTs, API keys and
 //! tickets). Sessions and handlers ask the identity before they act, whichever it is.
 
+#[cfg(feature = "nats")]
+pub(crate) mod cluster_tickets;
 pub(crate) mod jwt;
 pub(crate) mod tickets;
 
@@ -28,7 +30,7 @@ pub(crate) enum AuthError {
 }
 
 /// How an identity was established.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Via {
     /// Auth is off.
     Anonymous,
@@ -40,8 +42,9 @@ pub(crate) enum Via {
     ApiKey,
 }
 
-/// Who is on the other end, and what they may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who is on the other end, and what they may do. Serializable: a cluster-wide
+/// ticket carries it through the backplane's key-value bucket.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Identity {
     /// The token's `sub`, when there is one (never logged with the token).
     pub subject: Option<String>,
@@ -81,9 +84,8 @@ impl Identity {
 
 /// Decides who a WebSocket upgrade or an API call comes from.
 pub(crate) trait Authenticator: Send + Sync + 'static {
-    /// Credentials on the upgrade request. `Ok(None)` means the client must send
-    /// `{"op":"auth"}` first; `Err` refuses the upgrade with 401.
-    fn upgrade(&self, req: &HttpRequest) -> Result<Option<Identity>, AuthError>;
+    /// Credentials on the upgrade request; `Err` refuses the upgrade with 401.
+    fn upgrade(&self, req: &HttpRequest) -> Result<Upgrade, AuthError>;
 
     /// A token sent in `{"op":"auth"}`.
     fn token(&self, token: &str) -> Result<Identity, AuthError>;
@@ -91,24 +93,32 @@ pub(crate) trait Authenticator: Send + Sync + 'static {
     /// Credentials on an `/api/*` request.
     fn api(&self, req: &HttpRequest) -> Result<Identity, AuthError>;
 
-    /// A one-time ticket for `identity` (`POST /api/tickets`): the ticket and its
-    /// lifetime in milliseconds.
-    fn issue_ticket(&self, identity: &Identity) -> Result<(String, u64), AuthError>;
+    /// Whether `identity` may request a one-time ticket (`POST /api/tickets`); the
+    /// ticket store ([`tickets::TicketStore`]) issues it.
+    fn may_request_ticket(&self, identity: &Identity) -> Result<(), AuthError>;
 
     /// Whether authentication is on (`welcome` waits for it, `auth` ops matter).
     fn enabled(&self) -> bool;
 }
 
-/// `auth.mode = "none"`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct NoAuth {
-    /// `auth.ticket_ttl_ms`, reported with the formal tickets it issues.
-    pub ticket_ttl_ms: u64,
+/// What the credentials on an upgrade request say.
+#[derive(Debug)]
+pub(crate) enum Upgrade {
+    /// Who the client is (a verified JWT, or anyone with auth off).
+    Identified(Identity),
+    /// A one-time ticket, to redeem with the ticket store.
+    Ticket(String),
+    /// None: the client must send `{"op":"auth"}` first.
+    Later,
 }
 
+/// `auth.mode = "none"`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NoAuth;
+
 impl Authenticator for NoAuth {
-    fn upgrade(&self, _req: &HttpRequest) -> Result<Option<Identity>, AuthError> {
-        Ok(Some(Identity::anonymous()))
+    fn upgrade(&self, _req: &HttpRequest) -> Result<Upgrade, AuthError> {
+        Ok(Upgrade::Identified(Identity::anonymous()))
     }
 
     fn token(&self, _token: &str) -> Result<Identity, AuthError> {
@@ -119,10 +129,10 @@ impl Authenticator for NoAuth {
         Ok(Identity::anonymous())
     }
 
-    /// With auth off a ticket is accepted as a formality (every connection is
-    /// anonymous anyway), so a client that always asks for one works in both modes.
-    fn issue_ticket(&self, _identity: &Identity) -> Result<(String, u64), AuthError> {
-        Ok((crate::auth::tickets::new_ticket(), self.ticket_ttl_ms))
+    /// With auth off a ticket is a formality (every connection is anonymous
+    /// anyway), so a client that always asks for one works in both modes.
+    fn may_request_ticket(&self, _identity: &Identity) -> Result<(), AuthError> {
+        Ok(())
     }
 
     fn enabled(&self) -> bool {

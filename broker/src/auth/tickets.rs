@@ -6,11 +6,13 @@
 //! valid once, for `auth.ticket_ttl_ms`, carrying the JWT's identity. A leaked ticket
 //! is worth one connection for a few seconds.
 //!
-//! Tickets are node-local (in this process's memory): behind a load balancer the
-//! ticket request and the upgrade must reach the same node (sticky routing by client
-//! address, or request the ticket through the same connection-pinned host name).
-//! The store is bounded (`MAX_OUTSTANDING`); expired tickets are purged as new ones
-//! are issued.
+//! [`TicketStore`] is where tickets live:
+//! - with a cluster backplane and auth on, in a JetStream key-value bucket on the
+//!   backplane's NATS (`cluster_tickets.rs`), so a ticket from any node is accepted by
+//!   every node, once;
+//! - otherwise in this process's memory ([`Tickets`]): behind a load balancer the
+//!   ticket request and the upgrade must then reach the same node. This store is
+//!   bounded (`MAX_OUTSTANDING`); expired tickets are purged as new ones are issued.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -74,6 +76,49 @@ impl Tickets {
                 "unknown ticket (already used, expired, or issued by another node)".into(),
             )),
         }
+    }
+}
+
+/// Where this node's tickets live.
+#[derive(Debug)]
+pub(crate) enum TicketStore {
+    /// Auth off: a ticket is a formality, never stored (the upgrade ignores it).
+    Formal { ttl_ms: u64 },
+    /// In this process's memory.
+    Local(Tickets),
+    /// In the backplane's JetStream key-value bucket, shared by every node.
+    #[cfg(feature = "nats")]
+    Cluster(super::cluster_tickets::ClusterTickets),
+}
+
+impl TicketStore {
+    /// Issues a ticket carrying `identity`; returns it and its lifetime in ms.
+    pub(crate) async fn issue(&self, identity: &Identity) -> Result<(String, u64), AuthError> {
+        match self {
+            TicketStore::Formal { ttl_ms } => Ok((new_ticket(), *ttl_ms)),
+            TicketStore::Local(tickets) => tickets.issue(identity),
+            #[cfg(feature = "nats")]
+            TicketStore::Cluster(tickets) => tickets.issue(identity).await,
+        }
+    }
+
+    /// Redeems `ticket`: valid once, before it expires, and not after the token it
+    /// came from has expired.
+    pub(crate) async fn redeem(&self, ticket: &str) -> Result<Identity, AuthError> {
+        let identity = match self {
+            TicketStore::Formal { .. } => Ok(Identity::anonymous()),
+            TicketStore::Local(tickets) => tickets.redeem(ticket),
+            #[cfg(feature = "nats")]
+            TicketStore::Cluster(tickets) => tickets.redeem(ticket).await,
+        }?;
+        // The ticket outlived the token that requested it.
+        if identity
+            .expires
+            .is_some_and(|exp| crate::clock::now_secs() >= exp)
+        {
+            return Err(AuthError::Expired);
+        }
+        Ok(identity)
     }
 }
 

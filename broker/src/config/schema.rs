@@ -233,13 +233,28 @@ impl Default for AuthConfig {
 }
 
 /// `[cluster]`: NATS as the backplane between nodes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Name of a `[[bridge.nats]]` whose connection carries publishes. Empty: none.
     pub backplane: String,
     /// Publishes go to subject `subject_prefix + topic`.
     pub subject_prefix: String,
+    /// With a backplane and `auth.mode = "jwt"`: the JetStream key-value bucket on the
+    /// backplane's NATS where tickets live, so that every node accepts them. Nodes of
+    /// one cluster share it; separate clusters on one NATS need separate names.
+    /// Default `HERALD_TICKETS`.
+    pub tickets_bucket: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            backplane: String::new(),
+            subject_prefix: String::new(),
+            tickets_bucket: "HERALD_TICKETS".into(),
+        }
+    }
 }
 
 /// `[bridge]`: the `[[bridge.nats]]` and `[[bridge.kafka]]` lists.

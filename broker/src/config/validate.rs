@@ -347,6 +347,18 @@ impl Config {
     /// publish back under the same topic name, or nodes would miss or rename events.
     fn validate_backplane(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
+        let bucket = &c.tickets_bucket;
+        if bucket.is_empty()
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        {
+            return Err(invalid(
+                "cluster.tickets_bucket",
+                bucket,
+                "a JetStream bucket name: letters, digits, `_` and `-`",
+            ));
+        }
         let Some(b) = self.bridge.nats.iter().find(|b| b.name == c.backplane) else {
             return Err(invalid(
                 "cluster.backplane",

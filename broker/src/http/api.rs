@@ -56,9 +56,14 @@ pub(super) async fn tickets(
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = api_identity(&req, &broker)?;
-    let (ticket, ttl) = broker
+    broker
         .authenticator()
-        .issue_ticket(&identity)
+        .may_request_ticket(&identity)
+        .map_err(auth_error)?;
+    let (ticket, ttl) = broker
+        .tickets()
+        .issue(&identity)
+        .await
         .map_err(auth_error)?;
     info!(
         subject = identity.subject.as_deref().unwrap_or("-"),

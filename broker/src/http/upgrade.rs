@@ -11,6 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::admission::{self, Subprotocol};
 use super::api::auth_error;
 use super::ApiError;
+use crate::auth::Upgrade;
 use crate::broker::Broker;
 use crate::metrics::{RefusedReason, METRICS};
 use crate::protocol::{ErrorCode, SUBPROTOCOL};
@@ -77,10 +78,15 @@ pub(super) async fn upgrade(
     })?;
     // Credentials after the admission checks, so an upgrade refused for capacity
     // never uses up a ticket.
-    let identity = broker.authenticator().upgrade(&req).map_err(|e| {
+    let refused = |e| {
         METRICS.refused(RefusedReason::Unauthorized);
         auth_error(e)
-    })?;
+    };
+    let identity = match broker.authenticator().upgrade(&req).map_err(refused)? {
+        Upgrade::Identified(identity) => Some(identity),
+        Upgrade::Ticket(ticket) => Some(broker.tickets().redeem(&ticket).await.map_err(refused)?),
+        Upgrade::Later => None,
+    };
     let (mut response, ws, stream) = actix_ws::handle(&req, body).map_err(|e| {
         ApiError::protocol(
             StatusCode::BAD_REQUEST,

@@ -165,6 +165,12 @@ impl Bridges {
         &self.counters
     }
 
+    /// The backplane bridge's connection, when `cluster.backplane` names one.
+    #[cfg(feature = "nats")]
+    pub(crate) fn backplane_client(&self) -> Option<herald_bridges::nats::ClientSlot> {
+        self.backplane.as_ref().map(|(_, slot, _)| slot.clone())
+    }
+
     /// The backplane, when `cluster.backplane` names one of the bridges.
     #[cfg(feature = "nats")]
     pub(super) fn backplane(&self, prefix: &str) -> Option<super::backplane::Backplane> {

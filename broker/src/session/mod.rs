@@ -254,13 +254,16 @@ impl Actor for Session {
         }
         METRICS.subscriptions_changed(-(self.subscriptions.len() as i64));
         METRICS.connection_closed(self.close_code);
-        self.broker.sessions().remove(self.id);
         info!(
             session = %self.name,
             code = self.close_code,
             duration_ms = self.opened.elapsed().as_millis() as u64,
             "session closed"
         );
+        // Last: graceful shutdown waits for the directory to empty, so everything a
+        // session does as it stops (its log line included) comes before shutdown
+        // moves on to the bridges.
+        self.broker.sessions().remove(self.id);
     }
 }
 
