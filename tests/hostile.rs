@@ -512,7 +512,7 @@ async fn subscription_churn_leaves_no_growth() -> Result<()> {
     for round in 0..ROUNDS {
         for i in 0..PAIRS {
             let n = round * PAIRS + i;
-            let topic = if n % 3 == 0 {
+            let topic = if n.is_multiple_of(3) {
                 format!("churn.p{n}.*")
             } else {
                 format!("churn.t{n}")

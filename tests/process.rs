@@ -131,6 +131,34 @@ fn help_lists_the_flags() {
     }
 }
 
+/// `--version` names the version, the commit built from and the compiled features;
+/// `completions <shell>` prints a completion script that knows the subcommands.
+#[test]
+fn version_and_completions() {
+    let (code, out, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    let line = out.trim();
+    let want = format!("herald {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(line.starts_with(&want), "{line}");
+    let commit = line[want.len()..].split(';').next().unwrap_or_default();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{line}"
+    );
+    assert!(line.ends_with("features: nats, kafka)"), "{line}");
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run(&["completions", shell], &[]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(
+            out.contains("check-config") && out.contains("listen"),
+            "{shell}:\n{out}"
+        );
+    }
+    let (code, _, err) = run(&["completions", "tcsh"], &[]);
+    assert_eq!(code, 2, "an unknown shell: {err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_overrides_single_keys() -> Result<()> {
     let broker = Broker::start_with_env(

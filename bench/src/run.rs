@@ -157,7 +157,7 @@ pub async fn run(args: Args, nofile: limits::Nofile, threads: usize) -> Result<S
             ramp_task.abort();
             return Err(no_connection(&args, &stats));
         }
-        if polls % 20 == 0 {
+        if polls.is_multiple_of(20) {
             let secs = started.elapsed().as_secs_f64();
             progress(
                 &args,

@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 /// Any configuration key can be set with HERALD_<SECTION>__<KEY>, e.g.
 /// HERALD_SESSION__QUEUE_MAX_BYTES=262144.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about, long_about)]
+#[command(name = "herald", version = env!("HERALD_VERSION"), about, long_about)]
 struct Cli {
     /// TOML configuration file (unknown keys are errors).
     #[arg(long, short, env = "HERALD_CONFIG", global = true, value_name = "FILE")]
@@ -34,6 +34,12 @@ struct Cli {
 enum Command {
     /// Validate the configuration and print the effective result, secrets masked.
     CheckConfig,
+    /// Print shell completions for `herald` (e.g. `herald completions bash >
+    /// /etc/bash_completion.d/herald`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn load(cli: &Cli) -> Result<Config, herald::config::ConfigError> {
@@ -70,6 +76,11 @@ fn init_logging(config: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Completions { shell }) = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "herald", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let config = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
