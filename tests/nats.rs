@@ -982,3 +982,41 @@ async fn without_jetstream_tickets_stay_node_local_and_the_log_says_so() -> Resu
     );
     Ok(())
 }
+
+/// A bridge subscribed to `>` skips `$` subjects (JetStream and key-value traffic):
+/// they are not topics, and they are not counted as invalid ones either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_on_everything_skips_system_subjects() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let broker = Broker::start(&config(
+        "",
+        &format!(
+            "[[bridge.nats]]\nname = \"all\"\nurl = \"{}\"\nsubjects = [\">\"]\n",
+            nats.url()
+        ),
+    ))?;
+    broker.wait_readyz(200).await?;
+    let mut c = broker.client().await?;
+    c.subscribe(&["plain.*"]).await?;
+    let publisher = nats.client().await?;
+    publisher.publish("$HERALD.control", "x".into()).await?;
+    publisher.publish("$KV.BUCKET.key", "y".into()).await?;
+    publisher.publish("plain.event", "{}".into()).await?;
+    publisher.flush().await?;
+    let ev = c.event().await?;
+    ensure!(ev["topic"] == "plain.event", "{ev}");
+    ensure!(
+        broker
+            .metric("herald_events_dropped_total{reason=\"invalid_topic\"}")
+            .await?
+            == 0.0,
+        "a $ subject was counted as an invalid topic"
+    );
+    ensure!(
+        broker
+            .metric("herald_events_in_total{source=\"nats\"}")
+            .await?
+            == 1.0
+    );
+    Ok(())
+}

@@ -12,6 +12,13 @@ pub const SOURCE_HEADER: &str = "Herald-Source";
 /// Header carrying an event's `key` through the backplane.
 pub const KEY_HEADER: &str = "Herald-Key";
 
+/// Whether `subject` is NATS system or JetStream traffic (`$JS.…`, `$KV.…`, a
+/// cluster's own `$…` subjects): never a Herald topic (`$` is not a topic character),
+/// so a bridge subscribed to `>` skips it rather than count it as an invalid topic.
+pub fn is_system_subject(subject: &str) -> bool {
+    subject.starts_with('$')
+}
+
 /// Maps a subject to a Herald topic: strip `strip_prefix` when present, then prepend
 /// `topic_prefix`. The broker's sink validates the result (invalid topics are
 /// dropped and counted there).
@@ -74,5 +81,13 @@ mod tests {
         );
         // A subject without the prefix is kept whole.
         assert_eq!(topic_for("other.x", "events.", ""), "other.x");
+    }
+
+    #[test]
+    fn dollar_subjects_are_system_traffic() {
+        assert!(is_system_subject("$KV.HERALD_TICKETS.abc"));
+        assert!(is_system_subject("$JS.API.INFO"));
+        assert!(!is_system_subject("orders.eu"));
+        assert!(!is_system_subject("_INBOX.x"));
     }
 }

@@ -24,7 +24,7 @@ use crate::{BridgeContext, BridgeStatus};
 
 pub use crate::config::{JetStreamDeliver, JetStreamStart, NatsSettings};
 pub use connect::server_addrs;
-pub use event::{event_for, topic_for, KEY_HEADER, SOURCE_HEADER};
+pub use event::{event_for, is_system_subject, topic_for, KEY_HEADER, SOURCE_HEADER};
 
 mod connect;
 mod event;
@@ -192,7 +192,9 @@ impl NatsBridge {
         let mut messages = futures_util::stream::select_all(subs);
         let _ = slot.set(client);
         while let Some(msg) = messages.next().await {
-            context.forward(event_for(s, msg));
+            if !is_system_subject(msg.subject.as_str()) {
+                context.forward(event_for(s, msg));
+            }
         }
         Ok(())
     }

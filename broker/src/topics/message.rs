@@ -92,7 +92,11 @@ pub(crate) struct RemoveSubscriber {
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct TopicInfo {
     pub topic: String,
+    /// Connections that receive the topic's events, exactly or through a pattern,
+    /// each counted once.
     pub subscribers: usize,
+    /// Of those, the connections subscribed to exactly this name.
+    pub exact: usize,
     pub seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_event_ms: Option<u64>,

@@ -325,7 +325,8 @@ impl Handler<TopicStats> for Topic {
         self.handled_one();
         Some(TopicInfo {
             topic: self.name.clone(),
-            subscribers: self.subscribers.values().filter(|e| e.exact).count(),
+            subscribers: self.subscribers.len(),
+            exact: self.subscribers.values().filter(|e| e.exact).count(),
             seq: self.seq,
             last_event_ms: self.last_event_ms,
         })

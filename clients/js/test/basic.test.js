@@ -118,9 +118,11 @@ test("unsubscribe stops delivery, and keeps the broker subscription another subs
   const b = h.subscribe("un.x", (ev) => got.b.push(ev.seq));
   const wide = h.subscribe("un.>", (ev) => got.wide.push(ev.seq));
   await Promise.all([a.ready, b.ready, wide.ready]);
+  // Connections subscribed to exactly un.x at the broker (`un.>` keeps the
+  // connection receiving it either way).
   const subscribers = async () => {
     const res = await fetch(`${broker.http}/api/topics`);
-    return (await res.json()).topics.find((x) => x.topic === "un.x")?.subscribers ?? 0;
+    return (await res.json()).topics.find((x) => x.topic === "un.x")?.exact ?? 0;
   };
 
   await h.publish("un.x", 1);
