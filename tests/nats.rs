@@ -1020,3 +1020,95 @@ async fn a_bridge_on_everything_skips_system_subjects() -> Result<()> {
     );
     Ok(())
 }
+
+/// `GET /api/topics?scope=cluster` answers for every node sharing the backplane: topics
+/// merged (subscribers summed, exact-name and pattern subscribers alike), the nodes
+/// with their connections, and a node that stops answering listed as missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_merges_every_node_and_names_the_missing() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let node = cluster_node(&nats.url(), "herald.");
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        nodes.push(Broker::start_with_env(
+            &node,
+            &[("HERALD_SERVER__NODE_ID", id)],
+        )?);
+    }
+    for n in &nodes {
+        n.wait_readyz(200).await?;
+    }
+    // One exact subscriber on n1, one pattern subscriber on n2; nothing on n3.
+    let mut exact = nodes[0].client().await?;
+    exact.subscribe(&["chat.room1"]).await?;
+    let mut wide = nodes[1].client().await?;
+    wide.subscribe(&["chat.*"]).await?;
+    let (status, _) = nodes[2]
+        .post_raw(
+            "/api/publish",
+            json!({"topic": "chat.room1", "data": 1}).to_string(),
+        )
+        .await?;
+    ensure!(status == 202);
+    exact.event().await?;
+    wide.event().await?;
+    // Every node announces itself within a period; then all three answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let (status, view) = nodes[2].get("/api/topics?scope=cluster").await?;
+        ensure!(status == 200, "{status} {view}");
+        if view["nodes"].as_array().map_or(0, Vec::len) == 3 {
+            break view;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "not every node answered: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(view["missing"] == json!([]), "{view}");
+    let room = view["topics"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["topic"] == "chat.room1"))
+        .cloned()
+        .unwrap_or_default();
+    ensure!(room["subscribers"] == 2 && room["exact"] == 1, "{room}");
+    ensure!(room["seq"] == 1, "{room}");
+    ensure!(
+        view["patterns"] == json!([{"pattern": "chat.*", "subscribers": 1}]),
+        "{view}"
+    );
+    let connections: Vec<(String, u64)> = view["nodes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .map(|n| {
+                    (
+                        n["node"].as_str().unwrap_or_default().to_owned(),
+                        n["connections"].as_u64().unwrap_or(99),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(
+        connections == [("n1".into(), 1), ("n2".into(), 1), ("n3".into(), 0)],
+        "{view}"
+    );
+    ensure!(
+        view["nodes"][0]["bridges"] == json!({"bus": "ready"}),
+        "{view}"
+    );
+    // The default scope is this node only.
+    let (_, local) = nodes[2].get("/api/topics").await?;
+    ensure!(local.get("nodes").is_none(), "{local}");
+    let (status, _) = nodes[2].get("/api/topics?scope=galaxy").await?;
+    ensure!(status == 400);
+    // n2 dies: it is still known (it announced itself moments ago) and does not
+    // answer, so it is listed as missing, not silently left out.
+    drop(nodes.remove(1));
+    let (_, view) = nodes[1].get("/api/topics?scope=cluster").await?;
+    ensure!(view["missing"] == json!(["n2"]), "{view}");
+    ensure!(view["nodes"].as_array().map_or(0, Vec::len) == 2, "{view}");
+    Ok(())
+}

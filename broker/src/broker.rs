@@ -74,6 +74,22 @@ impl Readiness {
             .insert(bridge.to_owned(), status);
     }
 
+    /// Every bridge's status: `"ready"`, `"starting"`, or why it is down.
+    pub(crate) fn statuses(&self) -> BTreeMap<String, String> {
+        let bridges = self.bridges.lock().unwrap_or_else(|p| p.into_inner());
+        bridges
+            .iter()
+            .map(|(name, s)| {
+                let status = match s {
+                    BridgeStatus::Ready => "ready".to_owned(),
+                    BridgeStatus::Starting => "starting".to_owned(),
+                    BridgeStatus::Down(why) => why.clone(),
+                };
+                (name.clone(), status)
+            })
+            .collect()
+    }
+
     /// `(ready, reasons)`: ready when every bridge is; reasons name the others.
     pub(crate) fn report(&self) -> (bool, Vec<String>) {
         let bridges = self.bridges.lock().unwrap_or_else(|p| p.into_inner());
@@ -146,6 +162,11 @@ struct Inner {
     bridges: Bridges,
     /// Where tickets live: cluster-wide with a backplane and auth on.
     tickets: TicketStore,
+    /// The nodes this one has heard from over the backplane.
+    #[cfg(feature = "nats")]
+    cluster: crate::cluster::Cluster,
+    /// When this node started (`uptime_ms` in the cluster view).
+    started: std::time::Instant,
     /// Set by [`Broker::shutdown`]: upgrades are refused, and a session that opens
     /// all the same closes at once with 1001.
     shutting_down: AtomicBool,
@@ -213,7 +234,7 @@ impl Broker {
         let bridges = Bridges::start(components.bridges, &config, &node, &registry, &readiness);
         let publisher = Publisher::new(registry, &bridges, &config.cluster.subject_prefix);
         let tickets = ticket_store(&config, &bridges);
-        Broker {
+        let broker = Broker {
             inner: Arc::new(Inner {
                 publisher,
                 // Time-ordered, so a later start has a later epoch; clients treat it
@@ -227,10 +248,29 @@ impl Broker {
                 readiness,
                 bridges,
                 tickets,
+                #[cfg(feature = "nats")]
+                cluster: crate::cluster::Cluster::default(),
+                started: std::time::Instant::now(),
                 shutting_down: AtomicBool::new(false),
                 config,
             }),
+        };
+        #[cfg(feature = "nats")]
+        if let Some(slot) = broker.inner.bridges.backplane_client() {
+            crate::cluster::start(broker.clone(), slot);
         }
+        broker
+    }
+
+    /// The nodes this one has heard from over the backplane.
+    #[cfg(feature = "nats")]
+    pub(crate) fn cluster(&self) -> &crate::cluster::Cluster {
+        &self.inner.cluster
+    }
+
+    /// How long this node has been running.
+    pub(crate) fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
     }
 
     /// The configuration it runs with.

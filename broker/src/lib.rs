@@ -50,6 +50,8 @@
 mod auth;
 mod broker;
 mod clock;
+#[cfg(feature = "nats")]
+mod cluster;
 pub mod config;
 mod http;
 mod metrics;

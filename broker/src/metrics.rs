@@ -127,6 +127,10 @@ impl Metrics {
     pub(crate) fn subscriptions_changed(&self, delta: i64) {
         self.subscriptions.fetch_add(delta, Relaxed);
     }
+    /// Topics this node holds now.
+    pub(crate) fn topics(&self) -> i64 {
+        self.topics.load(Relaxed)
+    }
     pub(crate) fn topics_changed(&self, delta: i64) {
         self.topics.fetch_add(delta, Relaxed);
     }

@@ -245,6 +245,11 @@ pub struct ClusterConfig {
     /// one cluster share it; separate clusters on one NATS need separate names.
     /// Default `HERALD_TICKETS`.
     pub tickets_bucket: String,
+    /// With a backplane: the cluster's name in its node-to-node subjects
+    /// (`$HERALD.<name>.…`: announcements and the cluster view of `/api/topics`).
+    /// Nodes of one cluster share it; two clusters on one NATS need two names.
+    /// Default `herald`.
+    pub name: String,
 }
 
 impl Default for ClusterConfig {
@@ -253,6 +258,7 @@ impl Default for ClusterConfig {
             backplane: String::new(),
             subject_prefix: String::new(),
             tickets_bucket: "HERALD_TICKETS".into(),
+            name: "herald".into(),
         }
     }
 }

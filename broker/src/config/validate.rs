@@ -347,6 +347,18 @@ impl Config {
     /// publish back under the same topic name, or nodes would miss or rename events.
     fn validate_backplane(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
+        if c.name.is_empty()
+            || !c
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        {
+            return Err(invalid(
+                "cluster.name",
+                &c.name,
+                "a NATS subject token: letters, digits, `_` and `-`",
+            ));
+        }
         let bucket = &c.tickets_bucket;
         if bucket.is_empty()
             || !bucket

@@ -258,15 +258,45 @@ pub(super) async fn publish(
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "accepted": total })))
 }
 
+/// `?scope=` of `GET /api/topics` (other parameters are ignored).
+#[derive(Deserialize)]
+struct TopicsQuery {
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// `GET /api/topics`: this node's topics (`scope=node`, the default), or the whole
+/// cluster's (`scope=cluster`), either way only what the caller may subscribe to.
 pub(super) async fn topics(
     req: HttpRequest,
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = api_identity(&req, &broker)?;
-    let (mut topics, mut patterns) = broker.registry().list().await;
+    let query = web::Query::<TopicsQuery>::from_query(req.query_string())
+        .map_err(|e| bad_request(format!("query: {e}")))?;
     // Only what the caller may subscribe to (the coverage rule of `subscribe`):
     // topic names often carry customer or tenant ids. API keys are granted `>`.
-    topics.retain(|t| identity.may_subscribe(&t.topic));
-    patterns.retain(|p| identity.may_subscribe(&p.pattern));
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "topics": topics, "patterns": patterns })))
+    let visible = |topics: &mut Vec<crate::topics::message::TopicInfo>,
+                   patterns: &mut Vec<crate::topics::message::PatternInfo>| {
+        topics.retain(|t| identity.may_subscribe(&t.topic));
+        patterns.retain(|p| identity.may_subscribe(&p.pattern));
+    };
+    match query.scope.as_deref() {
+        None | Some("node") => {
+            let (mut topics, mut patterns) = broker.registry().list().await;
+            visible(&mut topics, &mut patterns);
+            Ok(HttpResponse::Ok()
+                .json(serde_json::json!({ "topics": topics, "patterns": patterns })))
+        }
+        #[cfg(feature = "nats")]
+        Some("cluster") => {
+            let mut view = crate::cluster::view(&broker).await;
+            visible(&mut view.topics, &mut view.patterns);
+            Ok(HttpResponse::Ok().json(view))
+        }
+        Some(other) => Err(bad_request(format!(
+            "scope `{}`: expected `node` or `cluster`",
+            crate::protocol::truncate(other, 64)
+        ))),
+    }
 }

@@ -89,7 +89,7 @@ pub(crate) struct RemoveSubscriber {
 }
 
 /// One row of `GET /api/topics`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TopicInfo {
     pub topic: String,
     /// Connections that receive the topic's events, exactly or through a pattern,
@@ -103,7 +103,7 @@ pub(crate) struct TopicInfo {
 }
 
 /// One `patterns` row of `GET /api/topics`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PatternInfo {
     pub pattern: String,
     pub subscribers: usize,
