@@ -23,7 +23,9 @@
 //! Close codes (docs/protocol.md#7-close-codes): 1001 (broker restarting) reconnects after a
 //! short random delay; 4001 (unauthorized) stops with exit status 2, since the same
 //! token would be refused again; protocol errors (1002, 1003, 1007, 1009) stop with
-//! status 1; everything else reconnects with backoff.
+//! status 1; everything else reconnects with backoff. An upgrade refused with 503 and
+//! `Retry-After` (a node that is full, shutting down, or taking too many connections
+//! at once, `server.max_upgrades_per_s`) waits at least that long.
 //!
 //! One limit of `resume`: it covers the topics this client has seen. Events of a
 //! topic first published while the client was away are not replayed (`resume` and
@@ -142,6 +144,18 @@ impl Backoff {
     }
 }
 
+/// A `Retry-After` in seconds (the form Herald sends), capped at a minute.
+fn retry_after(headers: &tokio_tungstenite::tungstenite::http::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds.min(60)))
+}
+
 /// How far a connection got.
 #[derive(Debug, Default)]
 struct Progress {
@@ -160,6 +174,9 @@ enum End {
     Restarting,
     /// Rate limited repeatedly (4029): reconnect, but not soon.
     RateLimited,
+    /// The upgrade was refused for now (503) with `Retry-After`: wait that long
+    /// (and at least the backoff).
+    RetryAfter(String, Duration),
     /// Reconnecting cannot help: stop with this exit status.
     Stop(u8, String),
 }
@@ -192,9 +209,13 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default()
                 .into_owned();
-            return match status {
-                401 => End::Stop(2, format!("unauthorized (401): {body}")),
-                400 | 403 => End::Stop(1, format!("upgrade refused ({status}): {body}")),
+            let retry_after = retry_after(response.headers());
+            return match (status, retry_after) {
+                (401, _) => End::Stop(2, format!("unauthorized (401): {body}")),
+                (400 | 403, _) => End::Stop(1, format!("upgrade refused ({status}): {body}")),
+                (_, Some(wait)) => {
+                    End::RetryAfter(format!("upgrade refused ({status}): {body}"), wait)
+                }
                 _ => End::Retry(format!("upgrade refused ({status}): {body}")),
             };
         }
@@ -418,6 +439,7 @@ async fn main() -> ExitCode {
                 backoff.next(&mut rng).max(RATE_LIMITED_DELAY),
             ),
             End::Retry(why) => (why, backoff.next(&mut rng)),
+            End::RetryAfter(why, wait) => (why, backoff.next(&mut rng).max(wait)),
         };
         let what = if progress.connected {
             "disconnected: "
@@ -462,6 +484,22 @@ mod tests {
         p.reset("orders.eu");
         p.reset("orders.us");
         assert_eq!(p.resume(), None);
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("retry-after", HeaderValue::from_static("86400"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(60)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
     }
 
     #[test]

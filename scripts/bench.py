@@ -377,9 +377,11 @@ def herald_config(port, feed_port):
     return f"""# Written by scripts/bench.py.
 [server]
 listen = "127.0.0.1:{port}"
-# No admission limits: the benchmark opens tens of thousands of connections.
+# No admission limits: the benchmark opens tens of thousands of connections, and
+# the ramp (scenario d) measures how fast the server takes them.
 max_connections = 0
 max_connections_per_ip = 0
+max_upgrades_per_s = 0
 shutdown_grace_ms = 1000
 
 [log]

@@ -517,3 +517,31 @@ async fn healthz_keeps_answering_past_the_shutdown_grace_period() -> Result<()> 
     );
     Ok(())
 }
+
+/// `GET /api/topics?limit=N` returns the first N topics by name and the `total`;
+/// a limit out of 1..=10000 is a 400 with a JSON error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_can_be_limited_and_say_their_total() -> Result<()> {
+    let broker = Broker::start(&config("", ""))?;
+    for topic in ["lim.c", "lim.a", "lim.b"] {
+        broker.publish(topic, json!(1)).await?;
+    }
+    let (status, body) = broker.get("/api/topics?limit=2").await?;
+    ensure!(status == 200, "{status} {body}");
+    let names: Vec<&str> = body["topics"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["topic"].as_str()).collect())
+        .unwrap_or_default();
+    ensure!(names == ["lim.a", "lim.b"], "{body}");
+    ensure!(body["total"] == 3, "{body}");
+    let (_, body) = broker.get("/api/topics").await?;
+    ensure!(body["total"] == 3 && body["topics"].as_array().map_or(0, Vec::len) == 3);
+    for bad in ["0", "10001", "x"] {
+        let (status, body) = broker.get(&format!("/api/topics?limit={bad}")).await?;
+        ensure!(
+            status == 400 && body["error"]["code"] == "bad_request",
+            "{bad}: {body}"
+        );
+    }
+    Ok(())
+}

@@ -1258,3 +1258,60 @@ async fn echo_route_echoes_with_the_frame_handling_of_ws() -> Result<()> {
     broker_still_serves(&broker, "after.echo").await?;
     Ok(())
 }
+
+/// `server.max_upgrades_per_s`: past the rate (and its second of burst), an upgrade
+/// gets 503 `unavailable` with a `Retry-After` of 1 to 5 s, counted as
+/// `upgrade_rate`; the connections already open are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_past_the_rate_are_told_when_to_retry() -> Result<()> {
+    let broker = Broker::start(&config("max_upgrades_per_s = 1", ""))?;
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        match tokio_tungstenite::connect_async(broker.ws_url()).await {
+            Ok((ws, _)) => open.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => refused.push(res),
+            Err(e) => anyhow::bail!("upgrade: {e}"),
+        }
+    }
+    // One at once (a second's worth), then one more per second the loop took.
+    let refills = started.elapsed().as_secs_f64().ceil() as usize;
+    ensure!(
+        !open.is_empty() && open.len() <= 1 + refills,
+        "{} upgrades accepted in {:?}",
+        open.len(),
+        started.elapsed()
+    );
+    ensure!(!refused.is_empty(), "none refused");
+    for res in &refused {
+        ensure!(res.status() == 503, "{}", res.status());
+        let wait: u64 = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        ensure!((1..=5).contains(&wait), "Retry-After {wait}");
+        let body: Value = serde_json::from_slice(res.body().as_deref().unwrap_or_default())?;
+        ensure!(body["error"]["code"] == "unavailable", "{body}");
+    }
+    let refused_metric = broker
+        .metric("herald_connections_refused_total{reason=\"upgrade_rate\"}")
+        .await?;
+    ensure!(refused_metric == refused.len() as f64, "{refused_metric}");
+    // Once the bucket refills, new connections are accepted again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut c = loop {
+        match broker.client().await {
+            Ok(c) => break c,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    c.subscribe(&["a.b"]).await?;
+    drop(open);
+    Ok(())
+}

@@ -229,6 +229,7 @@ impl Broker {
         let limiter = ConnectionLimiter::new(
             config.server.max_connections,
             config.server.max_connections_per_ip,
+            config.server.max_upgrades_per_s,
         );
         let readiness = Arc::new(Readiness::default());
         let bridges = Bridges::start(components.bridges, &config, &node, &registry, &readiness);

@@ -59,6 +59,8 @@ struct Answer {
 #[derive(Debug, Serialize)]
 pub(crate) struct View {
     pub(crate) topics: Vec<TopicInfo>,
+    /// Topics the caller may see, before a `limit`.
+    pub(crate) total: usize,
     pub(crate) patterns: Vec<PatternInfo>,
     pub(crate) nodes: Vec<NodeInfo>,
     pub(crate) missing: Vec<String>,
@@ -273,6 +275,7 @@ fn merge(answers: Vec<Answer>, known: &[String]) -> View {
         .cloned()
         .collect();
     View {
+        total: topics.len(),
         topics: topics.into_values().collect(),
         patterns: patterns.into_values().collect(),
         nodes,

@@ -51,15 +51,18 @@ pub(crate) enum RefusedReason {
     /// Credentials on the upgrade were missing where required, invalid, expired or
     /// reused (401).
     Unauthorized,
+    /// More upgrades a second than `server.max_upgrades_per_s` (503).
+    UpgradeRate,
 }
 
 impl RefusedReason {
-    const ALL: [RefusedReason; 5] = [
+    const ALL: [RefusedReason; 6] = [
         RefusedReason::Origin,
         RefusedReason::Subprotocol,
         RefusedReason::Capacity,
         RefusedReason::CapacityPerIp,
         RefusedReason::Unauthorized,
+        RefusedReason::UpgradeRate,
     ];
 
     fn as_str(self) -> &'static str {
@@ -69,6 +72,7 @@ impl RefusedReason {
             RefusedReason::Capacity => "capacity",
             RefusedReason::CapacityPerIp => "capacity_per_ip",
             RefusedReason::Unauthorized => "unauthorized",
+            RefusedReason::UpgradeRate => "upgrade_rate",
         }
     }
 }

@@ -116,6 +116,15 @@ test("live stream, topics table, rate chart, filter and pause", { timeout: TEST_
 
   await expectState(page, "open");
   assert.match(await page.textContent("#node"), /\S/);
+  // The nodes panel (the cluster view; one node here, with this page's connection).
+  const node = (await page.textContent("#node")).trim();
+  await eventually(async () => {
+    const nodes = await page.$$eval("#nodes li", (lis) => lis.map((li) => [li.dataset.node, li.className, li.textContent]));
+    assert.equal(nodes.length, 1, JSON.stringify(nodes));
+    assert.ok(node.includes(nodes[0][0]), `${node} / ${nodes[0][0]}`);
+    assert.match(nodes[0][2], /· 1 conn ·/);
+    assert.equal(nodes[0][1], "");
+  });
   assert.match(await page.getAttribute("#epoch", "title"), /^[0-9a-f]{32}$/, "full epoch in the title");
 
   // Overlapping subscriptions: the pattern and one exact topic.

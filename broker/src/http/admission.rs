@@ -11,6 +11,7 @@ use actix_web::http::header::{HeaderMap, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 
 use crate::metrics::RefusedReason;
 use crate::protocol::SUBPROTOCOL;
+use crate::session::ratelimit::TokenBucket;
 
 /// What the client asked for in `Sec-WebSocket-Protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,9 @@ pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 pub(crate) struct ConnectionLimiter {
     max: usize,
     max_per_ip: usize,
+    /// `server.max_upgrades_per_s` (none when 0): new connections a second, with a
+    /// second's worth of burst.
+    upgrades: Option<Mutex<TokenBucket>>,
     total: AtomicUsize,
     /// Touched on connect and disconnect only, never on the event path.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -78,11 +82,13 @@ pub(crate) struct Permit {
 }
 
 impl ConnectionLimiter {
-    /// `0` means unlimited, for either bound.
-    pub(crate) fn new(max: usize, max_per_ip: usize) -> Arc<Self> {
+    /// `0` means unlimited, for every bound.
+    pub(crate) fn new(max: usize, max_per_ip: usize, max_upgrades_per_s: u32) -> Arc<Self> {
         Arc::new(ConnectionLimiter {
             max,
             max_per_ip,
+            upgrades: (max_upgrades_per_s > 0)
+                .then(|| Mutex::new(TokenBucket::new(max_upgrades_per_s, max_upgrades_per_s))),
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
         })
@@ -90,6 +96,12 @@ impl ConnectionLimiter {
 
     /// Takes a slot for a connection from `ip`, or says which bound is reached.
     pub(crate) fn acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Permit, RefusedReason> {
+        if let Some(bucket) = &self.upgrades {
+            let mut bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
+            if !bucket.take_at(std::time::Instant::now()) {
+                return Err(RefusedReason::UpgradeRate);
+            }
+        }
         let prev = self.total.fetch_add(1, Ordering::AcqRel);
         if self.max > 0 && prev >= self.max {
             self.total.fetch_sub(1, Ordering::AcqRel);
@@ -200,7 +212,7 @@ mod tests {
 
     #[test]
     fn limits_global_and_per_ip_and_release_on_drop() {
-        let l = ConnectionLimiter::new(3, 2);
+        let l = ConnectionLimiter::new(3, 2, 0);
         let a: IpAddr = "127.0.0.1".parse().expect("ip");
         let b: IpAddr = "127.0.0.2".parse().expect("ip");
         let p1 = l.acquire(Some(a)).expect("1");

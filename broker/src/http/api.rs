@@ -39,7 +39,7 @@ pub(super) fn auth_error(e: AuthError) -> ApiError {
                 "unavailable",
                 e.to_string(),
             );
-            err.retry_after = true;
+            err.retry_after = Some(super::RETRY_AFTER_S);
             err
         }
         AuthError::Missing | AuthError::Invalid(_) | AuthError::Expired => ApiError::protocol(
@@ -258,12 +258,19 @@ pub(super) async fn publish(
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "accepted": total })))
 }
 
-/// `?scope=` of `GET /api/topics` (other parameters are ignored).
+/// The query of `GET /api/topics` (other parameters are ignored).
 #[derive(Deserialize)]
 struct TopicsQuery {
+    /// `node` (the default) or `cluster`.
     #[serde(default)]
     scope: Option<String>,
+    /// At most this many topics, the first by name; `total` says how many there are.
+    #[serde(default)]
+    limit: Option<usize>,
 }
+
+/// Largest `limit` of `GET /api/topics`.
+const MAX_TOPICS_LIMIT: usize = 10_000;
 
 /// `GET /api/topics`: this node's topics (`scope=node`, the default), or the whole
 /// cluster's (`scope=cluster`), either way only what the caller may subscribe to.
@@ -274,24 +281,38 @@ pub(super) async fn topics(
     let identity = api_identity(&req, &broker)?;
     let query = web::Query::<TopicsQuery>::from_query(req.query_string())
         .map_err(|e| bad_request(format!("query: {e}")))?;
+    let limit = match query.limit {
+        Some(n) if !(1..=MAX_TOPICS_LIMIT).contains(&n) => {
+            return Err(bad_request(format!(
+                "limit {n}: expected 1 to {MAX_TOPICS_LIMIT}"
+            )))
+        }
+        n => n.unwrap_or(usize::MAX),
+    };
     // Only what the caller may subscribe to (the coverage rule of `subscribe`):
     // topic names often carry customer or tenant ids. API keys are granted `>`.
+    // Then the first `limit` by name (both lists come sorted by name); `total` counts
+    // what the filter left.
     let visible = |topics: &mut Vec<crate::topics::message::TopicInfo>,
                    patterns: &mut Vec<crate::topics::message::PatternInfo>| {
         topics.retain(|t| identity.may_subscribe(&t.topic));
         patterns.retain(|p| identity.may_subscribe(&p.pattern));
+        let total = topics.len();
+        topics.truncate(limit);
+        total
     };
     match query.scope.as_deref() {
         None | Some("node") => {
             let (mut topics, mut patterns) = broker.registry().list().await;
-            visible(&mut topics, &mut patterns);
-            Ok(HttpResponse::Ok()
-                .json(serde_json::json!({ "topics": topics, "patterns": patterns })))
+            let total = visible(&mut topics, &mut patterns);
+            Ok(HttpResponse::Ok().json(
+                serde_json::json!({ "topics": topics, "patterns": patterns, "total": total }),
+            ))
         }
         #[cfg(feature = "nats")]
         Some("cluster") => {
             let mut view = crate::cluster::view(&broker).await;
-            visible(&mut view.topics, &mut view.patterns);
+            view.total = visible(&mut view.topics, &mut view.patterns);
             Ok(HttpResponse::Ok().json(view))
         }
         Some(other) => Err(bad_request(format!(

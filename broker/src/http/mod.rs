@@ -29,7 +29,7 @@ use crate::broker::Broker;
 use crate::protocol::ErrorCode;
 
 /// Seconds a client refused for capacity is asked to wait.
-const RETRY_AFTER_S: &str = "5";
+const RETRY_AFTER_S: u64 = 5;
 
 /// An HTTP method a route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +219,8 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    pub(super) retry_after: bool,
+    /// Seconds for a `Retry-After` header.
+    pub(super) retry_after: Option<u64>,
     /// The methods a path answers, for a 405's `Allow` header.
     allow: Option<String>,
 }
@@ -230,7 +231,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            retry_after: false,
+            retry_after: None,
             allow: None,
         }
     }
@@ -251,8 +252,8 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status);
-        if self.retry_after {
-            res.insert_header((header::RETRY_AFTER, RETRY_AFTER_S));
+        if let Some(seconds) = self.retry_after {
+            res.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         if let Some(allow) = &self.allow {
             res.insert_header((header::ALLOW, allow.as_str()));

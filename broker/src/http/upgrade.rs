@@ -43,7 +43,7 @@ pub(super) async fn upgrade(
             "unavailable",
             "the server is shutting down; connect again (to another node)",
         );
-        e.retry_after = true;
+        e.retry_after = Some(super::RETRY_AFTER_S);
         return Err(e);
     }
     let subprotocol = admission::subprotocol(req.headers());
@@ -66,14 +66,23 @@ pub(super) async fn upgrade(
     let ip = req.peer_addr().map(|a| a.ip());
     let permit = broker.limiter().acquire(ip).map_err(|reason| {
         METRICS.refused(reason);
-        let which = match reason {
-            RefusedReason::CapacityPerIp => {
-                "this client address has too many connections (server.max_connections_per_ip)"
-            }
-            _ => "the server is at its connection limit (server.max_connections)",
+        let (which, retry_after) = match reason {
+            RefusedReason::CapacityPerIp => (
+                "this client address has too many connections (server.max_connections_per_ip)",
+                super::RETRY_AFTER_S,
+            ),
+            // Jittered, so that the clients refused together come back spread out.
+            RefusedReason::UpgradeRate => (
+                "too many connections are being opened right now (server.max_upgrades_per_s)",
+                rand::random_range(1..=5),
+            ),
+            _ => (
+                "the server is at its connection limit (server.max_connections)",
+                super::RETRY_AFTER_S,
+            ),
         };
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", which);
-        e.retry_after = true;
+        e.retry_after = Some(retry_after);
         e
     })?;
     // Credentials after the admission checks, so an upgrade refused for capacity

@@ -17,12 +17,44 @@ pub(crate) enum Verdict {
     Close,
 }
 
+/// A token bucket: `per_s` tokens a second, at most `burst` saved up. Also the
+/// upgrade-rate limit of `server.max_upgrades_per_s` (`http/admission.rs`).
 #[derive(Debug)]
-pub(crate) struct RateLimiter {
+pub(crate) struct TokenBucket {
     tokens: f64,
     per_s: f64,
     burst: f64,
     last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub(crate) fn new(per_s: u32, burst: u32) -> Self {
+        TokenBucket {
+            tokens: f64::from(burst),
+            per_s: f64::from(per_s),
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token at `now`, if there is one.
+    pub(crate) fn take_at(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_s).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    bucket: TokenBucket,
     refused_in_a_row: u32,
     close_after: u32,
 }
@@ -30,10 +62,7 @@ pub(crate) struct RateLimiter {
 impl RateLimiter {
     pub(crate) fn new(per_s: u32, burst: u32) -> Self {
         RateLimiter {
-            tokens: f64::from(burst),
-            per_s: f64::from(per_s),
-            burst: f64::from(burst),
-            last: Instant::now(),
+            bucket: TokenBucket::new(per_s, burst),
             refused_in_a_row: 0,
             close_after: burst.max(1),
         }
@@ -44,11 +73,7 @@ impl RateLimiter {
     }
 
     fn admit_at(&mut self, now: Instant) -> Verdict {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_s).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.take_at(now) {
             self.refused_in_a_row = 0;
             Verdict::Allow
         } else {
@@ -71,7 +96,7 @@ mod tests {
     fn burst_then_limit_then_close() {
         let t0 = Instant::now();
         let mut r = RateLimiter::new(10, 3);
-        r.last = t0;
+        r.bucket.last = t0;
         for _ in 0..3 {
             assert_eq!(r.admit_at(t0), Verdict::Allow);
         }
@@ -85,7 +110,7 @@ mod tests {
     fn refills_at_the_configured_rate() {
         let t0 = Instant::now();
         let mut r = RateLimiter::new(10, 1);
-        r.last = t0;
+        r.bucket.last = t0;
         assert_eq!(r.admit_at(t0), Verdict::Allow);
         assert_eq!(r.admit_at(t0), Verdict::Limit);
         // 100 ms at 10/s is one token; the refused streak resets on success.
