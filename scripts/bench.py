@@ -22,7 +22,7 @@ What it does:
   WebSocket listener, or ws-broadcast; runs `herald-bench` on core 0 (`taskset -c 0`)
   against it; stops it;
 - writes docs/benchmarks.md (machine, versions, method, tables of medians, ratios
-  against nats-server and the targets of issue 8) and SVG plots into docs/bench/.
+  against nats-server and the project's performance targets) and SVG plots into docs/bench/.
   Hand-written analysis in docs/bench/notes.md is included as it is.
 
 Scenarios:
@@ -60,7 +60,7 @@ SERVERS = ["herald", "nats-ws", "ws-broadcast"]
 LABELS = {"herald": "Herald", "nats-ws": "nats-server (WebSocket)", "ws-broadcast": "ws-broadcast (reference)"}
 COLORS = {"herald": "#d62728", "nats-ws": "#1f77b4", "ws-broadcast": "#2ca02c"}
 
-# Issue 8's targets, against nats-server's WebSocket listener in the same run.
+# The project's performance targets, against nats-server's WebSocket listener in the same run.
 TARGET_THROUGHPUT_RATIO = 2.0
 TARGET_P50_MS = 1.0
 TARGET_P99_MS = 10.0
