@@ -67,6 +67,7 @@ pub(crate) struct Readiness {
 
 impl Readiness {
     /// Records a bridge's status (bridges call this as their state changes).
+    #[cfg(any(feature = "nats", feature = "kafka"))]
     pub(crate) fn set(&self, bridge: &str, status: BridgeStatus) {
         self.bridges
             .lock()
@@ -75,6 +76,7 @@ impl Readiness {
     }
 
     /// Every bridge's status: `"ready"`, `"starting"`, or why it is down.
+    #[cfg(feature = "nats")]
     pub(crate) fn statuses(&self) -> BTreeMap<String, String> {
         let bridges = self.bridges.lock().unwrap_or_else(|p| p.into_inner());
         bridges
@@ -166,6 +168,7 @@ struct Inner {
     #[cfg(feature = "nats")]
     cluster: crate::cluster::Cluster,
     /// When this node started (`uptime_ms` in the cluster view).
+    #[cfg(feature = "nats")]
     started: std::time::Instant,
     /// Set by [`Broker::shutdown`]: upgrades are refused, and a session that opens
     /// all the same closes at once with 1001.
@@ -251,6 +254,7 @@ impl Broker {
                 tickets,
                 #[cfg(feature = "nats")]
                 cluster: crate::cluster::Cluster::default(),
+                #[cfg(feature = "nats")]
                 started: std::time::Instant::now(),
                 shutting_down: AtomicBool::new(false),
                 config,
@@ -270,6 +274,7 @@ impl Broker {
     }
 
     /// How long this node has been running.
+    #[cfg(feature = "nats")]
     pub(crate) fn uptime(&self) -> std::time::Duration {
         self.inner.started.elapsed()
     }

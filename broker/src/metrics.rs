@@ -132,6 +132,7 @@ impl Metrics {
         self.subscriptions.fetch_add(delta, Relaxed);
     }
     /// Topics this node holds now.
+    #[cfg(feature = "nats")]
     pub(crate) fn topics(&self) -> i64 {
         self.topics.load(Relaxed)
     }

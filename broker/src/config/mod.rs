@@ -24,6 +24,7 @@ mod mask;
 mod schema;
 mod validate;
 
+#[cfg(feature = "nats")]
 pub(crate) use mask::mask_url_credentials;
 pub use schema::*;
 

@@ -11,10 +11,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_bridges::{
-    BridgeContext, BridgeCounters, BridgeEvent, BridgeStatus, CancellationToken, EventSink,
-    SinkError, StatusSink,
-};
+#[cfg(any(feature = "nats", feature = "kafka"))]
+use herald_bridges::{BridgeContext, BridgeStatus, StatusSink};
+use herald_bridges::{BridgeCounters, BridgeEvent, CancellationToken, EventSink, SinkError};
 use tracing::{info, warn};
 
 use super::PublishError;
@@ -119,7 +118,12 @@ impl Bridges {
             #[cfg(feature = "nats")]
             backplane: None,
         };
+        #[allow(unused_mut)]
         let mut tasks = Vec::new();
+        // Without either bridge feature there is nothing to start.
+        #[cfg(not(any(feature = "nats", feature = "kafka")))]
+        let _ = (prepared, node, &sink, &cancel, readiness);
+        #[cfg(any(feature = "nats", feature = "kafka"))]
         for bridge in prepared {
             let name = match &bridge {
                 #[cfg(feature = "nats")]
