@@ -24,12 +24,7 @@ fn now() -> u64 {
 
 /// An HS256 token signed with [`SECRET`].
 fn token(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode")
+    herald_e2e::hs256(SECRET, &claims)
 }
 
 /// A user token valid for a minute with the given grants.
@@ -103,20 +98,6 @@ async fn api(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     ))
-}
-
-/// A ticket for the holder of `token` (asserting `201`).
-async fn ticket_for(broker: &Broker, token: &str) -> Result<String> {
-    let (status, body) = api(
-        broker,
-        reqwest::Method::POST,
-        "/api/tickets",
-        Some(token),
-        None,
-    )
-    .await?;
-    ensure!(status == 201, "{status} {body}");
-    Ok(body["ticket"].as_str().context("ticket")?.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +255,7 @@ async fn tickets_are_single_use_short_lived_and_carry_the_token_identity() -> Re
     let (status, _) = refused(ws_request(&broker, &format!("?ticket={ticket}"), None)?).await?;
     assert_eq!(status, 401);
     // Expired.
-    let late = ticket_for(&broker, &t).await?;
+    let late = herald_e2e::ticket(&broker, &t).await?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (status, body) = refused(ws_request(&broker, &format!("?ticket={late}"), None)?).await?;
     assert_eq!(status, 401);
@@ -342,7 +323,7 @@ async fn no_token_ticket_key_or_secret_reaches_the_logs_at_trace_level() -> Resu
     // Every crate at trace: actix-web, actix-ws, h1 parsing, Herald itself.
     let broker = Broker::start_with_env(&jwt_config(""), &[("RUST_LOG", "trace")])?;
     let t = user("henry", &[">"], &[">"]);
-    let ticket = ticket_for(&broker, &t).await?;
+    let ticket = herald_e2e::ticket(&broker, &t).await?;
     let mut c =
         Client::connect_with(ws_request(&broker, &format!("?ticket={ticket}"), None)?).await?;
     c.send(json!({"op": "auth", "token": t})).await?;
@@ -582,7 +563,7 @@ async fn a_refused_upgrade_keeps_the_ticket_and_an_expired_token_voids_it() -> R
     let first =
         Client::connect_with(ws_request(&broker, "", Some(&user("k", &[">"], &[])))?).await?;
     // At capacity: 503, and the ticket survives for the retry.
-    let ticket = ticket_for(&broker, &user("judy", &[">"], &[])).await?;
+    let ticket = herald_e2e::ticket(&broker, &user("judy", &[">"], &[])).await?;
     let (status, _) = refused(ws_request(&broker, &format!("?ticket={ticket}"), None)?).await?;
     assert_eq!(status, 503);
     drop(first);
@@ -593,7 +574,7 @@ async fn a_refused_upgrade_keeps_the_ticket_and_an_expired_token_voids_it() -> R
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A ticket outliving its token is refused on the upgrade (401), not after it.
     let short = token(json!({"sub": "judy", "exp": now() + 1}));
-    let ticket = ticket_for(&broker, &short).await?;
+    let ticket = herald_e2e::ticket(&broker, &short).await?;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, body) = refused(ws_request(&broker, &format!("?ticket={ticket}"), None)?).await?;
     assert_eq!(status, 401, "{body}");
@@ -773,11 +754,7 @@ async fn every_route_answers_each_credential_as_docs_security_says() -> Result<(
         let creds = [None, Some(invalid.as_str()), Some(API_KEY)];
         for (cred, want) in creds.into_iter().zip(route.statuses) {
             let got = if route.path == "/ws" {
-                match tokio_tungstenite::connect_async(ws_request(&broker, "", cred)?).await {
-                    Ok((_, res)) => res.status().as_u16(),
-                    Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
-                    Err(e) => anyhow::bail!("GET /ws: {e}"),
-                }
+                herald_e2e::upgrade_status(ws_request(&broker, "", cred)?).await?
             } else {
                 let body = (route.method == reqwest::Method::POST && route.path == "/api/publish")
                     .then(|| json!({"topic": "docs.walk", "data": 1}));

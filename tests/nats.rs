@@ -869,33 +869,15 @@ fn cluster_user() -> Result<String> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
         + 600;
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+    Ok(herald_e2e::hs256(
+        TICKET_SECRET,
         &json!({"sub": "alice", "exp": exp, "herald": {"subscribe": [">"]}}),
-        &jsonwebtoken::EncodingKey::from_secret(TICKET_SECRET.as_bytes()),
-    )?)
-}
-
-/// `POST /api/tickets` on `node` with `token`.
-async fn ticket_from(node: &Broker, token: &str) -> Result<String> {
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/tickets", node.http()))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    ensure!(res.status() == 201, "POST /api/tickets: {}", res.status());
-    let body: Value = res.json().await?;
-    Ok(body["ticket"].as_str().unwrap_or_default().to_owned())
+    ))
 }
 
 /// The upgrade status of `/ws?ticket=…` on `node`: 101, or the refusal's status.
 async fn upgrade_with(node: &Broker, ticket: &str) -> Result<u16> {
-    let url = format!("{}?ticket={ticket}", node.ws_url());
-    match tokio_tungstenite::connect_async(url).await {
-        Ok((_, res)) => Ok(res.status().as_u16()),
-        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Ok(res.status().as_u16()),
-        Err(e) => anyhow::bail!("upgrade: {e}"),
-    }
+    herald_e2e::upgrade_status(format!("{}?ticket={ticket}", node.ws_url())).await
 }
 
 /// Waits until every node has logged `line`.
@@ -931,7 +913,7 @@ async fn a_ticket_from_any_node_opens_one_websocket_on_any_node() -> Result<()> 
     let token = cluster_user()?;
     let mut issued = Vec::new();
     // Issued on one node, redeemed on another, refused everywhere afterwards.
-    let ticket = ticket_from(&nodes[0], &token).await?;
+    let ticket = herald_e2e::ticket(&nodes[0], &token).await?;
     issued.push(ticket.clone());
     ensure!(upgrade_with(&nodes[1], &ticket).await? == 101);
     for n in [&nodes[0], &nodes[1], &nodes[2]] {
@@ -939,7 +921,7 @@ async fn a_ticket_from_any_node_opens_one_websocket_on_any_node() -> Result<()> 
     }
     // The same ticket on three nodes at once: exactly one connection.
     for round in 0..6 {
-        let ticket = ticket_from(&nodes[round % 3], &token).await?;
+        let ticket = herald_e2e::ticket(&nodes[round % 3], &token).await?;
         issued.push(ticket.clone());
         let (a, b, c) = tokio::join!(
             upgrade_with(&nodes[0], &ticket),
@@ -971,7 +953,7 @@ async fn without_jetstream_tickets_stay_node_local_and_the_log_says_so() -> Resu
     }
     all_logged(&nodes, "tickets are node-local").await?;
     let token = cluster_user()?;
-    let ticket = ticket_from(&nodes[0], &token).await?;
+    let ticket = herald_e2e::ticket(&nodes[0], &token).await?;
     ensure!(
         upgrade_with(&nodes[1], &ticket).await? == 401,
         "another node"

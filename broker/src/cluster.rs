@@ -120,12 +120,7 @@ pub(crate) fn node_info(broker: &Broker) -> NodeInfo {
 /// connection `slot` exists (a task on the current thread).
 pub(crate) fn start(broker: Broker, slot: ClientSlot) {
     actix_rt::spawn(async move {
-        let client = loop {
-            if let Some(client) = slot.get() {
-                break client.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let client = herald_bridges::nats::connection(&slot).await;
         let root = format!("$HERALD.{}", broker.config().cluster.name);
         if let Err(e) = serve(&broker, &client, &root).await {
             warn!(error = %e, "cluster view stopped: this node neither announces itself nor answers");

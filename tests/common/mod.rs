@@ -640,3 +640,38 @@ pub fn header(res: &reqwest::Response, name: &str) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// An HS256 JWT of `claims`, signed with `secret`.
+pub fn hs256(secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("an HS256 token encodes")
+}
+
+/// `POST /api/tickets` on `broker` as the holder of `token`: the ticket (asserting
+/// `201`).
+pub async fn ticket(broker: &Broker, token: &str) -> Result<String> {
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/tickets", broker.http()))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if status != 201 {
+        bail!("POST /api/tickets: {status} {body}");
+    }
+    Ok(body["ticket"].as_str().context("no ticket")?.to_owned())
+}
+
+/// The status a WebSocket upgrade gets: 101, or the refusal's.
+pub async fn upgrade_status(request: impl IntoClientRequest + Unpin) -> Result<u16> {
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, res)) => Ok(res.status().as_u16()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Ok(res.status().as_u16()),
+        Err(e) => bail!("upgrade: {e}"),
+    }
+}

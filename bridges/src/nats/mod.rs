@@ -57,6 +57,18 @@ pub enum NatsError {
     },
 }
 
+/// The bridge's connection, once it exists (polled: the slot is filled once, when
+/// the bridge has connected and subscribed). For code that talks over the
+/// backplane's connection: the cluster ticket store, the cluster view.
+pub async fn connection(slot: &ClientSlot) -> async_nats::Client {
+    loop {
+        if let Some(client) = slot.get() {
+            return client.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Longest time a stopping bridge waits for its connection to drain and close.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 

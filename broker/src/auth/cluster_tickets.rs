@@ -78,12 +78,7 @@ impl ClusterTickets {
     pub(crate) fn start(slot: ClientSlot, bucket: String, ttl: Duration) -> ClusterTickets {
         let (tx, rx) = watch::channel(Mode::Pending);
         actix_rt::spawn(async move {
-            let client = loop {
-                if let Some(client) = slot.get() {
-                    break client.clone();
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
+            let client = herald_bridges::nats::connection(&slot).await;
             let mode = match create_bucket(&client, &bucket, ttl).await {
                 Ok(store) => {
                     let store = Arc::new(store);

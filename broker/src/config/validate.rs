@@ -347,12 +347,7 @@ impl Config {
     /// publish back under the same topic name, or nodes would miss or rename events.
     fn validate_backplane(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
-        if c.name.is_empty()
-            || !c
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-        {
+        if !is_name(&c.name) {
             return Err(invalid(
                 "cluster.name",
                 &c.name,
@@ -360,11 +355,7 @@ impl Config {
             ));
         }
         let bucket = &c.tickets_bucket;
-        if bucket.is_empty()
-            || !bucket
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-        {
+        if !is_name(bucket) {
             return Err(invalid(
                 "cluster.tickets_bucket",
                 bucket,
@@ -434,6 +425,14 @@ impl Config {
         }
         Ok(Some(addr))
     }
+}
+
+/// Whether `s` is a non-empty run of letters, digits, `_` and `-`: a NATS subject
+/// token, and a JetStream bucket name.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 /// `value` of `key` as a socket address (`localhost:8080` resolves too).

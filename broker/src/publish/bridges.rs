@@ -16,11 +16,10 @@ use herald_bridges::{BridgeContext, BridgeStatus, StatusSink};
 use herald_bridges::{BridgeCounters, BridgeEvent, CancellationToken, EventSink, SinkError};
 use tracing::{info, warn};
 
-use super::PublishError;
+use super::{PublishError, Publisher};
 use crate::broker::Readiness;
 use crate::config::{Config, ConfigError};
-use crate::metrics::{DropReason, METRICS};
-use crate::topics::{Event, Registry};
+use crate::topics::Registry;
 
 /// Longest time shutdown waits for the bridges to close their clients.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,15 +84,14 @@ struct TopicSink {
 
 impl EventSink for TopicSink {
     fn send(&self, event: BridgeEvent) -> Result<(), SinkError> {
-        let event = Event::try_from(event).map_err(|e| {
-            METRICS.dropped(DropReason::InvalidTopic, 1);
-            SinkError::InvalidTopic(e)
-        })?;
-        // A full shard is counted by the registry as `topic_busy`.
-        self.registry.publish(event).map_err(|e| match e {
+        let refused = |e| match e {
             PublishError::InvalidTopic(e) => SinkError::InvalidTopic(e),
             _ => SinkError::Full,
-        })
+        };
+        // An invalid topic is counted there as `invalid_topic`, a full shard by the
+        // registry as `topic_busy`.
+        let event = Publisher::validate(event).map_err(refused)?;
+        self.registry.publish(event).map_err(refused)
     }
 }
 
