@@ -176,13 +176,15 @@ pub(crate) async fn run(config: Config, components: Components) -> anyhow::Resul
         // 1. No new connections: a load balancer's next attempt goes elsewhere.
         handle.pause().await;
         // 2. Every session writes what it has queued and closes with 1001.
-        let open = shutdown_broker.shutdown();
+        // Said before it is done: a session closes on its own worker thread as soon
+        // as it is told, and its line must not come before this one.
         info!(
             signal = which,
-            sessions = open,
+            sessions = shutdown_broker.open_sessions(),
             grace_ms = grace.as_millis() as u64,
             "shutting down: stopped accepting; closing sessions with 1001"
         );
+        shutdown_broker.shutdown();
         while shutdown_broker.open_sessions() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
