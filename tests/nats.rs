@@ -135,6 +135,15 @@ async fn an_outage_is_reported_and_recovered_from_without_a_restart() -> Result<
     broker.wait_readyz(200).await?;
     let mut c = broker.client().await?;
     c.subscribe(&["events.>", "local.t"]).await?;
+    let publisher = nats.client().await?;
+    publisher.publish("events.a", "1".into()).await?;
+    publisher.flush().await?;
+    let before = c.event().await?;
+    assert_eq!(
+        (before["topic"].as_str(), before["seq"].as_u64()),
+        (Some("events.a"), Some(1))
+    );
+    drop(publisher);
 
     nats.stop();
     let body = broker.wait_readyz(503).await?;
@@ -143,9 +152,14 @@ async fn an_outage_is_reported_and_recovered_from_without_a_restart() -> Result<
         reasons.contains("events"),
         "reasons name the bridge: {body}"
     );
-    // Herald keeps serving: local publishing still reaches subscribers.
+    // Herald keeps serving: local publishing still reaches subscribers, with no
+    // gap, since no bridge feeds `local.t`.
     broker.publish("local.t", json!("still here")).await?;
-    assert_eq!(c.event().await?["data"], "still here");
+    let local = c.event().await?;
+    assert_eq!(
+        (&local["data"], local["seq"].as_u64()),
+        (&json!("still here"), Some(1))
+    );
     assert_eq!(
         broker
             .metric("herald_bridge_connected{bridge=\"events\"}")
@@ -164,6 +178,38 @@ async fn an_outage_is_reported_and_recovered_from_without_a_restart() -> Result<
     assert_eq!(
         (e["topic"].as_str(), &e["data"]),
         (Some("events.back"), &json!({"ok": true}))
+    );
+    // What NATS carried during the outage never reached this node: the next event
+    // of every topic the bridge feeds shows a seq gap, live and in a resume's replay.
+    publisher.publish("events.a", "2".into()).await?;
+    publisher.flush().await?;
+    let after = c.event().await?;
+    assert_eq!(
+        (&after["data"], after["seq"].as_u64()),
+        (&json!(2), Some(3)),
+        "{after}"
+    );
+    let mut late = broker.client().await?;
+    let epoch = late.welcome["epoch"].clone();
+    let (subscribed, _) = late
+        .request(json!({"op":"subscribe","topics":["events.a"],
+            "resume":{"epoch":epoch,"topics":{"events.a":1}}}))
+        .await?;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    let replayed = late.event().await?;
+    assert_eq!(
+        (replayed["seq"].as_u64(), &replayed["replay"]),
+        (Some(3), &json!(true))
+    );
+    broker.publish("local.t", json!("after")).await?;
+    assert_eq!(
+        c.event().await?["seq"],
+        2,
+        "no gap where no bridge feeds the topic"
+    );
+    assert!(
+        broker.log_text().contains("source interrupted"),
+        "one log line says so"
     );
     assert!(
         broker

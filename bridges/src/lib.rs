@@ -135,6 +135,13 @@ impl BridgeStatus {
 pub trait EventSink: Send + Sync + 'static {
     /// Hands over one event.
     fn send(&self, event: BridgeEvent) -> Result<(), SinkError>;
+
+    /// Says that events of the topics matching `topics` may have been lost: the
+    /// bridge's connection dropped, and what its source published meanwhile never
+    /// reached this node (core NATS does not redeliver). Called before any event
+    /// received after the loss is sent, so the broker can mark the loss in each
+    /// matching topic's `seq` at the right place and subscribers see a gap.
+    fn interrupted(&self, topics: &[topic::Pattern]);
 }
 
 /// Why a sink refused an event.

@@ -282,6 +282,10 @@ mod tests {
             fn send(&self, event: BridgeEvent) -> Result<(), SinkError> {
                 self.queue.try_send(event).map_err(|_| SinkError::Full)
             }
+
+            fn interrupted(&self, _topics: &[crate::topic::Pattern]) {
+                panic!("the Kafka bridge resumes at its positions: it never loses events");
+            }
         }
 
         fn produce(cluster: &MockCluster<'_, impl ClientContext>, partition: i32, payload: &str) {

@@ -10,7 +10,8 @@ use tracing::{info, warn};
 
 use super::{ClientSlot, NatsError, NatsSettings};
 use crate::backoff::Backoff;
-use crate::{BridgeCounters, BridgeStatus, StatusSink};
+use crate::topic::Pattern;
+use crate::{BridgeCounters, BridgeStatus, EventSink, StatusSink};
 
 /// Parses `url` (one URL or several, comma-separated) into server addresses. An
 /// error names the URL by its position, never by its text (it may hold a password).
@@ -47,6 +48,15 @@ pub(super) struct Shared {
     pub(super) slot: ClientSlot,
     /// Told when the connection is closed for good (after a drain).
     pub(super) closed: Arc<tokio::sync::Notify>,
+    /// Where the bridge's events go: told of a lost connection.
+    pub(super) sink: Arc<dyn EventSink>,
+    /// The topics the bridge's core subscriptions map to: what may miss events while
+    /// the connection is down. Empty for a JetStream consumer, which resumes where it
+    /// was and misses nothing.
+    pub(super) ranges: Arc<[Pattern]>,
+    /// Set when a slow-consumer drop has been marked, cleared by the next message
+    /// the bridge forwards: one mark per stretch of drops, not one per report.
+    pub(super) drop_marked: Arc<AtomicBool>,
 }
 
 async fn options(
@@ -97,6 +107,9 @@ async fn options(
                 subscribed,
                 slot,
                 closed,
+                sink,
+                ranges,
+                drop_marked,
             } = shared.clone();
             let name = name.clone();
             async move {
@@ -127,6 +140,15 @@ async fn options(
                     async_nats::Event::Disconnected => {
                         counters.connected.store(false, std::sync::atomic::Ordering::Relaxed);
                         counters.add(&counters.disconnects, 1);
+                        // What the source publishes from now until the subscriptions
+                        // are back never reaches this node. The client sends this
+                        // event before it tries to reconnect, so the mark comes
+                        // before any message received after the reconnection.
+                        if subscribed.load(std::sync::atomic::Ordering::Acquire)
+                            && !ranges.is_empty()
+                        {
+                            sink.interrupted(&ranges);
+                        }
                         warn!(bridge = %name, "nats disconnected; reconnecting");
                         status(BridgeStatus::Down("disconnected from NATS; reconnecting".into()));
                     }
@@ -150,6 +172,12 @@ async fn options(
                         // Logged at most once per 1000 drops: a slow consumer is a
                         // storm, not an event.
                         let before = counters.add(&counters.slow_consumer, 1);
+                        // The client dropped messages: mark the loss once for this
+                        // stretch of drops (the report comes a little after the drop,
+                        // so the mark may land a few events late, never not at all).
+                        if !ranges.is_empty() && !drop_marked.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                            sink.interrupted(&ranges);
+                        }
                         if before % 1000 == 0 {
                             warn!(bridge = %name, total = before + 1, "nats slow consumer: messages dropped by the client");
                         }

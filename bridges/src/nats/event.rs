@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::NatsSettings;
+use crate::topic::Pattern;
 use crate::{BridgeEvent, Source};
 
 /// Header carrying an event's original `source` through the backplane.
@@ -29,6 +30,32 @@ pub fn topic_for(subject: &str, strip_prefix: &str, topic_prefix: &str) -> Strin
         subject.strip_prefix(strip_prefix).unwrap_or(subject)
     };
     format!("{topic_prefix}{rest}")
+}
+
+/// The topics a subscription to `subject` can produce, as one pattern: the subject
+/// (a NATS pattern is a Herald pattern) mapped as [`topic_for`] maps each message,
+/// when every subject it matches is mapped the same way (no `strip_prefix`, or one
+/// the subject spells out before any wildcard). Otherwise some of its subjects are
+/// stripped and some kept whole, and the range is every topic under `topic_prefix`,
+/// or every topic when that makes no pattern. Never narrower than the truth: it says
+/// which topics may have missed events when the connection drops.
+pub fn topic_range(subject: &str, strip_prefix: &str, topic_prefix: &str) -> Pattern {
+    let literal = |p: &str| !p.contains(['*', '>']);
+    let exact = strip_prefix.is_empty()
+        || (subject.len() > strip_prefix.len()
+            && subject.starts_with(strip_prefix)
+            && literal(strip_prefix));
+    let everything = || Pattern::parse(&format!("{topic_prefix}>")).unwrap_or_else(|_| all());
+    if exact {
+        Pattern::parse(&topic_for(subject, strip_prefix, topic_prefix))
+            .unwrap_or_else(|_| everything())
+    } else {
+        everything()
+    }
+}
+
+fn all() -> Pattern {
+    Pattern::parse(">").expect("`>` is a pattern")
 }
 
 /// Builds the event for a NATS message. `Herald-Source` and `Herald-Key` headers
@@ -81,6 +108,33 @@ mod tests {
         );
         // A subject without the prefix is kept whole.
         assert_eq!(topic_for("other.x", "events.", ""), "other.x");
+    }
+
+    #[test]
+    fn a_subscription_covers_the_topics_its_messages_map_to() {
+        let range = |subject, strip, prefix| topic_range(subject, strip, prefix).to_string();
+        assert_eq!(range("orders.>", "", ""), "orders.>");
+        assert_eq!(range("orders.*", "", "nats."), "nats.orders.*");
+        assert_eq!(range("events.>", "events.", ""), ">");
+        assert_eq!(range("events.*.x", "events.", "n."), "n.*.x");
+        assert_eq!(range("herald.cluster.>", "herald.cluster.", ""), ">");
+        // `>` matches subjects with and without the prefix: both kinds of topic.
+        assert_eq!(range(">", "events.", ""), ">");
+        assert_eq!(range(">", "events.", "n."), "n.>");
+        assert_eq!(range("*.x", "a.", "nats"), ">", "`nats>` is no pattern");
+        // A subject equal to the prefix is kept whole (nothing after it to strip).
+        assert_eq!(range("events.", "events.", ""), ">");
+        // Whatever the range says must match what topic_for makes of a message.
+        for (subject, message, strip, prefix) in [
+            ("events.>", "events.a.b", "events.", ""),
+            (">", "events.a", "events.", "p."),
+            (">", "other.a", "events.", "p."),
+            ("orders.*", "orders.eu", "", "x."),
+        ] {
+            let pattern = topic_range(subject, strip, prefix);
+            let topic = topic_for(message, strip, prefix);
+            assert!(pattern.matches(&topic), "{pattern} must match {topic}");
+        }
     }
 
     #[test]

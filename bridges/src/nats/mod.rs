@@ -10,6 +10,12 @@
 //! connect, the reason is the last attempt's error (a TLS error, an authorization
 //! violation, …). A JetStream start whose stream is missing retries with capped
 //! exponential backoff (250 ms doubling to 30 s), Down with the error meanwhile.
+//!
+//! What core NATS carries while the connection is down never reaches this node, and
+//! a slow consumer's drops are gone too: the bridge tells its sink
+//! ([`crate::EventSink::interrupted`]) which topics may have missed events, so the
+//! broker leaves a gap in their `seq`. A JetStream consumer resumes where it was and
+//! marks nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +30,7 @@ use crate::{BridgeContext, BridgeStatus};
 
 pub use crate::config::{JetStreamDeliver, JetStreamStart, NatsSettings};
 pub use connect::server_addrs;
-pub use event::{event_for, is_system_subject, topic_for, KEY_HEADER, SOURCE_HEADER};
+pub use event::{event_for, is_system_subject, topic_for, topic_range, KEY_HEADER, SOURCE_HEADER};
 
 mod connect;
 mod event;
@@ -96,6 +102,19 @@ impl NatsBridge {
         &self.settings.name
     }
 
+    /// The topics its core subscriptions can produce ([`topic_range`]); none for a
+    /// JetStream consumer.
+    fn ranges(&self) -> Arc<[crate::topic::Pattern]> {
+        let s = &self.settings;
+        if s.jetstream.is_some() {
+            return Arc::new([]);
+        }
+        s.subjects
+            .iter()
+            .map(|subject| topic_range(subject, &s.strip_prefix, &s.topic_prefix))
+            .collect()
+    }
+
     /// Runs the bridge until `context.cancel` is cancelled: connects (retrying),
     /// subscribes or starts its JetStream consumer, and hands every message to the
     /// sink. Publishing code gets the connection through `slot` once it exists.
@@ -112,6 +131,9 @@ impl NatsBridge {
             subscribed: Arc::new(AtomicBool::new(false)),
             slot: slot.clone(),
             closed: Arc::new(tokio::sync::Notify::new()),
+            sink: context.sink.clone(),
+            ranges: self.ranges(),
+            drop_marked: Arc::new(AtomicBool::new(false)),
         };
         let cancel = context.cancel.clone();
         let result = tokio::select! {
@@ -204,6 +226,7 @@ impl NatsBridge {
         let mut messages = futures_util::stream::select_all(subs);
         let _ = slot.set(client);
         while let Some(msg) = messages.next().await {
+            shared.drop_marked.store(false, Ordering::Release);
             if !is_system_subject(msg.subject.as_str()) {
                 context.forward(event_for(s, msg));
             }

@@ -8,7 +8,7 @@
 //! error reply) instead of being buffered by the NATS client and maybe lost later.
 
 use std::str::FromStr as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,6 +28,9 @@ pub(crate) struct Backplane {
     pub(crate) counters: Arc<BridgeCounters>,
     /// `cluster.subject_prefix`.
     pub(crate) prefix: String,
+    /// Set once the node stops its bridges (shutdown): publishes are refused from
+    /// then on, as a draining client may drop them after this node said `202`.
+    pub(crate) stopping: Arc<AtomicBool>,
 }
 
 /// An event made ready for NATS: subject, headers and payload, built once.
@@ -92,6 +95,9 @@ impl Backplane {
     /// The bridge's connection, when it is up: publishes fail at once while it is
     /// down rather than wait in the NATS client's buffer.
     pub(crate) fn connection(&self) -> Result<&async_nats::Client, PublishError> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(self.down("this node is shutting down".into()));
+        }
         if !self.counters.connected.load(Ordering::Relaxed) {
             return Err(self.down("disconnected from NATS".into()));
         }

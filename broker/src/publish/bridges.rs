@@ -8,6 +8,7 @@
 //! not fit (`server.ingest_capacity` per shard) is dropped and counted, by the
 //! registry as `topic_busy` and by the bridge as `herald_bridge_dropped_total`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,6 +70,9 @@ pub(crate) struct Bridges {
     cancel: CancellationToken,
     /// The bridge tasks, taken by [`Bridges::stop`].
     tasks: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
+    /// Set when [`Bridges::stop`] begins: the backplane refuses publishes from then
+    /// on, since a publish handed to a draining NATS client may never be sent.
+    stopping: Arc<AtomicBool>,
     #[cfg(feature = "nats")]
     backplane: Option<(
         String,
@@ -93,6 +97,12 @@ impl EventSink for TopicSink {
         let event = Publisher::validate(event).map_err(refused)?;
         self.registry.publish(event).map_err(refused)
     }
+
+    fn interrupted(&self, topics: &[herald_bridges::topic::Pattern]) {
+        let names: Vec<&str> = topics.iter().map(|p| p.as_str()).collect();
+        info!(topics = ?names, "source interrupted: the next event of each matching topic shows a seq gap");
+        self.registry.interrupted(topics);
+    }
 }
 
 impl Bridges {
@@ -113,6 +123,7 @@ impl Bridges {
             counters: Vec::new(),
             cancel: cancel.clone(),
             tasks: Mutex::new(Vec::new()),
+            stopping: Arc::default(),
             #[cfg(feature = "nats")]
             backplane: None,
         };
@@ -182,12 +193,14 @@ impl Bridges {
             client,
             counters,
             prefix: prefix.to_owned(),
+            stopping: self.stopping.clone(),
         })
     }
 
     /// Stops every bridge: each stops reading, closes its client and returns. Waits
     /// at most [`STOP_TIMEOUT`] in all; returns how many bridges stopped in time.
     pub(crate) async fn stop(&self) -> usize {
+        self.stopping.store(true, Ordering::Release);
         self.cancel.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         let total = tasks.len();

@@ -33,6 +33,19 @@ pub(crate) struct Ingest {
     pub event: super::Event,
     /// Milliseconds since the Unix epoch when Herald received it (`ts`).
     pub ts: u64,
+    /// Events of this topic lost on their way here since the previous one reached
+    /// the topic (a full mailbox, a source's lost connection): the topic skips that
+    /// many seqs, so every subscriber sees the gap where the loss happened.
+    pub missed: u64,
+}
+
+/// Registry → every shard: the events of the topics matching `patterns` may have
+/// been lost (a bridge's connection dropped). Each matching topic's next event
+/// carries the gap ([`Ingest::missed`]).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Interrupted {
+    pub patterns: Arc<[Pattern]>,
 }
 
 /// Subscribe a connection to one pattern (sent to the topic's shard, or to every

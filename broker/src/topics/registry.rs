@@ -8,9 +8,10 @@
 //!
 //! [`Registry`] is the cheap, clonable handle publishers and sessions use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -20,8 +21,8 @@ use crate::protocol::{Replay, ResetReason};
 use crate::publish::PublishError;
 use crate::topic::Pattern;
 use crate::topics::message::{
-    AddSubscriber, Deliver, Ingest, ListTopics, PatternInfo, Reason, RemoveSubscriber, StopTopic,
-    Subscribe, Subscriber, TopicIdle, TopicInfo, TopicReplay, TopicStats, Unsubscribe,
+    AddSubscriber, Deliver, Ingest, Interrupted, ListTopics, PatternInfo, Reason, RemoveSubscriber,
+    StopTopic, Subscribe, Subscriber, TopicIdle, TopicInfo, TopicReplay, TopicStats, Unsubscribe,
 };
 use crate::topics::topic::{Topic, TopicSettings};
 use crate::topics::Event;
@@ -30,6 +31,9 @@ use crate::topics::Event;
 struct Slot {
     addr: Addr<Topic>,
     sent: u64,
+    /// Events of this topic lost since the last one the topic took: told to the
+    /// topic with its next event ([`Ingest::missed`]).
+    missed: u64,
 }
 
 impl Slot {
@@ -63,9 +67,63 @@ pub(crate) struct Shard {
     /// remembering and treats every new topic as possibly re-born.
     forgotten: std::collections::HashSet<String>,
     forgotten_overflow: bool,
+    /// Topics whose events [`Registry::publish`] could not hand to this shard.
+    refused: Arc<Refused>,
+}
+
+/// Topics whose events were refused at a shard's full mailbox, for the shard to mark
+/// the loss at their next event. Touched only on that (rare) path and once per
+/// event by the shard, as one atomic load. Bounded: past [`REFUSED_CAP`] names the
+/// shard marks every topic it holds.
+#[derive(Debug, Default)]
+struct Refused {
+    any: AtomicBool,
+    overflow: AtomicBool,
+    topics: Mutex<HashSet<String>>,
+}
+
+/// Most refused topic names remembered between two events a shard handles.
+const REFUSED_CAP: usize = 10_000;
+
+impl Refused {
+    fn add(&self, topic: &str) {
+        {
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            if topics.len() < REFUSED_CAP {
+                topics.insert(topic.to_owned());
+            } else {
+                self.overflow.store(true, Ordering::Relaxed);
+            }
+        }
+        self.any.store(true, Ordering::Release);
+    }
 }
 
 impl Shard {
+    /// Marks the events [`Registry::publish`] refused since the last call, so the
+    /// next event of each of those topics carries the gap. Creates a topic whose
+    /// first events were refused: its first seq then shows them missing.
+    fn take_refused(&mut self, ctx: &mut Context<Self>) {
+        if !self.refused.any.swap(false, Ordering::Acquire) {
+            return;
+        }
+        let topics = std::mem::take(
+            &mut *self
+                .refused
+                .topics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for topic in topics {
+            self.topic(&topic, ctx).missed += 1;
+        }
+        if self.refused.overflow.swap(false, Ordering::Relaxed) {
+            for slot in self.topics.values_mut() {
+                slot.missed += 1;
+            }
+        }
+    }
+
     fn owns(&self, topic: &str) -> bool {
         shard_of(&self.hasher, topic, self.shards) == self.index
     }
@@ -101,6 +159,7 @@ impl Shard {
             let mut slot = Slot {
                 addr: topic.start(),
                 sent: 0,
+                missed: 0,
             };
             for s in extra {
                 slot.send(AddSubscriber {
@@ -138,11 +197,31 @@ impl Actor for Shard {
 impl Handler<Ingest> for Shard {
     type Result = ();
 
-    fn handle(&mut self, msg: Ingest, ctx: &mut Self::Context) {
+    fn handle(&mut self, mut msg: Ingest, ctx: &mut Self::Context) {
+        self.take_refused(ctx);
         let slot = self.topic(&msg.event.topic, ctx);
+        msg.missed = slot.missed;
         match slot.addr.try_send(msg) {
-            Ok(()) => slot.sent += 1,
-            Err(_) => METRICS.dropped(DropReason::TopicBusy, 1),
+            Ok(()) => {
+                slot.sent += 1;
+                slot.missed = 0;
+            }
+            Err(_) => {
+                slot.missed += 1;
+                METRICS.dropped(DropReason::TopicBusy, 1);
+            }
+        }
+    }
+}
+
+impl Handler<Interrupted> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Interrupted, _ctx: &mut Self::Context) {
+        for (name, slot) in &mut self.topics {
+            if msg.patterns.iter().any(|p| p.matches(name)) {
+                slot.missed += 1;
+            }
         }
     }
 }
@@ -292,6 +371,8 @@ fn shard_of(hasher: &impl BuildHasher, topic: &str, shards: usize) -> usize {
 #[derive(Clone)]
 pub(crate) struct Registry {
     shards: Arc<[Addr<Shard>]>,
+    /// Per shard, the topics whose events its full mailbox refused.
+    refused: Arc<[Arc<Refused>]>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -310,11 +391,13 @@ impl Registry {
         let shards = shards.max(1);
         let settings = Arc::new(settings);
         let hasher = std::collections::hash_map::RandomState::new();
+        let refused: Arc<[Arc<Refused>]> = (0..shards).map(|_| Arc::default()).collect();
         let addrs: Vec<Addr<Shard>> = (0..shards)
             .map(|index| {
                 let arbiter = Arbiter::new();
                 let settings = settings.clone();
                 let hasher = hasher.clone();
+                let refused = refused[index].clone();
                 Shard::start_in_arbiter(&arbiter.handle(), move |_| Shard {
                     index,
                     shards,
@@ -324,30 +407,55 @@ impl Registry {
                     settings,
                     forgotten: Default::default(),
                     forgotten_overflow: false,
+                    refused,
                 })
             })
             .collect();
         Registry {
             shards: addrs.into(),
+            refused,
             hasher,
         }
     }
 
     fn shard(&self, topic: &str) -> &Addr<Shard> {
-        &self.shards[shard_of(&self.hasher, topic, self.shards.len())]
+        &self.shards[self.shard_index(topic)]
+    }
+
+    fn shard_index(&self, topic: &str) -> usize {
+        shard_of(&self.hasher, topic, self.shards.len())
     }
 
     /// Hands an event to its topic. Never waits: a full shard mailbox drops the event
-    /// and says so.
+    /// and says so; the topic's next event then carries the gap.
     pub(crate) fn publish(&self, event: Event) -> Result<(), PublishError> {
         METRICS.event_in(event.source);
         let ts = crate::clock::now_ms();
-        self.shard(&event.topic)
-            .try_send(Ingest { event, ts })
-            .map_err(|_| {
+        let index = self.shard_index(&event.topic);
+        self.shards[index]
+            .try_send(Ingest {
+                event,
+                ts,
+                missed: 0,
+            })
+            .map_err(|e| {
+                let (SendError::Full(refused) | SendError::Closed(refused)) = e;
+                self.refused[index].add(&refused.event.topic);
                 METRICS.dropped(DropReason::TopicBusy, 1);
                 PublishError::Busy
             })
+    }
+
+    /// Marks a possible loss in every topic matching `patterns` (a bridge's
+    /// connection dropped): each one's next event skips a seq. Never refused, and
+    /// queued behind the events already sent, so the gap lands where the loss began.
+    pub(crate) fn interrupted(&self, patterns: &[Pattern]) {
+        let patterns: Arc<[Pattern]> = patterns.into();
+        for shard in self.shards.iter() {
+            shard.do_send(Interrupted {
+                patterns: patterns.clone(),
+            });
+        }
     }
 
     /// Subscribes `subscriber` to `pattern`.

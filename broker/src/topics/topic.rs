@@ -234,7 +234,9 @@ impl Handler<Ingest> for Topic {
 
     fn handle(&mut self, msg: Ingest, _ctx: &mut Self::Context) {
         self.handled_one();
-        self.seq += 1;
+        // Lost events keep their seqs: the gap tells subscribers (and a later
+        // resume, whose replay has the same gap) that something is missing.
+        self.seq += msg.missed + 1;
         self.last_event_ms = Some(msg.ts);
         let ev = &msg.event;
         let frame = event::render(
