@@ -8,7 +8,7 @@
 //!
 //! [`Registry`] is the cheap, clonable handle publishers and sessions use.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,52 +71,53 @@ pub(crate) struct Shard {
     refused: Arc<Refused>,
 }
 
-/// Topics whose events were refused at a shard's full mailbox, for the shard to mark
-/// the loss at their next event. Touched only on that (rare) path and once per
-/// event by the shard, as one atomic load. Bounded: past [`REFUSED_CAP`] names the
-/// shard marks every topic it holds.
+/// Events [`Registry::publish`] could not hand to a shard (its mailbox was full), by
+/// topic: the count travels with the topic's next event that gets in
+/// ([`Ingest::missed`]), so the gap lands exactly where the loss was for each
+/// publisher. Touched only after a refusal: the publish path reads one atomic
+/// otherwise. Bounded: past [`REFUSED_CAP`] topics the shard marks every topic it
+/// holds at its next event instead.
 #[derive(Debug, Default)]
 struct Refused {
     any: AtomicBool,
     overflow: AtomicBool,
-    topics: Mutex<HashSet<String>>,
+    topics: Mutex<HashMap<String, u64>>,
 }
 
-/// Most refused topic names remembered between two events a shard handles.
+/// Most topics with refused events remembered per shard.
 const REFUSED_CAP: usize = 10_000;
 
 impl Refused {
-    fn add(&self, topic: &str) {
-        {
-            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-            if topics.len() < REFUSED_CAP {
-                topics.insert(topic.to_owned());
-            } else {
-                self.overflow.store(true, Ordering::Relaxed);
-            }
+    fn add(&self, topic: &str, lost: u64) {
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = topics.get_mut(topic) {
+            *count += lost;
+        } else if topics.len() < REFUSED_CAP {
+            topics.insert(topic.to_owned(), lost);
+        } else {
+            self.overflow.store(true, Ordering::Relaxed);
         }
         self.any.store(true, Ordering::Release);
+    }
+
+    /// The events of `topic` refused since its last event got in.
+    fn take(&self, topic: &str) -> u64 {
+        if !self.any.load(Ordering::Acquire) {
+            return 0;
+        }
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        let lost = topics.remove(topic).unwrap_or(0);
+        if topics.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        lost
     }
 }
 
 impl Shard {
-    /// Marks the events [`Registry::publish`] refused since the last call, so the
-    /// next event of each of those topics carries the gap. Creates a topic whose
-    /// first events were refused: its first seq then shows them missing.
-    fn take_refused(&mut self, ctx: &mut Context<Self>) {
-        if !self.refused.any.swap(false, Ordering::Acquire) {
-            return;
-        }
-        let topics = std::mem::take(
-            &mut *self
-                .refused
-                .topics
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        for topic in topics {
-            self.topic(&topic, ctx).missed += 1;
-        }
+    /// When more topics had events refused than [`Refused`] remembers, every topic
+    /// of the shard skips a seq at its next event.
+    fn refused_overflow(&mut self) {
         if self.refused.overflow.swap(false, Ordering::Relaxed) {
             for slot in self.topics.values_mut() {
                 slot.missed += 1;
@@ -198,16 +199,19 @@ impl Handler<Ingest> for Shard {
     type Result = ();
 
     fn handle(&mut self, mut msg: Ingest, ctx: &mut Self::Context) {
-        self.take_refused(ctx);
+        self.refused_overflow();
         let slot = self.topic(&msg.event.topic, ctx);
-        msg.missed = slot.missed;
+        // Lost on the way to this shard (carried by the event), and on the way from
+        // this shard to the topic since its last event got in.
+        let carried = msg.missed;
+        msg.missed += slot.missed;
         match slot.addr.try_send(msg) {
             Ok(()) => {
                 slot.sent += 1;
                 slot.missed = 0;
             }
             Err(_) => {
-                slot.missed += 1;
+                slot.missed += carried + 1;
                 METRICS.dropped(DropReason::TopicBusy, 1);
             }
         }
@@ -432,15 +436,12 @@ impl Registry {
         METRICS.event_in(event.source);
         let ts = crate::clock::now_ms();
         let index = self.shard_index(&event.topic);
+        let missed = self.refused[index].take(&event.topic);
         self.shards[index]
-            .try_send(Ingest {
-                event,
-                ts,
-                missed: 0,
-            })
+            .try_send(Ingest { event, ts, missed })
             .map_err(|e| {
                 let (SendError::Full(refused) | SendError::Closed(refused)) = e;
-                self.refused[index].add(&refused.event.topic);
+                self.refused[index].add(&refused.event.topic, refused.missed + 1);
                 METRICS.dropped(DropReason::TopicBusy, 1);
                 PublishError::Busy
             })
