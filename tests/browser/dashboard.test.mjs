@@ -9,7 +9,8 @@ import { copyFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { after, afterEach, before, test } from "node:test";
 import {
-  ROOT, WAIT_MS, artifactPath, freePort, hs256, launchBrowser, openDashboard, sleep, startHerald,
+  ROOT, WAIT_MS, artifactPath, eventually, expectState, freePort, hs256, launchBrowser, openDashboard,
+  sleep, startHerald,
 } from "./harness.mjs";
 
 const TEST_TIMEOUT = 240_000;
@@ -40,30 +41,6 @@ async function dashboard(broker, options) {
   const dash = await openDashboard(browser, broker.url, options);
   cleanups.push(() => dash.close());
   return dash;
-}
-
-/** Retries an assertion until it holds, or fails with its last error. */
-async function eventually(check, timeoutMs = WAIT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await check();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await sleep(100);
-    }
-  }
-}
-
-/** Waits for the connection badge; on a timeout, says what the page showed and logged. */
-async function expectState(page, state) {
-  try {
-    await page.waitForSelector(`#state[data-state="${state}"]`);
-  } catch (err) {
-    const shown = await page.textContent("#state").catch(() => "?");
-    const logged = page.problems?.length ? `; the page logged:\n${page.problems.join("\n")}` : "";
-    throw new Error(`the badge says "${shown}", not "${state}"${logged}`, { cause: err });
-  }
 }
 
 async function subscribe(page, pattern, last) {

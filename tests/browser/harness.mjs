@@ -5,8 +5,9 @@
 
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import { createServer } from "node:net";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { connect, createServer } from "node:net";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -47,12 +48,12 @@ export function freePort() {
  * parent's own HERALD_* settings are not passed on, so a developer's environment
  * cannot change what is tested.
  */
-export async function startHerald({ env = {}, port, readyUrl } = {}) {
+export async function startHerald({ env = {}, port, readyUrl, args = [] } = {}) {
   port ??= await freePort();
   const base = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !(k.startsWith("HERALD_") && (k.includes("__") || k === "HERALD_CONFIG"))),
   );
-  const child = spawn(HERALD_BIN, [], {
+  const child = spawn(HERALD_BIN, args, {
     env: { ...base, RUST_LOG: "info", HERALD_SERVER__LISTEN: `127.0.0.1:${port}`, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -98,6 +99,13 @@ export async function startHerald({ env = {}, port, readyUrl } = {}) {
       if (res.status !== 202) throw new Error(`POST api/publish: ${res.status} ${body}`);
       return JSON.parse(body);
     },
+    /** SIGKILL: the node dies with no goodbye, as in a crash. */
+    async kill() {
+      if (exited) return exited;
+      child.kill("SIGKILL");
+      await exit;
+      return exited;
+    },
     /** SIGTERM (sessions are closed with 1001), then SIGKILL if it takes too long. */
     async stop() {
       if (exited) return exited;
@@ -108,6 +116,123 @@ export async function startHerald({ env = {}, port, readyUrl } = {}) {
       return exited;
     },
   };
+}
+
+/** Starts a child process, kept in `children` (killed when the test process exits);
+ *  resolves once `ready()` does. Its output is collected in `logs`. */
+async function startProcess(name, command, args, ready) {
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
+  children.add(child);
+  const logs = [];
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.setEncoding("utf8");
+    stream.on("data", (chunk) => logs.push(...chunk.split("\n").filter(Boolean)));
+  }
+  let exited = null;
+  const exit = new Promise((resolve) => child.on("exit", (code, signal) => {
+    exited = { code, signal };
+    children.delete(child);
+    resolve(exited);
+  }));
+  child.on("error", (err) => logs.push(`spawn ${command}: ${err.message}`));
+  const deadline = Date.now() + WAIT_MS;
+  while (!(await ready().catch(() => false))) {
+    if (exited) throw new Error(`${name} exited (${JSON.stringify(exited)}):\n${logs.join("\n")}`);
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`${name} was not ready within ${WAIT_MS} ms:\n${logs.join("\n")}`);
+    }
+    await sleep(100);
+  }
+  return {
+    logs,
+    async stop() {
+      if (!exited) child.kill("SIGTERM");
+      await exit;
+    },
+  };
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+function listening(port) {
+  return new Promise((resolve) => {
+    const socket = connect(port, "127.0.0.1");
+    socket.on("connect", () => { socket.destroy(); resolve(true); });
+    socket.on("error", () => resolve(false));
+  });
+}
+
+/** A private nats-server with JetStream (Debian's, installed by scripts/test). */
+export async function startNats() {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), "herald-nats-"));
+  const nats = await startProcess("nats-server", "nats-server",
+    ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", dir], () => listening(port));
+  return { ...nats, url: `nats://127.0.0.1:${port}` };
+}
+
+/**
+ * nginx (Debian's, installed by scripts/test) running the repository's
+ * docker/nginx.conf as it is, but for the addresses: it listens on a free local port
+ * instead of 80, and its upstream servers are `upstreams` instead of the compose
+ * services. Every other line is the file's own, so what the compose stack's
+ * load balancer does is what is tested.
+ */
+export async function startNginx(upstreams) {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), "herald-nginx-"));
+  let conf = readFileSync(path.join(ROOT, "docker/nginx.conf"), "utf8");
+  const servers = [...conf.matchAll(/^\s*server herald-\d+:8080 .*$/gm)];
+  if (servers.length === 0) throw new Error("docker/nginx.conf lists no herald-N:8080 upstream");
+  const template = servers[0][0];
+  conf = conf.replace(/^\s*server herald-\d+:8080 .*\n/gm, "");
+  conf = conf.replace(/^(\s*keepalive \d+;)$/m, (line) =>
+    upstreams.map((u) => template.replace(/herald-\d+:8080/, u)).join("\n") + "\n" + line);
+  conf = conf.replace(/^(\s*)listen 80;$/m, `$1listen 127.0.0.1:${port};`);
+  conf = conf.replace(/^pid .*$/m, `pid ${dir}/nginx.pid;`);
+  // Node's child-process pipes are sockets, which /dev/stdout cannot open: the access
+  // log goes to a file (in the same format), read through `accessLog()`.
+  conf = conf.replace(/^(\s*access_log) \/dev\/stdout (\w+);$/m, `$1 ${dir}/access.log $2;`);
+  if (!conf.includes(`listen 127.0.0.1:${port};`)) throw new Error("docker/nginx.conf has no `listen 80;`");
+  // Temporary files in the test's own directory (Debian's defaults need /var/lib/nginx).
+  conf = conf.replace(/^http \{$/m, `http {\n    client_body_temp_path ${dir}/body;\n    proxy_temp_path ${dir}/proxy;`);
+  writeFileSync(path.join(dir, "nginx.conf"), conf);
+  const nginx = await startProcess("nginx", NGINX,
+    ["-p", dir, "-c", path.join(dir, "nginx.conf"), "-e", "stderr", "-g", "daemon off;"],
+    () => listening(port));
+  return {
+    ...nginx,
+    url: `http://127.0.0.1:${port}/`,
+    /** The access log's lines so far. */
+    accessLog: () => readFileSync(path.join(dir, "access.log"), "utf8").split("\n").filter(Boolean),
+  };
+}
+
+/** Debian's nginx binary. */
+export const NGINX = process.env.HERALD_NGINX || "/usr/sbin/nginx";
+
+/** Retries an assertion until it holds, or fails with its last error. */
+export async function eventually(check, timeoutMs = WAIT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await check();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await sleep(100);
+    }
+  }
+}
+
+/** Waits for the connection badge; on a timeout, says what the page showed and logged. */
+export async function expectState(page, state) {
+  try {
+    await page.waitForSelector(`#state[data-state="${state}"]`);
+  } catch (err) {
+    const shown = await page.textContent("#state").catch(() => "?");
+    const logged = page.problems?.length ? `; the page logged:\n${page.problems.join("\n")}` : "";
+    throw new Error(`the badge says "${shown}", not "${state}"${logged}`, { cause: err });
+  }
 }
 
 /** Debian's Chromium, headless. Playwright gives every launch a fresh, temporary
