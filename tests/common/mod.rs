@@ -94,7 +94,7 @@ pub fn herald_bin() -> PathBuf {
         build_if_stale(
             std::slice::from_ref(&bin),
             &BROKER_SOURCES,
-            &["-p", "herald", "--bin", "herald"],
+            &["-p", "herald-broker", "--bin", "herald"],
         );
         bin
     })
@@ -138,13 +138,19 @@ impl Broker {
 
     /// Like [`Broker::start`], with extra environment variables.
     pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Result<Broker> {
+        Self::start_on("127.0.0.1:0", config_toml, env)
+    }
+
+    /// Like [`Broker::start_with_env`], listening on `listen` (a node started again
+    /// on the address a load balancer knows).
+    pub fn start_on(listen: &str, config_toml: &str, env: &[(&str, &str)]) -> Result<Broker> {
         let mut file = tempfile::NamedTempFile::new()?;
         std::io::Write::write_all(&mut file, config_toml.as_bytes())?;
         let mut cmd = Command::new(herald_bin());
         cmd.arg("--config")
             .arg(file.path())
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -248,6 +254,22 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the process with SIGKILL (`kill -9`: no shutdown at all) and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("already stopped"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Open file descriptors of the process (entries of `/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
     }
 
     /// Whether the Herald process still runs, from `/proc` (for failure messages).
