@@ -3,8 +3,11 @@
 /** The subprotocol offered on every upgrade. */
 export declare const PROTOCOL: "herald.v1.json";
 
-/** The client's connection state. */
-export type State = "connecting" | "open" | "reconnecting" | "closed" | "unauthorized";
+/**
+ * The client's connection state. "idle": made with `autoConnect: false`, `connect()`
+ * not called yet.
+ */
+export type State = "idle" | "connecting" | "open" | "reconnecting" | "closed" | "unauthorized";
 
 /** The first message of every connection. */
 export interface Welcome {
@@ -39,7 +42,10 @@ export interface HeraldEvent<T = unknown> {
 }
 
 export interface CloseInfo {
-  /** WebSocket close code; 1006 when the connection failed without one, 4008 when the client declared it dead. */
+  /**
+   * WebSocket close code; 1006 when the connection failed without one, 4008 when the
+   * client declared it dead (reason "heartbeat timeout" or "handshake timeout").
+   */
   code: number;
   reason: string;
   willReconnect: boolean;
@@ -49,27 +55,87 @@ export interface CloseInfo {
 
 export type ResetReason = "epoch_changed" | "history_expired";
 
+/** A `reset`: the history of `topic` that a resume needed is gone; refetch its state. */
+export interface ResetInfo {
+  topic: string;
+  reason: ResetReason;
+}
+
+/**
+ * A `seq` jump: events `expected` to `got - 1` of `topic` never arrived (dropped for
+ * this connection, or lost before they reached the topic). Refetch the topic's state.
+ */
+export interface GapInfo {
+  topic: string;
+  expected: number;
+  got: number;
+}
+
 /** The events of a client and their listeners' arguments. */
 export interface ClientEvents {
   state: (state: State, prev: State) => void;
   open: (welcome: Welcome) => void;
   close: (info: CloseInfo) => void;
   lagged: (info: { dropped: number }) => void;
-  reset: (info: { topic: string; reason: ResetReason }) => void;
-  gap: (info: { topic: string; expected: number; got: number }) => void;
+  reset: (info: ResetInfo) => void;
+  gap: (info: GapInfo) => void;
   error: (error: HeraldError) => void;
 }
 
 /**
- * An error reply of the broker (`code`: bad_request, unknown_op, invalid_topic,
- * forbidden, unauthorized, too_many_subscriptions, rate_limited, payload_too_large,
- * publish_disabled, internal), or one of the client's own: not_open, disconnected,
- * unsubscribed.
+ * A subscription's `lagged`. `"queue_full"`: the broker dropped `dropped` events for
+ * this connection, of any of its topics (every subscription is told). `"buffer_full"`:
+ * a `for await` loop over this subscription fell `dropped` events behind its buffer,
+ * which dropped the oldest.
+ */
+export interface SubscriptionLagged {
+  dropped: number;
+  reason: "queue_full" | "buffer_full";
+}
+
+/** The events of a subscription and their listeners' arguments. */
+export interface SubscriptionEvents<T = unknown> {
+  /** An event for this subscription, as the handler gets it. */
+  event: (event: HeraldEvent<T>) => void;
+  /** A seq jump in a topic this subscription receives. */
+  gap: (info: GapInfo) => void;
+  /** A reset of a topic whose position this subscription resumed. */
+  reset: (info: ResetInfo) => void;
+  lagged: (info: SubscriptionLagged) => void;
+  /** A resubscribe after a reconnect was refused or timed out; the subscription stays. */
+  error: (error: HeraldError) => void;
+}
+
+/** The error codes of the broker's error replies (docs/protocol.md). */
+export type BrokerErrorCode =
+  | "bad_request"
+  | "unknown_op"
+  | "invalid_topic"
+  | "forbidden"
+  | "unauthorized"
+  | "too_many_subscriptions"
+  | "rate_limited"
+  | "payload_too_large"
+  | "publish_disabled"
+  | "internal";
+
+/**
+ * The client's own error codes. `not_open`: publish or ping while not open.
+ * `disconnected`: the connection was lost, or the client closed, before the reply.
+ * `unsubscribed`: unsubscribed before the broker confirmed. `timeout`: no reply
+ * within the request's timeout (the broker may still have acted on it).
+ */
+export type ClientErrorCode = "not_open" | "disconnected" | "unsubscribed" | "timeout";
+
+/**
+ * An error reply of the broker, or one of the client's own. `code` may also be a code
+ * that a newer broker added.
  */
 export declare class HeraldError extends Error {
   constructor(code: string, message: string, id?: string | number);
-  readonly code: string;
-  /** The id of the request the broker answered, when there was one. */
+  readonly name: "HeraldError";
+  readonly code: BrokerErrorCode | ClientErrorCode | (string & {});
+  /** The id of the request the broker answered, or of the one that timed out. */
   readonly id?: string | number;
 }
 
@@ -92,30 +158,90 @@ export interface WebSocketLike {
   onerror: ((event: any) => void) | null;
 }
 
+/** What fires the browser's `online` event: `window`, a worker's global scope, or a stand-in. */
+export interface OnlineTarget {
+  addEventListener(type: "online", listener: () => void): void;
+  removeEventListener(type: "online", listener: () => void): void;
+}
+
 export interface ConnectOptions {
   /** A JWT, or a function returning a fresh one; sent as the first message on every connection. */
   token?: string | (() => string | Promise<string>);
   /** Returns a one-time ticket (from POST /api/tickets); called for every connection. */
   getTicket?: () => string | Promise<string>;
-  /** Defaults to globalThis.WebSocket. */
+  /** Defaults to globalThis.WebSocket, looked up when the client first connects. */
   WebSocket?: WebSocketConstructor;
   backoff?: BackoffOptions;
   /** After close 1001, reconnect after a random delay below this, in ms (default 5000). */
   goingAwayMaxMs?: number;
+  /**
+   * Connect at once (default true). With false the client is "idle" and touches no
+   * WebSocket, `window` or `location` until `connect()`: safe to make during
+   * server-side rendering.
+   */
+  autoConnect?: boolean;
+  /**
+   * How long a request waits for its reply, in ms (default 10000; `Infinity`: no
+   * limit). It bounds subscribe, unsubscribe, publish and ping (each can override
+   * it), the `token` and `getTicket` functions, and a connection attempt until its
+   * `welcome`.
+   */
+  requestTimeoutMs?: number;
+  /**
+   * Where the `online` event comes from: while the client waits to reconnect, it
+   * reconnects at once when the network is back. Default: `window` (or a worker's
+   * global scope) in a browser, nothing elsewhere; `null` turns it off.
+   */
+  onlineTarget?: OnlineTarget | null;
 }
 
 export interface SubscribeOptions {
   /** Replay up to this many recent events per matching topic before live events. */
   last?: number;
+  /**
+   * Events a `for await` loop over this subscription may fall behind before the
+   * oldest are dropped (default 1000); see `SubscriptionLagged`.
+   */
+  bufferSize?: number;
+  /** Overrides `requestTimeoutMs` for this subscription's subscribe requests. */
+  timeoutMs?: number;
 }
 
-export interface Subscription {
+export interface PublishOptions {
+  key?: string;
+  headers?: Record<string, string>;
+  /** Overrides `requestTimeoutMs` for this request. */
+  timeoutMs?: number;
+}
+
+export interface RequestOptions {
+  /** Overrides `requestTimeoutMs` for this request. */
+  timeoutMs?: number;
+}
+
+/**
+ * What `subscribe` returns. It is also an async iterable of its events:
+ * `for await (const event of sub)` yields the events that arrive from then on,
+ * ends when the subscription is unsubscribed or the client is closed, throws the
+ * HeraldError when the broker refused the subscription, and unsubscribes when the
+ * loop is left early (break, return, throw).
+ */
+export interface Subscription<T = unknown> extends AsyncIterable<HeraldEvent<T>> {
   /** The patterns of this subscription. */
   readonly topics: readonly string[];
-  /** Resolves when the broker confirmed; rejects with a HeraldError on an error reply. */
+  /**
+   * Resolves when the broker confirmed; rejects with a HeraldError on an error reply
+   * or a timeout, and then the subscription is gone.
+   */
   readonly ready: Promise<void>;
-  /** Stops delivery at once; resolves when the broker confirmed (or at once when not connected). */
-  unsubscribe(): Promise<void>;
+  on<K extends keyof SubscriptionEvents<T>>(name: K, fn: SubscriptionEvents<T>[K]): this;
+  off<K extends keyof SubscriptionEvents<T>>(name: K, fn: SubscriptionEvents<T>[K]): this;
+  /**
+   * Stops delivery at once and ends its loops; resolves when the broker confirmed (or
+   * at once when not connected). Rejects only on a timeout, and never unhandled.
+   */
+  unsubscribe(options?: RequestOptions): Promise<void>;
+  [Symbol.asyncIterator](): AsyncIterator<HeraldEvent<T>, undefined>;
 }
 
 export declare class HeraldClient {
@@ -123,21 +249,28 @@ export declare class HeraldClient {
   readonly state: State;
   on<K extends keyof ClientEvents>(name: K, fn: ClientEvents[K]): this;
   off<K extends keyof ClientEvents>(name: K, fn: ClientEvents[K]): this;
+  /**
+   * Connects when "idle", "closed" or "unauthorized"; otherwise does nothing.
+   * Throws a TypeError when there is no WebSocket or the URL cannot be resolved.
+   */
+  connect(): this;
   subscribe<T = unknown>(
     topics: string | string[],
-    options: SubscribeOptions,
-    handler: (event: HeraldEvent<T>) => void,
-  ): Subscription;
-  subscribe<T = unknown>(topics: string | string[], handler: (event: HeraldEvent<T>) => void): Subscription;
+    options?: SubscribeOptions,
+    handler?: (event: HeraldEvent<T>) => void,
+  ): Subscription<T>;
+  subscribe<T = unknown>(topics: string | string[], handler: (event: HeraldEvent<T>) => void): Subscription<T>;
   /** Resolves when the broker accepted the event for fan-out (not when delivered). */
-  publish(topic: string, data: unknown, extra?: { key?: string; headers?: Record<string, string> }): Promise<void>;
-  /** Closes with 1000; no reconnect until `reconnect()`. */
+  publish(topic: string, data: unknown, extra?: PublishOptions): Promise<void>;
+  /** Resolves with the round trip to the broker and back, in ms. */
+  ping(options?: RequestOptions): Promise<number>;
+  /** Closes with 1000 and ends every loop over a subscription; no reconnect until `connect()` or `reconnect()`. */
   close(): void;
   /** Connects again now, with fresh credentials. */
   reconnect(): void;
 }
 
-/** Opens a client; it starts connecting at once. */
+/** Opens a client; it starts connecting at once unless `autoConnect` is false. */
 export declare function connect(url: string, options?: ConnectOptions): HeraldClient;
 
 /** Full-jitter backoff: random() * min(maxMs, initialMs * 2 ** attempt), floored. */

@@ -10,8 +10,9 @@
  * the client tells you whenever it can know (`gap`, `lagged`, `reset` events). It
  * never invents, repeats or reorders an event of a topic for one subscription.
  *
- * Layout: pure helpers (`backoffDelay`, `topicMatches`), `HeraldError`, then the
- * `HeraldClient` class: connection lifecycle, message dispatch, subscriptions.
+ * Layout: pure helpers (`backoffDelay`, `topicMatches`), `HeraldError`, the
+ * `HeraldClient` class (connection lifecycle, requests and their timeouts, message
+ * dispatch, subscriptions), then `Subscription` and the iterator behind `for await`.
  *
  * @module herald
  */
@@ -28,6 +29,19 @@ const CLIENT_BUGS = new Set([1002, 1003, 1007, 1009]);
  * that hangs (a blackholed TCP handshake), which the WebSocket API never times out.
  */
 const DEFAULT_SILENCE_MS = 35_000;
+
+/**
+ * How long a request waits for its reply unless told otherwise. A healthy broker
+ * answers in milliseconds; ten seconds is long enough for a loaded one and short
+ * enough that a user still waiting for a spinner gets an answer.
+ */
+const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+
+/** Events an iterator holds for a loop that has not caught up yet. */
+const DEFAULT_BUFFER_SIZE = 1_000;
+
+/** setTimeout fires at once for longer delays, so anything above counts as "never". */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * Reconnect delay for the given attempt (0 for the first retry), "full jitter":
@@ -68,14 +82,17 @@ export function topicMatches(pattern, topic) {
 
 /**
  * An error reply from the broker (`code` is one of the protocol's error codes), or a
- * request the client could not make: `not_open` (publish while not connected),
- * `disconnected` (the connection was lost before the reply), `unsubscribed`.
+ * request the client could not make: `not_open` (publish or ping while not
+ * connected), `disconnected` (the connection was lost, or the client closed, before
+ * the reply), `unsubscribed` (unsubscribed before the broker confirmed), `timeout`
+ * (no reply within the request's timeout).
  */
 export class HeraldError extends Error {
   /**
    * @param {string} code
    * @param {string} message
-   * @param {string | number} [id] the request id the broker answered
+   * @param {string | number} [id] the request's id: the one the broker answered, or
+   *   the one that went unanswered (`timeout`)
    */
   constructor(code, message, id) {
     super(message);
@@ -86,7 +103,8 @@ export class HeraldError extends Error {
 }
 
 /**
- * Opens a client and starts connecting at once. See README.md for the options.
+ * Opens a client. It starts connecting at once, unless `options.autoConnect` is
+ * false. See README.md for the options.
  *
  * @param {string} url `ws://host/ws`, `wss://…`; in a browser also `/ws` or `https://…`
  * @param {object} [options]
@@ -97,9 +115,12 @@ export function connect(url, options) {
 
 /** A connection to one Herald broker that reconnects by itself. */
 export class HeraldClient {
-  #url;
+  /** The URL as given, kept until it can be resolved (see `#prepare`). */
+  #rawUrl;
+  /** The resolved ws(s):// URL; null until the first connection attempt. */
+  #url = null;
   #options;
-  #WebSocket;
+  #WebSocket = null;
   #state = "connecting";
   /** @type {Map<string, Set<Function>>} */
   #listeners = new Map();
@@ -117,12 +138,18 @@ export class HeraldClient {
   #retryTimer = null;
   /** True between a 4001 and the next `welcome`: a second 4001 means stop. */
   #authRetry = false;
+  /** Bounds an attempt until its `welcome` (see `#open`). */
+  #handshakeTimer = null;
 
   /** Epoch of the broker process we are connected to (from `welcome`). */
   #epoch = null;
   #silenceMs = DEFAULT_SILENCE_MS;
   #lastHeard = 0;
   #watchdog = null;
+
+  /** Where the browser's `online` event comes from (null: nowhere, as in Node). */
+  #onlineTarget;
+  #onlineListening = false;
 
   #nextId = 1;
   /** Requests awaiting their reply, by id. Ids are never reused across connections. */
@@ -131,30 +158,38 @@ export class HeraldClient {
   #subs = new Map();
 
   constructor(url, options = {}) {
-    this.#url = websocketUrl(url);
+    this.#rawUrl = url;
     this.#options = {
       backoff: { initialMs: 500, maxMs: 30_000, ...options.backoff },
       goingAwayMaxMs: options.goingAwayMaxMs ?? 5_000,
       token: options.token,
       getTicket: options.getTicket,
+      requestTimeoutMs: timeoutOption(options.requestTimeoutMs, "requestTimeoutMs") ?? DEFAULT_REQUEST_TIMEOUT_MS,
+      WebSocket: options.WebSocket,
     };
-    this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof this.#WebSocket !== "function") {
-      throw new TypeError(
-        "herald: no WebSocket implementation; on Node 20 run with --experimental-websocket or pass { WebSocket }",
-      );
+    this.#onlineTarget = options.onlineTarget === undefined ? browserGlobal() : options.onlineTarget;
+    if (options.autoConnect ?? true) {
+      this.#prepare();
+      this.#open();
+      return;
     }
-    this.#open();
+    // Server-side rendering: no socket, no WebSocket class, no page to resolve a
+    // relative URL against, and no listener on anything, until connect(). A URL that
+    // can be checked now still is, so that a typo fails where it was written.
+    this.#state = "idle";
+    if (globalThis.location?.href || /^[a-z][a-z0-9+.-]*:/i.test(url)) this.#url = websocketUrl(url);
   }
 
-  /** "connecting" | "open" | "reconnecting" | "closed" | "unauthorized" */
+  /**
+   * "idle" | "connecting" | "open" | "reconnecting" | "closed" | "unauthorized"
+   * ("idle" only with `autoConnect: false`, before `connect()`).
+   */
   get state() {
     return this.#state;
   }
 
   on(name, fn) {
-    if (!this.#listeners.has(name)) this.#listeners.set(name, new Set());
-    this.#listeners.get(name).add(fn);
+    addListener(this.#listeners, name, fn);
     return this;
   }
 
@@ -164,38 +199,69 @@ export class HeraldClient {
   }
 
   /**
+   * Starts connecting, when the client is not connected or trying to be: after
+   * `autoConnect: false`, `close()`, or `"unauthorized"`. Otherwise it does nothing,
+   * so that a component that mounts twice (React's StrictMode) can call it freely.
+   *
+   * @returns {this}
+   * @throws {TypeError} when there is no WebSocket implementation, or the URL is
+   *   relative and there is no page to resolve it against
+   */
+  connect() {
+    if (this.#state === "idle" || this.#state === "closed" || this.#state === "unauthorized") this.reconnect();
+    return this;
+  }
+
+  /**
    * Subscribes to one pattern (or several, all or nothing). The subscription lives
    * until `unsubscribe()`: it is sent again, with `resume`, after every reconnect.
+   * Without a handler, read its events with `for await`, or `sub.on("event", …)`.
    *
    * @param {string | string[]} topics
-   * @param {{last?: number} | Function} [options]
+   * @param {{last?: number, bufferSize?: number, timeoutMs?: number} | Function} [options]
    * @param {(event: object) => void} [handler]
    */
   subscribe(topics, options, handler) {
     if (typeof options === "function") [options, handler] = [{}, options];
     const list = Object.freeze(Array.isArray(topics) ? [...topics] : [topics]);
+    const bufferSize = options?.bufferSize ?? DEFAULT_BUFFER_SIZE;
+    if (!Number.isInteger(bufferSize) || bufferSize < 1) {
+      throw new TypeError(`herald: bufferSize must be a positive integer, got ${bufferSize}`);
+    }
+    const timeoutMs = timeoutOption(options?.timeoutMs, "timeoutMs");
     let settle;
     const ready = new Promise((resolve, reject) => (settle = { resolve, reject }));
     // The application may never look at `ready`; a rejection must not crash Node.
     ready.catch(() => {});
-    const sub = Object.freeze({
-      topics: list,
-      ready,
-      unsubscribe: () => this.#unsubscribe(sub),
-    });
-    this.#subs.set(sub, {
+    const listeners = new Map();
+    /** The internal record of a subscription; `Subscription` is its public face. */
+    const s = {
       topics: list,
       last: options?.last ?? 0,
+      bufferSize,
+      timeoutMs,
       handler: handler ?? (() => {}),
+      ready,
       settle,
       settled: false,
+      listeners,
+      emit: (name, ...args) => emitTo(listeners, name, args),
+      /** The live iterators (`for await` loops) over this subscription. */
+      iterators: new Set(),
+      /** Null while the subscription lives; `{ error }` once it is gone for good. */
+      ended: null,
+      clientClosed: () => this.#state === "closed",
       /** topic → {epoch, seq} of the newest event this subscription delivered. */
       seen: new Map(),
       /** Epoch of the newest entry in `seen`: the one a resume is valid for. */
       epoch: null,
       /** Whether the subscribe on this connection asked for `last` replay. */
       wantsReplay: false,
-    });
+      /** Topics whose position the last subscribe sent in `resume`, until reset. */
+      resumed: new Set(),
+    };
+    const sub = new Subscription(s, (unsubscribeOptions) => this.#unsubscribe(sub, unsubscribeOptions));
+    this.#subs.set(sub, s);
     if (this.#state === "open") this.#sendSubscribe(sub);
     return sub;
   }
@@ -203,20 +269,46 @@ export class HeraldClient {
   /**
    * Publishes over the WebSocket. Resolves on `ok` ("accepted for fan-out", not
    * "delivered"); rejects with a HeraldError on an error reply, at once when not
-   * open, and when the connection is lost before the reply.
+   * open, when the connection is lost before the reply, and after the timeout.
    *
    * @param {string} topic
    * @param {unknown} data any JSON value
-   * @param {{key?: string, headers?: Record<string, string>}} [extra]
+   * @param {{key?: string, headers?: Record<string, string>, timeoutMs?: number}} [extra]
    */
-  publish(topic, data, extra = {}) {
+  publish(topic, data, extra) {
+    const { key, headers, timeoutMs } = extra ?? {};
+    timeoutOption(timeoutMs, "timeoutMs");
     if (this.#state !== "open") {
       return Promise.reject(new HeraldError("not_open", `cannot publish while ${this.#state}`));
     }
-    return this.#request({ op: "publish", topic, data, ...extra }, "reject");
+    const message = { op: "publish", topic, data };
+    if (key !== undefined) message.key = key;
+    if (headers !== undefined) message.headers = headers;
+    return this.#request(message, { drop: "reject", timeoutMs, what: `publish to ${topic}` });
   }
 
-  /** Closes with 1000 and stays closed (until `reconnect()`). */
+  /**
+   * Asks the broker for a `pong`: proof that the connection works end to end right
+   * now, which an open socket alone does not give. Resolves with the round trip in
+   * milliseconds; rejects like `publish`.
+   *
+   * @param {{timeoutMs?: number}} [options]
+   * @returns {Promise<number>}
+   */
+  ping(options) {
+    const timeoutMs = timeoutOption(options?.timeoutMs, "timeoutMs");
+    if (this.#state !== "open") {
+      return Promise.reject(new HeraldError("not_open", `cannot ping while ${this.#state}`));
+    }
+    const sentAt = performance.now();
+    return this.#request({ op: "ping" }, { drop: "reject", timeoutMs, what: "ping" }).then(() => performance.now() - sentAt);
+  }
+
+  /**
+   * Closes with 1000 and stays closed (until `connect()` or `reconnect()`). Every
+   * `for await` loop over a subscription ends; the subscriptions themselves stay, and
+   * are sent again if the client connects again.
+   */
   close() {
     const hadSocket = this.#abandon(1000, "client closed");
     const generation = this.#generation;
@@ -228,8 +320,11 @@ export class HeraldClient {
    * Drops the current connection, if any, and connects again now with a fresh
    * credential: for use after "unauthorized" or "closed", or when the application
    * knows better than the backoff.
+   *
+   * @throws {TypeError} like `connect()`
    */
   reconnect() {
+    this.#prepare();
     const hadSocket = this.#abandon(1000, "client reconnect");
     this.#attempt = 0;
     this.#authRetry = false;
@@ -241,6 +336,45 @@ export class HeraldClient {
 
   // ---- connection lifecycle -------------------------------------------------------
 
+  /**
+   * Resolves what a connection needs and starts listening for `online`. Done at the
+   * first connection rather than in the constructor, so that a client made with
+   * `autoConnect: false` during server-side rendering touches nothing of the browser.
+   */
+  #prepare() {
+    this.#url ??= websocketUrl(this.#rawUrl);
+    this.#WebSocket ??= this.#options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.#WebSocket !== "function") {
+      this.#WebSocket = null;
+      throw new TypeError(
+        "herald: no WebSocket implementation; on Node 20 run with --experimental-websocket or pass { WebSocket }",
+      );
+    }
+    if (this.#onlineTarget && !this.#onlineListening) {
+      this.#onlineTarget.addEventListener("online", this.#onOnline);
+      this.#onlineListening = true;
+    }
+  }
+
+  /**
+   * The browser says the network is back. If the client is waiting out a backoff
+   * delay, that delay was chosen for a network that was down: try now. A user who
+   * reopens a laptop then sees live data within a round trip, not after up to
+   * `backoff.maxMs`. In any other state there is nothing to hurry.
+   */
+  #onOnline = () => {
+    if (this.#retryTimer === null) return;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    this.#open();
+  };
+
+  #stopListeningOnline() {
+    if (!this.#onlineListening) return;
+    this.#onlineTarget.removeEventListener("online", this.#onOnline);
+    this.#onlineListening = false;
+  }
+
   async #open() {
     const generation = ++this.#generation;
     let url = this.#url;
@@ -249,10 +383,10 @@ export class HeraldClient {
       const { token: tokenOption, getTicket } = this.#options;
       if (getTicket) {
         const u = new URL(url);
-        u.searchParams.set("ticket", await getTicket());
+        u.searchParams.set("ticket", await this.#bounded(() => getTicket(), "getTicket"));
         url = u.href;
       }
-      token = typeof tokenOption === "function" ? await tokenOption() : tokenOption;
+      token = typeof tokenOption === "function" ? await this.#bounded(() => tokenOption(), "token") : tokenOption;
     } catch (err) {
       if (generation !== this.#generation) return;
       // A credential we cannot get after a 4001 means the user must act; otherwise
@@ -269,8 +403,24 @@ export class HeraldClient {
     this.#ws = ws;
     this.#silenceMs = DEFAULT_SILENCE_MS;
     this.#heard();
-    // Browsers cannot set headers on the upgrade, so the token is the first message.
-    ws.onopen = () => token && this.#send({ op: "auth", token });
+    // The attempt, and the `auth` request that follows it, get the request timeout:
+    // a handshake that hangs (a blackholed address, a proxy that never answers)
+    // would otherwise hold the client in "connecting" for the 35 s of the watchdog.
+    const ms = this.#options.requestTimeoutMs;
+    if (ms <= MAX_TIMER_MS) {
+      this.#handshakeTimer = setTimeout(() => {
+        this.#dropSocket(4008, "handshake timeout");
+        this.#lost(4008, "handshake timeout");
+      }, ms);
+    }
+    ws.onopen = () => {
+      // Browsers cannot set headers on the upgrade, so the token is the first message.
+      if (token) return this.#send({ op: "auth", token });
+      // Without a token the broker either welcomes at once or, with auth on, closes
+      // with 4001 after its own auth timeout; that close must not be pre-empted.
+      clearTimeout(this.#handshakeTimer);
+      this.#handshakeTimer = null;
+    };
     ws.onmessage = (e) => this.#onMessage(e.data);
     ws.onclose = (e) => this.#lost(e.code, e.reason ?? "");
     // A failed handshake (refused, or an HTTP 401/503 instead of 101) should fire
@@ -278,6 +428,21 @@ export class HeraldClient {
     // CONNECTING forever. Either way the attempt is over. Later errors are followed
     // by a close event, which carries the code.
     ws.onerror = () => ws.readyState === 0 && this.#lost(1006, "");
+  }
+
+  /**
+   * Awaits an application callback (a credential function) for at most the request
+   * timeout: a token endpoint that never answers must not stall reconnecting forever.
+   */
+  #bounded(call, what) {
+    const ms = this.#options.requestTimeoutMs;
+    const result = Promise.resolve().then(call);
+    if (ms > MAX_TIMER_MS) return result;
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new HeraldError("timeout", `${what}: no answer within ${ms} ms`)), ms);
+    });
+    return Promise.race([result, timeout]).finally(() => clearTimeout(timer));
   }
 
   /**
@@ -340,6 +505,8 @@ export class HeraldClient {
     this.#ws = null;
     clearTimeout(this.#watchdog);
     this.#watchdog = null;
+    clearTimeout(this.#handshakeTimer);
+    this.#handshakeTimer = null;
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       if (code !== null) {
@@ -350,11 +517,17 @@ export class HeraldClient {
         }
       }
     }
+    // close() and reconnect() drop the socket with 1000; anything else lost it.
+    const why =
+      code === 1000
+        ? `the client ${reason === "client closed" ? "closed" : "reconnected"} before the reply`
+        : "connection lost before the reply";
     for (const [id, request] of this.#pending) {
       this.#pending.delete(id);
+      clearTimeout(request.timer);
       // Subscribes are sent again on the next welcome; the others cannot be.
       if (request.drop === "resolve") request.resolve();
-      else if (request.drop === "reject") request.reject(new HeraldError("disconnected", "connection lost before the reply"));
+      else if (request.drop === "reject") request.reject(new HeraldError("disconnected", why, id));
     }
   }
 
@@ -385,25 +558,44 @@ export class HeraldClient {
     const prev = this.#state;
     if (state === prev) return;
     this.#state = state;
+    if (state === "closed") {
+      // Nothing will come any more: end the loops rather than leave them waiting,
+      // and let go of the window so a closed client can be garbage-collected.
+      this.#stopListeningOnline();
+      for (const s of this.#subs.values()) for (const it of [...s.iterators]) it.end(null);
+    }
     this.#emit("state", state, prev);
   }
 
   #emit(name, ...args) {
-    for (const fn of [...(this.#listeners.get(name) ?? [])]) callSafely(fn, ...args);
+    emitTo(this.#listeners, name, args);
   }
 
   #send(message) {
     this.#ws?.send(JSON.stringify(message));
   }
 
+  /** A timer for a request's timeout; null when the timeout is infinite. */
+  #timer(timeoutMs, fn) {
+    const ms = timeoutMs ?? this.#options.requestTimeoutMs;
+    return ms > MAX_TIMER_MS ? null : setTimeout(() => fn(ms), ms);
+  }
+
   /**
    * Sends a request with a fresh id. `drop` says what happens to the promise if the
-   * connection is lost before the reply: "reject" or "resolve".
+   * connection is lost before the reply: "reject" or "resolve". The timeout runs from
+   * now; a reply that comes after it is ignored.
    */
-  #request(message, drop) {
+  #request(message, { drop, timeoutMs, what }) {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject, drop });
+      const request = { resolve, reject, drop, timer: null };
+      request.timer = this.#timer(timeoutMs, (ms) => {
+        if (this.#pending.get(id) !== request) return;
+        this.#pending.delete(id);
+        reject(new HeraldError("timeout", `${what}: no reply within ${ms} ms`, id));
+      });
+      this.#pending.set(id, request);
       this.#send({ ...message, id });
     });
   }
@@ -434,14 +626,15 @@ export class HeraldClient {
       case "error":
         return this.#onError(msg);
       case "lagged":
-        return this.#emit("lagged", { dropped: msg.dropped });
+        return this.#onLagged(msg);
       case "reset":
-        for (const s of this.#subs.values()) s.seen.delete(msg.topic);
-        return this.#emit("reset", { topic: msg.topic, reason: msg.reason });
+        return this.#onReset(msg);
     }
   }
 
   #onWelcome(welcome) {
+    clearTimeout(this.#handshakeTimer);
+    this.#handshakeTimer = null;
     this.#epoch = welcome.epoch;
     const hb = welcome.heartbeat;
     if (hb) {
@@ -464,6 +657,7 @@ export class HeraldClient {
     const request = this.#pending.get(msg.id);
     if (!request) return; // e.g. the `ok` answering a first-message auth with auth off
     this.#pending.delete(msg.id);
+    clearTimeout(request.timer);
     if (request.sub) {
       const s = this.#subs.get(request.sub);
       if (s && !s.settled) {
@@ -480,16 +674,55 @@ export class HeraldClient {
     const request = msg.id === undefined ? undefined : this.#pending.get(msg.id);
     if (!request) return this.#emit("error", err);
     this.#pending.delete(msg.id);
+    clearTimeout(request.timer);
     if (!request.sub) return request.reject(err);
-    const s = this.#subs.get(request.sub);
+    this.#subscribeFailed(request.sub, err);
+  }
+
+  /**
+   * A subscribe failed. The first one: nothing was subscribed (all or nothing), so
+   * the subscription is gone, and `ready` and its loops say why. A resubscribe after
+   * a reconnect: the subscription stays (the next connection tries again), and the
+   * error is reported where someone may listen.
+   */
+  #subscribeFailed(sub, err) {
+    const s = this.#subs.get(sub);
     if (s && !s.settled) {
-      // The first subscribe failed: nothing was subscribed (all or nothing).
-      this.#subs.delete(request.sub);
+      this.#subs.delete(sub);
       s.settled = true;
       s.settle.reject(err);
-    } else {
-      this.#emit("error", err); // a resubscribe after reconnect failed
+      s.ended = { error: err };
+      for (const it of [...s.iterators]) it.end(err);
+      return;
     }
+    this.#emit("error", err);
+    if (s) s.emit("error", err);
+  }
+
+  /**
+   * `lagged` is per connection: the broker cannot say which topics lost events, so
+   * every subscription is told, each of which may show any of them.
+   */
+  #onLagged(msg) {
+    this.#emit("lagged", { dropped: msg.dropped });
+    for (const s of [...this.#subs.values()]) s.emit("lagged", { dropped: msg.dropped, reason: "queue_full" });
+  }
+
+  /**
+   * A `resume` position could not be honoured. It concerns the subscriptions that
+   * sent that topic's position, and each of them once: after a reconnect, two
+   * subscriptions covering a topic may each cause a reset of it.
+   */
+  #onReset(msg) {
+    const info = { topic: msg.topic, reason: msg.reason };
+    const affected = [];
+    for (const s of this.#subs.values()) {
+      if (!s.resumed.delete(msg.topic)) continue;
+      s.seen.delete(msg.topic);
+      affected.push(s);
+    }
+    this.#emit("reset", info);
+    for (const s of affected) s.emit("reset", { ...info });
   }
 
   /**
@@ -503,18 +736,26 @@ export class HeraldClient {
     for (const s of this.#subs.values()) {
       if (!s.topics.some((p) => topicMatches(p, ev.topic))) continue;
       const pos = s.seen.get(ev.topic);
+      let gap = null;
       if (pos && pos.epoch === this.#epoch) {
         if (ev.seq <= pos.seq) continue;
-        if (ev.seq !== pos.seq + 1 && !gapReported) {
-          gapReported = true;
-          this.#emit("gap", { topic: ev.topic, expected: pos.seq + 1, got: ev.seq });
-        }
+        if (ev.seq !== pos.seq + 1) gap = { topic: ev.topic, expected: pos.seq + 1, got: ev.seq };
       } else if (ev.replay && !s.wantsReplay) {
         continue; // history another subscription asked for
       }
       s.seen.set(ev.topic, { epoch: this.#epoch, seq: ev.seq });
       s.epoch = this.#epoch;
+      if (gap) {
+        // The client-level event comes once per lost stretch, however many
+        // subscriptions saw it; each subscription hears of it for itself.
+        if (!gapReported) this.#emit("gap", { ...gap });
+        gapReported = true;
+        s.emit("gap", gap);
+      }
+      // A callback may unsubscribe; from then on this subscription gets nothing.
       callSafely(s.handler, ev);
+      if (!s.ended) s.emit("event", ev);
+      if (!s.ended) for (const it of s.iterators) it.push(ev);
     }
   }
 
@@ -527,8 +768,19 @@ export class HeraldClient {
     if (resume) message.resume = resume;
     else if (s.last > 0) message.last = s.last;
     s.wantsReplay = !resume && s.last > 0;
+    s.resumed = new Set(resume ? Object.keys(resume.topics) : []);
     const id = this.#nextId++;
-    this.#pending.set(id, { sub });
+    const request = { sub, timer: null };
+    request.timer = this.#timer(s.timeoutMs, (ms) => {
+      if (this.#pending.get(id) !== request) return;
+      this.#pending.delete(id);
+      const err = new HeraldError("timeout", `subscribe to ${s.topics.join(", ")}: no reply within ${ms} ms`, id);
+      // The broker may still subscribe late: undo that, so that it does not send
+      // events nobody reads. A resubscribe stays, so its patterns stay too.
+      if (!s.settled) this.#unsubscribeUnused(s.topics, sub);
+      this.#subscribeFailed(sub, err);
+    });
+    this.#pending.set(id, request);
     this.#send({ ...message, id });
   }
 
@@ -548,27 +800,238 @@ export class HeraldClient {
       } else {
         s.seen.delete(topic);
         this.#emit("reset", { topic, reason: "epoch_changed" });
+        s.emit("reset", { topic, reason: "epoch_changed" });
       }
     }
     return any ? { epoch: s.epoch, topics } : null;
   }
 
-  #unsubscribe(sub) {
+  #unsubscribe(sub, options) {
+    const timeoutMs = timeoutOption(options?.timeoutMs, "timeoutMs");
     const s = this.#subs.get(sub);
     if (!s) return Promise.resolve();
     this.#subs.delete(sub);
+    s.ended = { error: null };
     if (!s.settled) {
       s.settled = true;
       s.settle.reject(new HeraldError("unsubscribed", "unsubscribed before the broker confirmed"));
     }
-    // The broker holds one subscription per pattern per connection: keep those that
-    // another subscription of this client still uses.
-    const inUse = new Set([...this.#subs.values()].flatMap((o) => o.topics));
-    const topics = s.topics.filter((t) => !inUse.has(t));
+    for (const it of [...s.iterators]) it.end(null);
+    const topics = this.#unused(s.topics);
     if (topics.length === 0 || this.#state !== "open") return Promise.resolve();
     // Once the connection is gone, so is the broker's subscription: resolve then.
-    return this.#request({ op: "unsubscribe", topics }, "resolve");
+    const what = `unsubscribe from ${topics.join(", ")}`;
+    const done = this.#request({ op: "unsubscribe", topics }, { drop: "resolve", timeoutMs, what });
+    // Often called from a cleanup that ignores the result (a React effect): a
+    // timeout must not become an unhandled rejection. Whoever awaits it sees it.
+    done.catch(() => {});
+    return done;
   }
+
+  /**
+   * The broker holds one subscription per pattern per connection: of `topics`, those
+   * that no other subscription of this client (besides `except`) still uses.
+   */
+  #unused(topics, except) {
+    const inUse = new Set();
+    for (const [sub, o] of this.#subs) if (sub !== except) for (const t of o.topics) inUse.add(t);
+    return topics.filter((t) => !inUse.has(t));
+  }
+
+  /** Sends an unsubscribe whose reply nobody waits for (it has no id). */
+  #unsubscribeUnused(topics, except) {
+    const unused = this.#unused(topics, except);
+    if (unused.length > 0) this.#send({ op: "unsubscribe", topics: unused });
+  }
+}
+
+/**
+ * What `subscribe` returns: the subscription's patterns, its `ready` promise, its own
+ * events (`event`, `gap`, `reset`, `lagged`, `error`), `unsubscribe()`, and async
+ * iteration over its events.
+ */
+class Subscription {
+  #s;
+  #unsubscribe;
+
+  constructor(s, unsubscribe) {
+    this.#s = s;
+    this.#unsubscribe = unsubscribe;
+    /** The patterns of this subscription. */
+    this.topics = s.topics;
+    /** Resolves when the broker confirmed; rejects with a HeraldError. */
+    this.ready = s.ready;
+    Object.freeze(this);
+  }
+
+  on(name, fn) {
+    addListener(this.#s.listeners, name, fn);
+    return this;
+  }
+
+  off(name, fn) {
+    this.#s.listeners.get(name)?.delete(fn);
+    return this;
+  }
+
+  /**
+   * Stops delivery at once and ends every loop over this subscription. Resolves when
+   * the broker confirmed (at once when not connected, or when another subscription of
+   * this client still uses the patterns).
+   *
+   * @param {{timeoutMs?: number}} [options]
+   */
+  unsubscribe(options) {
+    return this.#unsubscribe(options);
+  }
+
+  /**
+   * An iterator over the events that arrive from now on (see `EventIterator`).
+   * Leaving a `for await` loop (break, return, throw) unsubscribes.
+   */
+  [Symbol.asyncIterator]() {
+    return new EventIterator(this.#s, () => this.#unsubscribe());
+  }
+}
+
+/**
+ * The iterator behind `for await (const event of subscription)`.
+ *
+ * It holds up to `bufferSize` events that arrived while the loop was busy. When an
+ * event arrives and the buffer is full, the oldest one is dropped: a live view wants
+ * the newest state, and a loop that has fallen that far behind should refetch rather
+ * than replay a backlog. Drops are reported on the subscription as
+ * `lagged` `{dropped, reason: "buffer_full"}`, once per stretch, when the loop takes
+ * its next event: the same remedy as the broker's own `lagged`.
+ *
+ * It ends (done) when the subscription is unsubscribed or the client is closed, and
+ * throws the subscription's error when the broker refused it (or did not answer).
+ */
+class EventIterator {
+  #s;
+  #leave;
+  /** A queue: `#buffer[#head…]` are the events not taken yet. */
+  #buffer = [];
+  #head = 0;
+  /** Pending `next()` calls, oldest first (only while the buffer is empty). */
+  #waiters = [];
+  #done = false;
+  /** The error to throw once, at the next `next()`, if the subscription failed. */
+  #error = null;
+  #dropped = 0;
+
+  constructor(s, leave) {
+    this.#s = s;
+    this.#leave = leave;
+    if (s.ended) this.end(s.ended.error);
+    else if (s.clientClosed()) this.end(null);
+    else s.iterators.add(this);
+  }
+
+  get #size() {
+    return this.#buffer.length - this.#head;
+  }
+
+  /** Hands an event to a waiting `next()`, or buffers it. */
+  push(event) {
+    if (this.#done) return;
+    if (this.#waiters.length > 0) return this.#waiters.shift().resolve({ value: event, done: false });
+    if (this.#size >= this.#s.bufferSize) {
+      this.#take();
+      this.#dropped++;
+    }
+    this.#buffer.push(event);
+  }
+
+  #take() {
+    const event = this.#buffer[this.#head];
+    this.#buffer[this.#head++] = undefined;
+    // Compact now and then, so that a long-lived loop does not keep a growing array.
+    if (this.#head >= 1024 && this.#head * 2 >= this.#buffer.length) {
+      this.#buffer = this.#buffer.slice(this.#head);
+      this.#head = 0;
+    }
+    return event;
+  }
+
+  /** Ends the iteration; buffered events are discarded. `error`: thrown once. */
+  end(error) {
+    if (this.#done) return;
+    this.#done = true;
+    this.#s.iterators.delete(this);
+    this.#buffer = [];
+    this.#head = 0;
+    const waiters = this.#waiters.splice(0);
+    if (error && waiters.length > 0) waiters.shift().reject(error);
+    else if (error) this.#error = error;
+    for (const w of waiters) w.resolve({ value: undefined, done: true });
+  }
+
+  next() {
+    if (this.#size > 0) {
+      const value = this.#take();
+      if (this.#dropped > 0) {
+        const dropped = this.#dropped;
+        this.#dropped = 0;
+        this.#s.emit("lagged", { dropped, reason: "buffer_full" });
+      }
+      return Promise.resolve({ value, done: false });
+    }
+    if (this.#error) {
+      const error = this.#error;
+      this.#error = null;
+      return Promise.reject(error);
+    }
+    if (this.#done) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  /**
+   * Called when a `for await` loop is left early. The loop owned the subscription
+   * (`for await (const e of h.subscribe(…))` leaves no other handle to it), so this
+   * unsubscribes. It does not wait for the broker's reply.
+   */
+  return() {
+    this.end(null);
+    this.#leave();
+    return Promise.resolve({ value: undefined, done: true });
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+}
+
+/**
+ * Checks a timeout option: undefined (use the default), or a number of milliseconds
+ * above 0; `Infinity` means no timeout.
+ */
+function timeoutOption(value, name) {
+  if (value === undefined) return undefined;
+  if (typeof value !== "number" || !(value > 0)) {
+    throw new TypeError(`herald: ${name} must be a number of milliseconds above 0 (or Infinity), got ${value}`);
+  }
+  return value;
+}
+
+/**
+ * The object that fires the browser's `online` event: `window`, or the global scope
+ * of a worker. Elsewhere (Node, Deno, Bun) there is no such event: null.
+ */
+function browserGlobal() {
+  const g = globalThis;
+  return typeof g.addEventListener === "function" && "ononline" in g ? g : null;
+}
+
+function addListener(listeners, name, fn) {
+  if (typeof fn !== "function") throw new TypeError(`herald: the listener for "${name}" is not a function`);
+  if (!listeners.has(name)) listeners.set(name, new Set());
+  listeners.get(name).add(fn);
+}
+
+/** Calls every listener of `name`; a snapshot, so listeners may add or remove others. */
+function emitTo(listeners, name, args) {
+  for (const fn of [...(listeners.get(name) ?? [])]) callSafely(fn, ...args);
 }
 
 /**
@@ -576,7 +1039,13 @@ export class HeraldClient {
  * `connect("/ws")` works from a page served by Herald.
  */
 function websocketUrl(url) {
-  const u = new URL(url, globalThis.location?.href);
+  let u;
+  try {
+    u = new URL(url, globalThis.location?.href);
+  } catch {
+    const hint = globalThis.location ? "" : " (a relative URL needs a page to resolve it against)";
+    throw new TypeError(`herald: not a WebSocket URL: ${url}${hint}`);
+  }
   if (u.protocol === "http:") u.protocol = "ws:";
   else if (u.protocol === "https:") u.protocol = "wss:";
   if (u.protocol !== "ws:" && u.protocol !== "wss:") {

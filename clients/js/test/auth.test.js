@@ -120,6 +120,8 @@ test("a resubscribe refused after reconnect is reported as an error event", { ti
   const rec = record(h);
   await opened(h);
   const sub = h.subscribe("admin.x", () => {});
+  const subErrors = [];
+  sub.on("error", (e) => subErrors.push(e));
   await sub.ready;
   grants = { subscribe: ["auth.>"], publish: [] };
   h.reconnect();
@@ -128,6 +130,7 @@ test("a resubscribe refused after reconnect is reported as an error event", { ti
   assert.equal(err.code, "forbidden");
   assert.equal(typeof err.id, "number");
   assert.equal(h.state, "open", "an error reply does not close the connection");
+  assert.deepEqual(subErrors, [err], "the subscription is told too");
 });
 
 test("getTicket: a fresh one-time ticket from POST /api/tickets for every connection", { timeout: 60_000 }, async (t) => {

@@ -42,7 +42,7 @@ export async function freePort() {
  */
 export async function startHerald({ port, env = {} } = {}) {
   if (!existsSync(HERALD_BIN)) {
-    throw new Error(`no broker binary at ${HERALD_BIN}: run \`cargo build -p herald\` or set HERALD_BIN`);
+    throw new Error(`no broker binary at ${HERALD_BIN}: run \`cargo build -p herald-broker\` or set HERALD_BIN`);
   }
   port ??= await freePort();
   const childEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HERALD_")));
