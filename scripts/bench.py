@@ -440,7 +440,7 @@ def herald_metrics(ws_url):
 def build():
     # One package at a time: built together, cargo unifies their dependencies' features
     # and rebuilds everything (librdkafka included) differently from a build of either.
-    for argv in (["cargo", "build", "--release", "-p", "herald", "--bin", "herald"],
+    for argv in (["cargo", "build", "--release", "-p", "herald-broker", "--bin", "herald"],
                  ["cargo", "build", "--release", "-p", "herald-bench"]):
         log("building: " + " ".join(argv))
         try:

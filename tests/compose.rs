@@ -1059,13 +1059,13 @@ fn dockerfile_copies_exactly_the_binaries_its_build_stage_builds() -> Result<()>
             "cargo build -p {package}: no such workspace package"
         );
     }
-    let herald_bins = targets(&packages["herald"], "bin")?;
+    let herald_bins = targets(&packages["herald-broker"], "bin")?;
     let examples = targets(&packages["herald-examples"], "example")?;
     let mut built = BTreeMap::new();
     for bin in after("--bin") {
         ensure!(
             herald_bins.contains(&bin),
-            "--bin {bin}: not a binary of package herald ({herald_bins:?})"
+            "--bin {bin}: not a binary of package herald-broker ({herald_bins:?})"
         );
         built.insert(bin.clone(), format!("target/release/{bin}"));
     }

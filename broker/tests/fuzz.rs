@@ -23,7 +23,7 @@
 //! about ten minutes in a debug build); `PROPTEST_RNG_SEED` repeats a run:
 //!
 //! ```sh
-//! PROPTEST_CASES=20000 cargo test -p herald --test fuzz
+//! PROPTEST_CASES=20000 cargo test -p herald-broker --test fuzz
 //! ```
 //!
 //! A failure prints the shrunk input; turn it into a unit test next to the code.

@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-/** The broker under test; the caller builds it (`cargo build -p herald`). */
+/** The broker under test; the caller builds it (`cargo build -p herald-broker`). */
 export const HERALD_BIN = process.env.HERALD_BIN || path.join(ROOT, "target/debug/herald");
 /** Debian's Chromium; `npx playwright install` cannot download browsers here. */
 export const CHROMIUM = process.env.HERALD_CHROMIUM || "/usr/bin/chromium";
