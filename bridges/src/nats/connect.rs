@@ -130,7 +130,9 @@ async fn options(
                         // reports Ready itself then.
                         if subscribed.load(std::sync::atomic::Ordering::Acquire) {
                             // Connected can precede the re-subscriptions; a flush is
-                            // queued behind them, so its PONG proves they are in effect.
+                            // queued behind them, so once it completes they are written
+                            // to the server (async-nats' flush does not wait for an
+                            // answer: one round trip later they are in effect).
                             if let Some(client) = slot.get() {
                                 let _ = client.flush().await;
                             }

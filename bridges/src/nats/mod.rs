@@ -214,7 +214,8 @@ impl NatsBridge {
                     })?;
             subs.push(sub);
         }
-        // Ready only once the server has the subscriptions (PING/PONG round trip).
+        // Ready only once the subscriptions are written to the server (a socket
+        // flush; the server has them one round trip later).
         // The subscriptions exist now (async-nats re-creates them on reconnect), so a
         // later Connected may report Ready even if this first flush fails.
         subscribed.store(true, Ordering::Release);
