@@ -194,3 +194,75 @@ async fn logs_have_one_line_per_event_and_never_a_query_string_or_payload() -> R
     assert!(logs.contains("herald listening"));
     Ok(())
 }
+
+/// Sends SIGTERM without waiting for the process to exit.
+fn sigterm(broker: &Broker) -> Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.pid().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM failed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_drain_ms_readyz_says_503_at_once_while_sessions_are_still_served() -> Result<()> {
+    let broker = Broker::start(&config("drain_ms = 1500\nshutdown_grace_ms = 3000", ""))?;
+    broker.wait_readyz(200).await?;
+    let mut c = broker.client().await?;
+    c.subscribe(&["x"]).await?;
+    sigterm(&broker)?;
+    let started = std::time::Instant::now();
+    let body = broker.wait_readyz(503).await?;
+    assert_eq!(body["reasons"][0], "shutting down", "{body}");
+    // Still serving: publishes are delivered, new clients are let in.
+    broker.publish("x", json!("during the drain")).await?;
+    assert_eq!(c.event().await?["data"], "during the drain");
+    let mut late = broker.client().await?;
+    late.subscribe(&["x"]).await?;
+    // Then the usual shutdown: 1001 for everyone, not before the drain is over.
+    let closed = c.closed(Duration::from_secs(10)).await?;
+    assert_eq!(closed.code, Some(1001), "{closed:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "closed after {:?}, before the drain ended",
+        started.elapsed()
+    );
+    assert_eq!(late.closed(Duration::from_secs(5)).await?.code, Some(1001));
+    let log = broker.log_text();
+    let drain = log
+        .find("draining: /readyz answers 503")
+        .unwrap_or(usize::MAX);
+    let stop = log.find("shutting down: stopped accepting").unwrap_or(0);
+    assert!(
+        drain < stop,
+        "the drain is logged, then the shutdown:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_cuts_the_drain_short() -> Result<()> {
+    let broker = Broker::start(&config("drain_ms = 600000", ""))?;
+    let mut c = broker.client().await?;
+    sigterm(&broker)?;
+    broker.wait_readyz(503).await?;
+    sigterm(&broker)?;
+    let closed = c.closed(Duration::from_secs(10)).await?;
+    assert_eq!(closed.code, Some(1001), "{closed:?}");
+    assert!(broker.log_text().contains("drain cut short"));
+    Ok(())
+}
+
+#[test]
+fn a_drain_past_an_hour_is_a_config_error_naming_the_key() -> Result<()> {
+    let err = herald_e2e::config_error(&config("drain_ms = 3600001", ""))?;
+    assert!(
+        err.contains("server.drain_ms") && err.contains("3600000"),
+        "{err}"
+    );
+    assert_eq!(
+        herald_e2e::check_config(&config("drain_ms = 3600000", ""))?.code,
+        Some(0)
+    );
+    Ok(())
+}

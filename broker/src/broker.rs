@@ -173,6 +173,8 @@ struct Inner {
     /// Set by [`Broker::shutdown`]: upgrades are refused, and a session that opens
     /// all the same closes at once with 1001.
     shutting_down: AtomicBool,
+    /// Set by [`Broker::drain`]: `/readyz` answers 503.
+    draining: AtomicBool,
 }
 
 /// A running Herald node. Clone it freely.
@@ -257,6 +259,7 @@ impl Broker {
                 #[cfg(feature = "nats")]
                 started: std::time::Instant::now(),
                 shutting_down: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
                 config,
             }),
         };
@@ -390,6 +393,18 @@ impl Broker {
         // flag (see `Session::started`).
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.sessions.shutdown_all()
+    }
+
+    /// Starts draining (the first step of a graceful shutdown with `server.drain_ms`):
+    /// `/readyz` answers 503 from now on, so load balancers stop sending new clients,
+    /// while everything else goes on being served.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Broker::drain`] or [`Broker::shutdown`] has been called.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst) || self.is_shutting_down()
     }
 
     /// Whether [`Broker::shutdown`] has been called.

@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long sessions get to close (with 1001) before the
     /// process exits anyway, in milliseconds. Default 5000.
     pub shutdown_grace_ms: u64,
+    /// On SIGTERM/SIGINT, how long to go on serving before shutting down, in
+    /// milliseconds, with `/readyz` answering 503 from the first moment, so a load
+    /// balancer stops sending new clients before the sessions are closed. A second
+    /// signal ends the drain at once. Default 0: shut down at once.
+    pub drain_ms: u64,
     /// HTTP worker threads. 0: one per CPU core.
     pub workers: usize,
     /// Topic registry shards (each on its own thread). 0: one per CPU core.
@@ -97,6 +102,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: 0,
             max_upgrades_per_s: 2000,
             shutdown_grace_ms: 5000,
+            drain_ms: 0,
             workers: 0,
             shards: 0,
             ingest_capacity: 8192,

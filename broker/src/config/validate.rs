@@ -8,6 +8,9 @@ use super::{invalid, Config, ConfigError, KafkaBridgeConfig};
 /// Longest HTTP header deadline or keep-alive, in milliseconds (one hour).
 const MAX_HTTP_TIMER_MS: u64 = 3_600_000;
 
+/// Longest `server.drain_ms`: an hour, past which a drain is a misconfiguration.
+const MAX_DRAIN_MS: u64 = 3_600_000;
+
 impl Config {
     /// Checks what serde cannot: ranges, addresses, and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -50,6 +53,13 @@ impl Config {
         }
         if s.rate_limit_burst == 0 {
             return Err(invalid("session.rate_limit_burst", 0, "at least 1"));
+        }
+        if self.server.drain_ms > MAX_DRAIN_MS {
+            return Err(invalid(
+                "server.drain_ms",
+                self.server.drain_ms,
+                "0 (no drain) to 3600000 milliseconds",
+            ));
         }
         if self.server.ingest_capacity == 0 {
             return Err(invalid("server.ingest_capacity", 0, "at least 1"));

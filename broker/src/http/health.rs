@@ -1,5 +1,5 @@
-//! Operations: liveness (`/healthz`), readiness (`/readyz`: every bridge ready) and
-//! Prometheus metrics (`/metrics`).
+//! Operations: liveness (`/healthz`), readiness (`/readyz`: every bridge ready, and
+//! not shutting down) and Prometheus metrics (`/metrics`).
 
 use actix_web::{web, HttpResponse};
 
@@ -11,7 +11,13 @@ pub(super) async fn healthz() -> HttpResponse {
 }
 
 pub(super) async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
-    let (ready, reasons) = broker.readiness().report();
+    let (mut ready, mut reasons) = broker.readiness().report();
+    // Shutting down: said first, so a load balancer stops sending new clients while
+    // the sessions already here are still served (`server.drain_ms`).
+    if broker.is_draining() {
+        ready = false;
+        reasons.insert(0, "shutting down".to_owned());
+    }
     if ready {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {

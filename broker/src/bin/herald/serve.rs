@@ -1,6 +1,8 @@
 //! The serve loop: bind, serve, log what it did, and shut down gracefully on
-//! SIGTERM/SIGINT, in this order: stop accepting connections, close every session
-//! with 1001, stop the bridges, exit; all within `server.shutdown_grace_ms`.
+//! SIGTERM/SIGINT, in this order: drain for `server.drain_ms` (`/readyz` answers 503,
+//! everything else is served as before), stop accepting connections, close every
+//! session with 1001, stop the bridges, exit; all but the drain within
+//! `server.shutdown_grace_ms`.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +65,7 @@ pub(crate) async fn run(config: Config, components: Components) -> anyhow::Resul
     let addr = config.listen_addr()?;
     let admin_addr = config.admin_addr()?;
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let drain = Duration::from_millis(config.server.drain_ms);
     // Slowloris: the head of a connection's first request must arrive in time.
     // actix-web sets no such deadline for later requests on a kept-alive
     // connection; `keep_alive_ms = 0` closes that gap (docs/configuration.md).
@@ -164,6 +167,22 @@ pub(crate) async fn run(config: Config, components: Components) -> anyhow::Resul
     let shutdown_broker = broker.clone();
     actix_rt::spawn(async move {
         let which = signal().await;
+        // 0. Drain (`server.drain_ms`): `/readyz` says 503 at once and everything is
+        //    served as before, so load balancers stop sending new clients before the
+        //    sessions are closed. A second signal cuts it short.
+        if !drain.is_zero() {
+            shutdown_broker.drain();
+            info!(
+                signal = which,
+                drain_ms = drain.as_millis() as u64,
+                sessions = shutdown_broker.open_sessions(),
+                "draining: /readyz answers 503; still serving"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(drain) => {}
+                again = signal() => info!(signal = again, "second signal: drain cut short"),
+            }
+        }
         // Past the grace period (and a second for the last steps) the process exits
         // whatever is still open. A thread, not a task: it must fire even while the
         // runtime itself is shutting down (waiting on a blocking task, say).
