@@ -866,3 +866,55 @@ async fn the_admin_listener_is_plain_http_beside_tls_on_the_public_port() -> Res
     ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
     Ok(())
 }
+
+/// `POST /api/tickets` from the local address `from` (any of 127.0.0.0/8).
+async fn ticket_from(broker: &Broker, token: &str, from: [u8; 4]) -> Result<(u16, String, Value)> {
+    let res = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()?
+        .post(format!("{}/api/tickets", broker.http()))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let status = res.status().as_u16();
+    let retry_after = herald_e2e::header(&res, "retry-after");
+    Ok((status, retry_after, res.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_are_rate_limited_per_token_subject_and_per_address() -> Result<()> {
+    let broker = Broker::start(&jwt_config("ticket_rate_per_s = 1\nticket_rate_burst = 2"))?;
+    let (alice, bob) = (user("alice", &[">"], &[]), user("bob", &[">"], &[]));
+    for _ in 0..2 {
+        assert_eq!(ticket_from(&broker, &alice, [127, 0, 0, 1]).await?.0, 201);
+    }
+    // Alice has had her burst, from any address.
+    let (status, retry, body) = ticket_from(&broker, &alice, [127, 0, 0, 2]).await?;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("token subject") && message.contains("auth.ticket_rate_per_s"),
+        "{message}"
+    );
+    assert!(
+        retry.parse::<u64>().is_ok_and(|s| (1..=2).contains(&s)),
+        "Retry-After {retry:?}"
+    );
+    // 127.0.0.1 has had its burst too, whoever asks.
+    let (status, _, body) = ticket_from(&broker, &bob, [127, 0, 0, 1]).await?;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("address"),
+        "{body}"
+    );
+    // Bob from elsewhere is not held back by either.
+    assert_eq!(ticket_from(&broker, &bob, [127, 0, 0, 3]).await?.0, 201);
+    // A refused request cost nothing: a second later Alice gets one again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ticket_from(&broker, &alice, [127, 0, 0, 4]).await?.0, 201);
+    Ok(())
+}

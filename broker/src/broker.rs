@@ -164,6 +164,8 @@ struct Inner {
     bridges: Bridges,
     /// Where tickets live: cluster-wide with a backplane and auth on.
     tickets: TicketStore,
+    /// `auth.ticket_rate_per_s`: tickets per subject and per address.
+    ticket_rate: crate::auth::ticket_rate::TicketRate,
     /// The nodes this one has heard from over the backplane.
     #[cfg(feature = "nats")]
     cluster: crate::cluster::Cluster,
@@ -254,6 +256,10 @@ impl Broker {
                 readiness,
                 bridges,
                 tickets,
+                ticket_rate: crate::auth::ticket_rate::TicketRate::new(
+                    config.auth.ticket_rate_per_s,
+                    config.auth.ticket_rate_burst,
+                ),
                 #[cfg(feature = "nats")]
                 cluster: crate::cluster::Cluster::default(),
                 #[cfg(feature = "nats")]
@@ -319,6 +325,10 @@ impl Broker {
     /// Where this node issues and redeems tickets.
     pub(crate) fn tickets(&self) -> &TicketStore {
         &self.inner.tickets
+    }
+
+    pub(crate) fn ticket_rate(&self) -> &crate::auth::ticket_rate::TicketRate {
+        &self.inner.ticket_rate
     }
 
     pub(crate) fn limiter(&self) -> &Arc<ConnectionLimiter> {

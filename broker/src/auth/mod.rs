@@ -8,6 +8,7 @@
 #[cfg(feature = "nats")]
 pub(crate) mod cluster_tickets;
 pub(crate) mod jwt;
+pub(crate) mod ticket_rate;
 pub(crate) mod tickets;
 
 use actix_web::HttpRequest;

@@ -225,6 +225,11 @@ pub struct AuthConfig {
     pub audience: String,
     pub api_keys: Vec<String>,
     pub ticket_ttl_ms: u64,
+    /// Tickets a second that one token subject, and one client address, may get
+    /// from `POST /api/tickets` (past it: 429 with `Retry-After`). 0: no limit.
+    pub ticket_rate_per_s: u32,
+    /// Tickets a subject or an address may get at once before the rate applies.
+    pub ticket_rate_burst: u32,
     pub default_subscribe: Vec<String>,
     pub default_publish: Vec<String>,
 }
@@ -239,6 +244,8 @@ impl Default for AuthConfig {
             audience: String::new(),
             api_keys: Vec::new(),
             ticket_ttl_ms: 30_000,
+            ticket_rate_per_s: 2,
+            ticket_rate_burst: 20,
             default_subscribe: vec![">".into()],
             default_publish: Vec::new(),
         }

@@ -221,6 +221,13 @@ impl Config {
                 ));
             }
         }
+        if a.ticket_rate_per_s > 0 && a.ticket_rate_burst == 0 {
+            return Err(invalid(
+                "auth.ticket_rate_burst",
+                0,
+                "at least 1 when auth.ticket_rate_per_s is set",
+            ));
+        }
         if !(1_000..=3_600_000).contains(&a.ticket_ttl_ms) {
             return Err(invalid(
                 "auth.ticket_ttl_ms",

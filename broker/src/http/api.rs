@@ -60,6 +60,21 @@ pub(super) async fn tickets(
         .authenticator()
         .may_request_ticket(&identity)
         .map_err(auth_error)?;
+    let address = req
+        .peer_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    broker
+        .ticket_rate()
+        .admit(identity.subject.as_deref(), address)
+        .map_err(|e| {
+            let mut err = ApiError::protocol(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                format!("{e} (auth.ticket_rate_per_s)"),
+            );
+            err.retry_after = Some(e.retry_after_s());
+            err
+        })?;
     let (ticket, ttl) = broker
         .tickets()
         .issue(&identity)

@@ -18,8 +18,9 @@ pub(crate) enum Verdict {
 }
 
 /// A token bucket: `per_s` tokens a second, at most `burst` saved up. Also the
-/// upgrade-rate limit of `server.max_upgrades_per_s` (`http/admission.rs`).
-#[derive(Debug)]
+/// upgrade-rate limit of `server.max_upgrades_per_s` (`http/admission.rs`) and of
+/// the ticket rate (`auth/ticket_rate.rs`).
+#[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
     tokens: f64,
     per_s: f64,
@@ -40,15 +41,32 @@ impl TokenBucket {
 
     /// Takes a token at `now`, if there is one.
     pub(crate) fn take_at(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_s).min(self.burst);
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_s).min(self.burst);
+    }
+
+    /// Seconds until the next token, rounded up (at least 1): a `Retry-After`.
+    pub(crate) fn retry_after_s(&self) -> u64 {
+        let missing = (1.0 - self.tokens).max(0.0);
+        ((missing / self.per_s.max(f64::MIN_POSITIVE)).ceil() as u64).max(1)
+    }
+
+    /// Whether the bucket has refilled completely by `now` (it remembers nothing a
+    /// new bucket would not).
+    pub(crate) fn is_full_at(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
     }
 }
 
