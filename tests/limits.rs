@@ -1315,3 +1315,71 @@ async fn upgrades_past_the_rate_are_told_when_to_retry() -> Result<()> {
     drop(open);
     Ok(())
 }
+
+/// An upgrade from this machine that says, through `X-Forwarded-For`, which client a
+/// proxy forwards; its HTTP status (101 or the refusal's) and the open client.
+async fn upgrade_forwarded(broker: &Broker, client: &str) -> Result<(u16, Option<Client>)> {
+    let mut request = broker.ws_url().into_client_request()?;
+    request.headers_mut().insert(
+        "x-forwarded-for",
+        format!("198.51.100.77, {client}").parse()?,
+    );
+    match Client::connect_with(request).await {
+        Ok(c) => Ok((101, Some(c))),
+        Err(e) => match e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            Some(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                Ok((res.status().as_u16(), None))
+            }
+            _ => Err(e),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_the_one_limited_and_logged() -> Result<()> {
+    let broker = Broker::start(&config(
+        "max_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.0/8\"]",
+        "",
+    ))?;
+    let (status, a) = upgrade_forwarded(&broker, "203.0.113.1").await?;
+    ensure!(status == 101, "first client: {status}");
+    let (status, b) = upgrade_forwarded(&broker, "203.0.113.2").await?;
+    ensure!(
+        status == 101,
+        "another client behind the same proxy: {status}"
+    );
+    let (status, _) = upgrade_forwarded(&broker, "203.0.113.1").await?;
+    ensure!(status == 503, "the first client again: {status}");
+    // The access line comes once the response is out: wait for it.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !broker.log_text().contains("client=203.0.113.2") && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = broker.log_text();
+    ensure!(
+        log.contains("client=203.0.113.2") && !log.contains("client=198.51.100.77"),
+        "the access log names the forwarded client, not the forged left-most hop:\n{log}"
+    );
+    drop((a, b));
+
+    // Without trusted_proxies the header is the client's word: ignored.
+    let plain = Broker::start(&config("max_connections_per_ip = 1", ""))?;
+    let (status, _first) = upgrade_forwarded(&plain, "203.0.113.1").await?;
+    ensure!(status == 101, "{status}");
+    let (status, _) = upgrade_forwarded(&plain, "203.0.113.2").await?;
+    ensure!(
+        status == 503,
+        "a forged header must not lift the limit: {status}"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while !plain.log_text().contains("client=127.0.0.1") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(
+        plain.log_text().contains("client=127.0.0.1"),
+        "{}",
+        plain.log_text()
+    );
+    Ok(())
+}

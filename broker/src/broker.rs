@@ -164,6 +164,8 @@ struct Inner {
     bridges: Bridges,
     /// Where tickets live: cluster-wide with a backplane and auth on.
     tickets: TicketStore,
+    /// `server.trusted_proxies`.
+    trusted_proxies: crate::http::forwarded::TrustedProxies,
     /// `auth.ticket_rate_per_s`: tickets per subject and per address.
     ticket_rate: crate::auth::ticket_rate::TicketRate,
     /// The nodes this one has heard from over the backplane.
@@ -256,6 +258,11 @@ impl Broker {
                 readiness,
                 bridges,
                 tickets,
+                // Validated: every entry parses.
+                trusted_proxies: crate::http::forwarded::TrustedProxies::parse(
+                    &config.server.trusted_proxies,
+                )
+                .unwrap_or_default(),
                 ticket_rate: crate::auth::ticket_rate::TicketRate::new(
                     config.auth.ticket_rate_per_s,
                     config.auth.ticket_rate_burst,
@@ -325,6 +332,15 @@ impl Broker {
     /// Where this node issues and redeems tickets.
     pub(crate) fn tickets(&self) -> &TicketStore {
         &self.inner.tickets
+    }
+
+    /// The client's address: the TCP peer, or, when that is one of
+    /// `server.trusted_proxies`, who the proxies say the client is
+    /// (`http/forwarded.rs`).
+    pub fn client_ip(&self, req: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
+        self.inner
+            .trusted_proxies
+            .client(req.peer_addr().map(|a| a.ip()), req.headers())
     }
 
     pub(crate) fn ticket_rate(&self) -> &crate::auth::ticket_rate::TicketRate {

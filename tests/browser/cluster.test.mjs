@@ -28,6 +28,8 @@ const nodes = [];
 function nodeEnv(i) {
   return {
     HERALD_SERVER__NODE_ID: `herald-${i}`,
+    // The profile trusts nginx's fixed address; here nginx is on this machine.
+    HERALD_SERVER__TRUSTED_PROXIES: '["127.0.0.1"]',
     HERALD_CLUSTER__BACKPLANE: "bus",
     HERALD_CLUSTER__SUBJECT_PREFIX: "herald.",
     HERALD_BRIDGE__NATS: `[{ name = "nats", url = "${nats.url}", subjects = ["metrics.>"] }, `

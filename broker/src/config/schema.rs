@@ -34,6 +34,10 @@ pub struct ServerConfig {
     /// Browser `Origin`s allowed to open a WebSocket. Empty: any. Upgrades without an
     /// `Origin` header (non-browser clients) are not subject to the list.
     pub allowed_origins: Vec<String>,
+    /// Proxies (addresses or CIDR networks) whose `Forwarded` / `X-Forwarded-For`
+    /// headers give the client's address, for per-address limits and logs. Empty:
+    /// the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
     /// Most WebSocket connections at once. 0: unlimited.
     pub max_connections: usize,
     /// Most WebSocket connections at once from one client IP. 0: unlimited.
@@ -98,6 +102,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             node_id: String::new(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             max_connections: 0,
             max_connections_per_ip: 0,
             max_upgrades_per_s: 2000,

@@ -110,6 +110,14 @@ impl Config {
                 "a positive number of bytes",
             ));
         }
+        if let Err(i) = crate::http::forwarded::TrustedProxies::parse(&self.server.trusted_proxies)
+        {
+            return Err(invalid(
+                &format!("server.trusted_proxies[{i}]"),
+                &self.server.trusted_proxies[i],
+                "an IP address or a CIDR network like 10.0.0.0/8",
+            ));
+        }
         for (i, o) in self.server.allowed_origins.iter().enumerate() {
             if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
                 return Err(invalid(

@@ -60,9 +60,9 @@ pub(super) async fn tickets(
         .authenticator()
         .may_request_ticket(&identity)
         .map_err(auth_error)?;
-    let address = req
-        .peer_addr()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let address = broker
+        .client_ip(&req)
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     broker
         .ticket_rate()
         .admit(identity.subject.as_deref(), address)

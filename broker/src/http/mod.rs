@@ -12,11 +12,13 @@
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`;
 //! - `assets.rs`: the dashboard at `/`, `/herald.js`, `/asyncapi.json`;
 //! - `admission.rs`: the upgrade's checks and the connection limiter;
+//! - `forwarded.rs`: the client's address behind `server.trusted_proxies`;
 //! - `tls.rs`: the listener's certificate.
 
 pub(crate) mod admission;
 mod api;
 mod assets;
+pub(crate) mod forwarded;
 mod health;
 pub(crate) mod tls;
 mod upgrade;

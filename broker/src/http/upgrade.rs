@@ -63,7 +63,7 @@ pub(super) async fn upgrade(
             "this Origin may not connect (server.allowed_origins)",
         ));
     }
-    let ip = req.peer_addr().map(|a| a.ip());
+    let ip = broker.client_ip(&req);
     let permit = broker.limiter().acquire(ip).map_err(|reason| {
         METRICS.refused(reason);
         let (which, retry_after) = match reason {

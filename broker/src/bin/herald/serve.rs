@@ -26,13 +26,18 @@ async fn access_log(
     let method = req.method().clone();
     let path = req.path().to_owned();
     let peer = req.peer_addr();
+    // Who the client is behind `server.trusted_proxies` (the peer otherwise).
+    let client = req
+        .app_data::<actix_web::web::Data<Broker>>()
+        .and_then(|broker| broker.client_ip(req.request()))
+        .map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     let res = next.call(req).await?;
     let status = res.status().as_u16();
     let elapsed_us = start.elapsed().as_micros() as u64;
     if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
-        debug!(%method, %path, status, elapsed_us, ?peer, "http");
+        debug!(%method, %path, status, elapsed_us, ?peer, %client, "http");
     } else {
-        info!(%method, %path, status, elapsed_us, ?peer, "http");
+        info!(%method, %path, status, elapsed_us, ?peer, %client, "http");
     }
     Ok(res)
 }
