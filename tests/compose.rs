@@ -3,8 +3,9 @@
 //! `docker-compose config` (Debian's `docker-compose` 1.29, which needs no engine)
 //! resolves docker/compose.yaml, and the resolved services are held against the other
 //! files of the stack: docker/Dockerfile, docker/herald.toml (through the real
-//! `herald check-config`, with each service's environment), docker/nginx.conf,
-//! .dockerignore and the workspace itself.
+//! `herald check-config`, with each service's environment), docker/nginx.conf, the
+//! `monitoring` profile's Prometheus and Grafana files, .dockerignore and the
+//! workspace itself. (tests/ops.rs runs the monitoring files against a real node.)
 //!
 //! What this cannot check is the container runtime: no image is built and no
 //! container starts here (docs/deployment.md, "What is not verified here").
@@ -50,9 +51,21 @@ fn read_toml(path: &str) -> Result<toml::Table> {
 // The resolved compose file
 
 /// The stack as `docker-compose config` resolved it: anchors merged, relative paths
-/// made absolute, every service of every profile listed with its `profiles`.
+/// made absolute, every service of every profile listed with its `profiles`
+/// (docker-compose 1.29 lists them all whatever `--profile` says; [`active`] tells
+/// which ones a set of profiles starts).
 struct Stack {
     services: BTreeMap<String, Value>,
+}
+
+/// The stack's profiles.
+const PROFILES: [&str; 2] = ["cluster", "monitoring"];
+
+/// Whether `up` with these `--profile`s starts `service`: it has no profile, or one
+/// of them.
+fn active(service: &Value, with: &[&str]) -> bool {
+    let own = profiles(service);
+    own.is_empty() || own.iter().any(|p| with.contains(&p.as_str()))
 }
 
 /// Runs `docker-compose -f docker/compose.yaml ARGS` from the repository root and
@@ -82,10 +95,10 @@ fn docker_compose(args: &[&str]) -> Result<String> {
 }
 
 impl Stack {
-    /// `docker-compose config`, with `--profile P` when given.
-    fn load(profile: Option<&str>) -> Result<Stack> {
+    /// `docker-compose config`, with `--profile P` for each of `with`.
+    fn load(with: &[&str]) -> Result<Stack> {
         let mut args = Vec::new();
-        if let Some(p) = profile {
+        for p in with {
             args.extend(["--profile", p]);
         }
         args.push("config");
@@ -100,9 +113,14 @@ impl Stack {
         Ok(Stack { services })
     }
 
-    /// The stack of the `cluster` profile: every service.
+    /// The stack of the `cluster` profile.
     fn cluster() -> Result<Stack> {
-        Stack::load(Some("cluster"))
+        Stack::load(&["cluster"])
+    }
+
+    /// The stack with every profile: every service.
+    fn all() -> Result<Stack> {
+        Stack::load(&PROFILES)
     }
 
     fn service(&self, name: &str) -> Result<&Value> {
@@ -373,17 +391,20 @@ fn bridges<'a>(config: &'a toml::Table, kind: &str) -> Vec<&'a toml::Table> {
 // The compose file itself
 
 #[test]
-fn compose_file_resolves_with_and_without_the_cluster_profile() -> Result<()> {
-    let default = Stack::load(None)?;
+fn compose_file_resolves_with_and_without_its_profiles() -> Result<()> {
+    let default = Stack::load(&[])?;
     let cluster = Stack::cluster()?;
-    for name in [
+    let monitoring = Stack::load(&["monitoring"])?;
+    let all = Stack::all()?;
+    let plain = [
         "herald",
         "nats",
         "kafka",
         "topic-init",
         "nats-publisher",
         "kafka-producer",
-    ] {
+    ];
+    for name in plain {
         let service = default.service(name)?;
         ensure!(
             profiles(service).is_empty(),
@@ -397,19 +418,51 @@ fn compose_file_resolves_with_and_without_the_cluster_profile() -> Result<()> {
             "{name} belongs to the `cluster` profile only"
         );
     }
+    for name in ["prometheus", "grafana"] {
+        ensure!(
+            profiles(monitoring.service(name)?) == ["monitoring"],
+            "{name} belongs to the `monitoring` profile only"
+        );
+    }
     // Every service of the stack is one of the above: a new one needs a thought
     // about which profile it belongs to, and a line here.
     ensure!(
-        cluster.services.len() == 9,
+        all.services.len() == 11,
         "services: {:?}",
-        cluster.services.keys().collect::<Vec<_>>()
+        all.services.keys().collect::<Vec<_>>()
     );
+    // What each combination of profiles starts (docker-compose 1.29 resolves every
+    // service whatever the profiles; Compose v2 starts these).
+    let started = |with: &[&str]| -> BTreeSet<&str> {
+        all.services
+            .iter()
+            .filter(|(_, s)| active(s, with))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    };
+    let expected =
+        |extra: &[&'static str]| -> BTreeSet<&str> { plain.iter().chain(extra).copied().collect() };
+    for (with, extra) in [
+        (&[][..], &[][..]),
+        (&["cluster"], &["herald-1", "herald-2", "nginx"]),
+        (&["monitoring"], &["prometheus", "grafana"]),
+        (
+            &PROFILES,
+            &["herald-1", "herald-2", "nginx", "prometheus", "grafana"],
+        ),
+    ] {
+        ensure!(
+            started(with) == expected(extra),
+            "profiles {with:?} start {:?}",
+            started(with)
+        );
+    }
     Ok(())
 }
 
 #[test]
 fn every_long_running_service_has_a_healthcheck_and_a_restart_policy() -> Result<()> {
-    let stack = Stack::cluster()?;
+    let stack = Stack::all()?;
     let one_shots = stack.one_shots();
     ensure!(
         one_shots.contains("topic-init"),
@@ -440,7 +493,7 @@ fn every_long_running_service_has_a_healthcheck_and_a_restart_policy() -> Result
 
 #[test]
 fn depends_on_names_existing_services_with_conditions_they_can_meet() -> Result<()> {
-    let stack = Stack::cluster()?;
+    let stack = Stack::all()?;
     let one_shots = stack.one_shots();
     for (name, service) in &stack.services {
         for (dep, condition) in depends_on(service) {
@@ -460,12 +513,16 @@ fn depends_on_names_existing_services_with_conditions_they_can_meet() -> Result<
                 ),
                 other => bail!("{name} depends on {dep} with unknown condition `{other}`"),
             }
-            // A plain `up` must not wait for a service only a profile starts.
-            if profiles(service).is_empty() {
+            // Whatever starts a service starts what it waits for: a plain `up` must
+            // not wait for a service only a profile starts, nor one profile for
+            // another's service (Compose v2 refuses that).
+            let mut starters: Vec<Vec<&str>> = vec![vec![]];
+            starters.extend(PROFILES.iter().map(|p| vec![*p]));
+            for with in starters {
                 ensure!(
-                    profiles(target).is_empty(),
-                    "{name} starts without a profile but depends on {dep}, which needs \
-                     profiles {:?}",
+                    !active(service, &with) || active(target, &with),
+                    "{name} starts with profiles {with:?} but depends on {dep}, which \
+                     needs profiles {:?}",
                     profiles(target)
                 );
             }
@@ -763,12 +820,30 @@ fn cluster_nodes_add_only_the_nats_backplane_to_herald_toml() -> Result<()> {
             "{name}: use a subject_prefix, so the backplane bridge does not subscribe to \
              every subject (docs/nats.md)"
         );
+        // Behind nginx: its address, and only that, is trusted for X-Forwarded-For.
+        let nginx = stack.service("nginx")?["networks"]["default"]["ipv4_address"]
+            .as_str()
+            .ok_or_else(|| anyhow!("nginx has no fixed ipv4_address"))?
+            .to_owned();
+        let trusted: Vec<String> = get(&config, "server.trusted_proxies")
+            .and_then(|t| t.as_array())
+            .map(|t| {
+                t.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ensure!(
+            trusted == [nginx.clone()],
+            "{name} trusts {trusted:?}; it must trust nginx ({nginx}) alone"
+        );
         // Take away what a cluster node adds; the rest must be herald.toml as is.
         let mut expected = single.clone();
         for table in [&mut config, &mut expected] {
             table.remove("cluster");
             if let Some(server) = table.get_mut("server").and_then(|s| s.as_table_mut()) {
                 server.remove("node_id");
+                server.remove("trusted_proxies");
             }
         }
         let nats = config
@@ -792,6 +867,408 @@ fn cluster_nodes_add_only_the_nats_backplane_to_herald_toml() -> Result<()> {
         );
     }
     ensure!(cluster_nodes == 2, "expected two cluster nodes");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// The `monitoring` profile: Prometheus and Grafana
+
+/// The host file behind `target` in a service: the source of the bind mount at
+/// `target`, or below a mounted folder; the mount must be read-only.
+fn host_file(name: &str, service: &Value, target: &str) -> Result<PathBuf> {
+    for m in mounts(service) {
+        let dir = format!("{}/", m.target.trim_end_matches('/'));
+        let path = if m.target == target {
+            m.source.clone()
+        } else if let Some(rest) = target.strip_prefix(&dir) {
+            m.source.join(rest)
+        } else {
+            continue;
+        };
+        ensure!(
+            m.read_only,
+            "{name} must mount {} read-only",
+            m.source.display()
+        );
+        ensure!(
+            path.exists(),
+            "{name} reads {target}, which is {}: missing",
+            path.display()
+        );
+        return Ok(path);
+    }
+    bail!(
+        "{name}: nothing is mounted at {target}: {:?}",
+        mounts(service)
+    )
+}
+
+fn read_yaml(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    yaml_serde::from_str(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+/// The files of a folder whose names end with one of `extensions`, sorted.
+fn files_in(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.to_string_lossy().into_owned();
+        if path.is_file() && extensions.iter().any(|e| name.ends_with(e)) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The value of a `--name=value` or `--name value` flag.
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix(name) {
+            Some(rest) if rest.starts_with('=') => Some(rest[1..].to_owned()),
+            Some("") => args.get(i + 1).cloned(),
+            _ => None,
+        })
+}
+
+/// Prometheus in the stack: its service, the port it listens on, the container path
+/// and the parsed contents of its configuration file.
+struct Prometheus<'a> {
+    service: &'a Value,
+    port: u16,
+    config_path: String,
+    config: Value,
+}
+
+impl<'a> Prometheus<'a> {
+    fn load(stack: &'a Stack) -> Result<Prometheus<'a>> {
+        let service = stack.service("prometheus")?;
+        let command = [
+            strings(&service["entrypoint"]),
+            strings(&service["command"]),
+        ]
+        .concat();
+        let config_path = flag(&command, "--config.file")
+            .ok_or_else(|| anyhow!("prometheus: no --config.file in {command:?}"))?;
+        let listen = flag(&command, "--web.listen-address").unwrap_or_else(|| ":9090".into());
+        let config = read_yaml(&host_file("prometheus", service, &config_path)?)?;
+        Ok(Prometheus {
+            service,
+            port: port_of(&listen)?,
+            config_path,
+            config,
+        })
+    }
+
+    /// The scrape job named `herald`.
+    fn herald_job(&self) -> Result<&Value> {
+        self.config["scrape_configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|job| job["job_name"].as_str() == Some("herald"))
+            .ok_or_else(|| anyhow!("docker/prometheus.yml has no scrape job `herald`"))
+    }
+}
+
+/// The `host:port` targets of a scrape job: static ones, and DNS names with their
+/// port (type A; the default, SRV, would ignore the port).
+fn scrape_targets(job: &Value) -> Result<BTreeSet<String>> {
+    let mut targets = BTreeSet::new();
+    for sd in job["static_configs"].as_array().into_iter().flatten() {
+        targets.extend(strings(&sd["targets"]));
+    }
+    for sd in job["dns_sd_configs"].as_array().into_iter().flatten() {
+        ensure!(
+            sd["type"].as_str() == Some("A"),
+            "dns_sd_configs without `type: A` looks up SRV records, which compose \
+             does not serve: {sd}"
+        );
+        let port = sd["port"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("dns_sd_configs of type A needs a port: {sd}"))?;
+        targets.extend(strings(&sd["names"]).iter().map(|n| format!("{n}:{port}")));
+    }
+    let other: Vec<&String> = job
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .filter(|k| k.ends_with("_sd_configs") && *k != "dns_sd_configs")
+        .collect();
+    ensure!(
+        other.is_empty(),
+        "this test knows static_configs and dns_sd_configs, not {other:?}; extend it"
+    );
+    Ok(targets)
+}
+
+/// The address a Herald node serves `/metrics` on, as `service:port`:
+/// `server.admin_listen` when set, else `server.listen`.
+fn metrics_address(name: &str, node: &Value) -> Result<String> {
+    let config = effective_config(name, node)?;
+    let admin = get_str(&config, "server.admin_listen")?;
+    let listen = if admin.is_empty() {
+        get_str(&config, "server.listen")?
+    } else {
+        admin
+    };
+    Ok(format!("{name}:{}", port_of(listen)?))
+}
+
+#[test]
+fn prometheus_scrapes_every_herald_node_where_it_serves_metrics() -> Result<()> {
+    let stack = Stack::all()?;
+    let prometheus = Prometheus::load(&stack)?;
+    let job = prometheus.herald_job()?;
+    ensure!(
+        job["metrics_path"].as_str().unwrap_or("/metrics") == "/metrics"
+            && job["scheme"].as_str().unwrap_or("http") == "http",
+        "the herald job must scrape http://…/metrics: {job}"
+    );
+    let targets = scrape_targets(job)?;
+    // Every Herald node of every profile is a target, and nothing else is: a name
+    // that a profile does not start resolves to nothing, and is no target then.
+    let mut nodes = BTreeMap::new();
+    for (name, node) in stack.herald_nodes() {
+        nodes.insert(metrics_address(name, node)?, node);
+    }
+    ensure!(
+        targets == nodes.keys().cloned().collect(),
+        "Prometheus scrapes {targets:?}; the stack's Herald nodes serve /metrics on {:?}",
+        nodes.keys().collect::<Vec<_>>()
+    );
+    ensure!(
+        targets.contains("herald:8080")
+            && targets.contains("herald-1:8080")
+            && targets.contains("herald-2:8080"),
+        "{targets:?}"
+    );
+    // With the profiles that start Prometheus, it scrapes every node they start.
+    for with in [
+        &["monitoring"][..],
+        &["cluster", "monitoring"],
+        &[],
+        &["cluster"],
+    ] {
+        let monitored = with.contains(&"monitoring");
+        ensure!(
+            active(prometheus.service, with) == monitored
+                && active(stack.service("grafana")?, with) == monitored,
+            "Prometheus and Grafana start with the `monitoring` profile, and only then"
+        );
+        if !monitored {
+            continue;
+        }
+        for (address, node) in &nodes {
+            ensure!(
+                !active(node, with) || targets.contains(address),
+                "with profiles {with:?} {address} runs but is not scraped"
+            );
+        }
+    }
+
+    // The rule files sit where the configuration names them (relative to itself).
+    let dir = prometheus
+        .config_path
+        .rsplit_once('/')
+        .map_or("", |(d, _)| d);
+    let rule_files = strings(&prometheus.config["rule_files"]);
+    ensure!(
+        !rule_files.is_empty(),
+        "docker/prometheus.yml loads no alert rules"
+    );
+    for file in rule_files {
+        ensure!(!file.contains('*'), "name rule files one by one: {file}");
+        let path = if file.starts_with('/') {
+            file.clone()
+        } else {
+            format!("{dir}/{file}")
+        };
+        let host = host_file("prometheus", prometheus.service, &path)?;
+        ensure!(
+            host.parent() == Some(root().join("docker").as_path()),
+            "{} should be beside docker/prometheus.yml, so that promtool finds it too",
+            host.display()
+        );
+        let rules = read_yaml(&host)?;
+        ensure!(
+            rules["groups"].as_array().is_some_and(|g| !g.is_empty()),
+            "{} has no rule groups",
+            host.display()
+        );
+    }
+
+    // Port, health check.
+    ensure!(
+        published_ports(prometheus.service)? == [(9090, prometheus.port)],
+        "prometheus publishes {:?}",
+        published_ports(prometheus.service)?
+    );
+    let test = healthcheck(prometheus.service)
+        .ok_or_else(|| anyhow!("prometheus: no healthcheck"))?
+        .join(" ");
+    ensure!(
+        test.contains(&format!("http://127.0.0.1:{}/-/ready", prometheus.port))
+            || test.contains(&format!("http://127.0.0.1:{}/-/healthy", prometheus.port)),
+        "prometheus's healthcheck is not its /-/ready: {test}"
+    );
+    // prom/prometheus is busybox-based: it has wget and no curl.
+    ensure!(
+        !test.contains("curl"),
+        "the Prometheus image has no curl: {test}"
+    );
+
+    // What the documentation tells people to run and open.
+    let docs = read("docs/deployment.md")?;
+    for needle in [
+        "docker compose -f docker/compose.yaml --profile monitoring up",
+        "http://localhost:9090/",
+        "http://localhost:3000/",
+    ] {
+        ensure!(
+            docs.contains(needle),
+            "docs/deployment.md does not say `{needle}`"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn grafana_is_provisioned_with_the_stacks_prometheus_and_the_herald_dashboard() -> Result<()> {
+    let stack = Stack::all()?;
+    let prometheus = Prometheus::load(&stack)?;
+    let grafana = stack.service("grafana")?;
+    let provisioning = "/etc/grafana/provisioning";
+
+    // The data source: the stack's Prometheus, which Grafana waits for.
+    let dir = host_file("grafana", grafana, &format!("{provisioning}/datasources"))?;
+    let mut sources = Vec::new();
+    for file in files_in(&dir, &[".yml", ".yaml"])? {
+        let doc = read_yaml(&file)?;
+        ensure!(doc["apiVersion"] == 1, "{}: apiVersion 1", file.display());
+        sources.extend(doc["datasources"].as_array().into_iter().flatten().cloned());
+    }
+    let [source] = &sources[..] else {
+        bail!("expected one provisioned data source, found {sources:?}");
+    };
+    ensure!(source["type"] == "prometheus", "{source}");
+    let url = source["url"].as_str().unwrap_or_default();
+    ensure!(
+        url.starts_with("http://")
+            && host_of(url) == "prometheus"
+            && port_of(url)? == prometheus.port,
+        "the data source's url {url} is not the stack's Prometheus on port {}",
+        prometheus.port
+    );
+    let deps: BTreeMap<String, String> = depends_on(grafana).into_iter().collect();
+    ensure!(
+        deps.get("prometheus").map(String::as_str) == Some("service_healthy"),
+        "grafana should wait for prometheus to be healthy: {deps:?}"
+    );
+
+    // The dashboards: every file provider's folder is mounted and holds the
+    // dashboard, valid JSON with a fixed uid.
+    let dir = host_file("grafana", grafana, &format!("{provisioning}/dashboards"))?;
+    let mut dashboards = BTreeMap::new();
+    for file in files_in(&dir, &[".yml", ".yaml"])? {
+        let doc = read_yaml(&file)?;
+        ensure!(doc["apiVersion"] == 1, "{}: apiVersion 1", file.display());
+        for provider in doc["providers"].as_array().into_iter().flatten() {
+            ensure!(provider["type"] == "file", "{provider}");
+            let path = provider["options"]["path"]
+                .as_str()
+                .ok_or_else(|| anyhow!("provider without options.path: {provider}"))?;
+            let folder = host_file("grafana", grafana, path)?;
+            for json in files_in(&folder, &[".json"])? {
+                let text = std::fs::read_to_string(&json)?;
+                let dashboard: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not valid JSON", json.display()))?;
+                ensure!(
+                    dashboard["uid"].as_str().is_some_and(|u| !u.is_empty())
+                        && dashboard["panels"]
+                            .as_array()
+                            .is_some_and(|p| !p.is_empty()),
+                    "{}: a dashboard with a uid and panels",
+                    json.display()
+                );
+                let container = format!(
+                    "{}/{}",
+                    path.trim_end_matches('/'),
+                    json.file_name().unwrap_or_default().to_string_lossy()
+                );
+                dashboards.insert(container, dashboard);
+            }
+        }
+    }
+    let herald = dashboards
+        .iter()
+        .find(|(_, d)| d["uid"] == "herald")
+        .map(|(path, _)| path.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "no dashboard with uid `herald` is provisioned: {:?}",
+                dashboards.keys()
+            )
+        })?;
+    ensure!(
+        host_file("grafana", grafana, &herald)?
+            == root().join("docker/grafana/dashboards/herald.json"),
+        "the provisioned Herald dashboard is not docker/grafana/dashboards/herald.json"
+    );
+    // Grafana opens on it.
+    let env = environment(grafana);
+    ensure!(
+        env_var(&env, "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH") == Some(herald.as_str()),
+        "Grafana's home dashboard should be {herald}: {env:?}"
+    );
+    // Its panels ask the data source variable for a Prometheus.
+    let variables = dashboards[&herald]["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        variables
+            .iter()
+            .any(|v| v["type"] == "datasource" && v["query"] == source["type"]),
+        "the dashboard has no data source variable of type prometheus"
+    );
+
+    // Port, health check.
+    ensure!(
+        published_ports(grafana)? == [(3000, 3000)],
+        "grafana publishes {:?}",
+        published_ports(grafana)?
+    );
+    let test = healthcheck(grafana)
+        .ok_or_else(|| anyhow!("grafana: no healthcheck"))?
+        .join(" ");
+    ensure!(
+        test.contains("http://127.0.0.1:3000/api/health"),
+        "grafana's healthcheck is not its /api/health: {test}"
+    );
+    Ok(())
+}
+
+/// A pulled image names its version: `up` next month runs what the tests checked.
+#[test]
+fn every_pulled_image_is_pinned_to_a_version() -> Result<()> {
+    let stack = Stack::all()?;
+    for (name, service) in &stack.services {
+        if service.get("build").is_some() {
+            continue;
+        }
+        let image = service["image"]
+            .as_str()
+            .ok_or_else(|| anyhow!("{name} has neither an image nor a build"))?;
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let tag = last.split_once(':').map(|(_, t)| t).unwrap_or_default();
+        ensure!(
+            tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
+            "{name} runs {image}: pin it to a version tag"
+        );
+    }
     Ok(())
 }
 
