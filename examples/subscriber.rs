@@ -9,7 +9,18 @@
 //! Arguments: the WebSocket URL, one or more topic patterns, `--last N` (replay up to
 //! N recent events per topic on the first subscribe), `--token T` (or
 //! `HERALD_TOKEN`: a JWT sent as `Authorization: Bearer` on the upgrade when Herald
-//! runs with auth).
+//! runs with auth), or `--token-file PATH` (or `HERALD_TOKEN_FILE`: a file holding the
+//! JWT, which something else keeps fresh, such as a sidecar or a Kubernetes projected
+//! token).
+//!
+//! With `--token-file` the subscriber keeps its connection past the token's `exp`: a
+//! while before it (a minute, or a quarter of what is left of a short-lived token, a
+//! little earlier at random), it reads the file again and sends the token on the open
+//! connection (`{"op":"auth"}`, docs/security.md#lifetimes-and-refresh). The session
+//! takes the new `exp` and keeps its subscription. When the file holds no newer token
+//! yet, or the broker refuses it (another `sub`: `forbidden`), it says so and tries
+//! again with backoff while the current token lasts. The file is also read for every
+//! connection. A `--token` is never refreshed.
 //!
 //! Output, all on stdout so that a notice sits where it happened between the events
 //! (times are UTC, the broker's receive time):
@@ -19,10 +30,12 @@
 //!     -- resuming epoch 01J…: orders.eu after #7
 //!     12:03:09.002 orders.eu #8 (replay) {"id":8}
 //!     -- reset orders.eu (epoch_changed): the missed events cannot be replayed; refetch its state
+//!     -- token refreshed in place: the session now ends at 12:18:09 UTC
 //!
 //! Close codes (docs/protocol.md#7-close-codes): 1001 (broker restarting) reconnects after a
 //! short random delay; 4001 (unauthorized) stops with exit status 2, since the same
-//! token would be refused again; protocol errors (1002, 1003, 1007, 1009) stop with
+//! token would be refused again (with `--token-file` it reconnects with the file's
+//! token, and a refused upgrade, 401, stops with status 2); protocol errors (1002, 1003, 1007, 1009) stop with
 //! status 1; everything else reconnects with backoff. An upgrade refused with 503 and
 //! `Retry-After` (a node that is full, shutting down, or taking too many connections
 //! at once, `server.max_upgrades_per_s`) waits at least that long.
@@ -32,13 +45,15 @@
 //! `last` are exclusive).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -57,6 +72,16 @@ const RESTART_JITTER: Duration = Duration::from_secs(2);
 const RATE_LIMITED_DELAY: Duration = Duration::from_secs(5);
 /// How long the server has to send `welcome` after the upgrade.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// With `--token-file`: refresh this long before the token's `exp` at most (a token
+/// with less than four times this left is refreshed when a quarter of it is left).
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// Refreshes come at least this far apart, whatever the clocks say.
+const MIN_REFRESH_WAIT: Duration = Duration::from_secs(1);
+/// How long the broker has to answer a refresh before it counts as failed.
+const REFRESH_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The request ids this client uses.
+const SUBSCRIBE_ID: u64 = 1;
+const REFRESH_ID: u64 = 2;
 
 #[derive(Debug, Parser)]
 #[command(about = "Subscribe to Herald topics and print every event, reconnecting and resuming")]
@@ -69,9 +94,208 @@ struct Args {
     /// On the first subscribe, replay up to N recent events of each matching topic.
     #[arg(long)]
     last: Option<u32>,
-    /// A JWT, sent as `Authorization: Bearer` on the upgrade.
+    /// A JWT, sent as `Authorization: Bearer` on the upgrade. Never refreshed: the
+    /// subscriber stops when the broker closes with 4001 at its `exp`.
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding a JWT, kept fresh by something else. It is read for every
+    /// connection (`Authorization: Bearer` on the upgrade), and again before the
+    /// token's `exp` to refresh the session in place (`{"op":"auth"}`), keeping the
+    /// subscription.
+    #[arg(
+        long,
+        env = "HERALD_TOKEN_FILE",
+        hide_env_values = true,
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
+}
+
+impl Args {
+    /// The JWT for a new connection, if any: `--token`, or what `--token-file` holds now.
+    fn token(&self) -> Result<Option<String>, String> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(path)) => read_token(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The JWT in a token file, without surrounding whitespace. A blocking read is fine
+/// here: the file is small, and the subscriber has nothing else to do meanwhile.
+fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// The `exp` claim (Unix seconds) of a JWT, read without verifying anything (the
+/// broker verifies; the subscriber only needs to know when to refresh). None when the
+/// token has none, or is not a JWT whose payload can be read.
+fn jwt_exp(token: &str) -> Option<u64> {
+    let payload = base64url_decode(token.split('.').nth(1)?)?;
+    serde_json::from_slice::<Value>(&payload).ok()?["exp"].as_u64()
+}
+
+/// Base64url without padding, as JWTs use it (a trailing `=` is tolerated).
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.trim_end_matches('=').bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from(acc >> bits).ok()?);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// With `--token-file`: refreshing the session's token in place before its `exp`.
+#[derive(Debug)]
+struct Refresh {
+    path: PathBuf,
+    /// The `exp` of the session's current token (Unix seconds); None: unknown, so
+    /// nothing to plan.
+    expires: Option<u64>,
+    /// When to act next: read the file and send, or give up waiting for a reply.
+    at: Option<Instant>,
+    /// A refresh was sent and not answered yet, with the `exp` of its token.
+    awaiting: Option<Option<u64>>,
+    /// Failed refreshes since the last accepted one.
+    backoff: Backoff,
+}
+
+impl Refresh {
+    /// For a session opened with `token`, read from `path`.
+    fn new(path: &Path, token: &str) -> Refresh {
+        let mut refresh = Refresh {
+            path: path.to_owned(),
+            expires: None,
+            at: None,
+            awaiting: None,
+            backoff: Backoff { attempt: 0 },
+        };
+        refresh.plan(jwt_exp(token));
+        refresh
+    }
+
+    /// The session now ends at `expires`: refresh a while before, a little earlier at
+    /// random so that many subscribers given tokens together do not all come at once.
+    fn plan(&mut self, expires: Option<u64>) {
+        self.expires = expires;
+        // A token that expires too far ahead for a timer is never refreshed.
+        self.at = expires.and_then(|exp| {
+            let left = exp.saturating_mul(1000).saturating_sub(now_ms());
+            let left = Duration::from_millis(left);
+            let margin = REFRESH_MARGIN.min(left / 4);
+            let jitter = 1.0 - 0.1 * rand::rng().random_range(0.0..1.0);
+            Instant::now().checked_add((left - margin).mul_f64(jitter).max(MIN_REFRESH_WAIT))
+        });
+    }
+
+    /// The time has come: the `auth` message to send, if the file holds a newer token.
+    /// When a reply is overdue, that refresh has failed.
+    fn due(&mut self) -> Option<Message> {
+        if self.awaiting.take().is_some() {
+            self.failed(&format!(
+                "no reply within {} s",
+                REFRESH_REPLY_TIMEOUT.as_secs()
+            ));
+            return None;
+        }
+        let token = match read_token(&self.path) {
+            Ok(token) => token,
+            Err(e) => {
+                self.failed(&e);
+                return None;
+            }
+        };
+        let exp = jwt_exp(&token);
+        if let (Some(new), Some(current)) = (exp, self.expires) {
+            if new <= current {
+                self.failed("the token file holds no newer token yet");
+                return None;
+            }
+        }
+        self.awaiting = Some(exp);
+        self.at = Some(Instant::now() + REFRESH_REPLY_TIMEOUT);
+        Some(Message::text(
+            json!({"op": "auth", "id": REFRESH_ID, "token": token}).to_string(),
+        ))
+    }
+
+    /// The broker took the new token: the session lasts until its `exp`.
+    fn accepted(&mut self) {
+        let Some(expires) = self.awaiting.take() else {
+            return;
+        };
+        self.backoff.reset();
+        self.plan(expires);
+        match expires {
+            Some(exp) => notice(&format!(
+                "token refreshed in place: the session now ends at {} UTC",
+                &clock(exp.saturating_mul(1000))[..8]
+            )),
+            None => notice("token refreshed in place: the new token does not expire"),
+        }
+    }
+
+    /// The refresh did not work: try again with backoff while the current token
+    /// lasts. After that the broker closes with 4001, and the subscriber reconnects
+    /// with whatever the file then holds.
+    fn failed(&mut self, why: &str) {
+        self.awaiting = None;
+        let wait = self.backoff.next(&mut rand::rng());
+        let retry_before = self.expires.map(|exp| exp.saturating_mul(1000));
+        if retry_before.is_some_and(|exp| now_ms().saturating_add(wait_ms(wait)) < exp) {
+            self.at = Some(Instant::now() + wait);
+            notice(&format!(
+                "token refresh failed: {why}; retrying in {:.1} s",
+                wait.as_secs_f64()
+            ));
+        } else {
+            self.at = None;
+            notice(&format!(
+                "token refresh failed: {why}; the broker will close the session when the current token expires"
+            ));
+        }
+    }
+}
+
+/// A duration in whole milliseconds.
+fn wait_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Resolves at `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the client remembers across connections: the epoch of the broker process its
@@ -193,7 +417,12 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
         "sec-websocket-protocol",
         HeaderValue::from_static(SUBPROTOCOL),
     );
-    if let Some(token) = &args.token {
+    // Read for every connection: a token file may hold a fresher token by now.
+    let token = match args.token() {
+        Ok(token) => token,
+        Err(e) => return End::Retry(e),
+    };
+    if let Some(token) = &token {
         match HeaderValue::from_str(&format!("Bearer {token}")) {
             Ok(v) => headers.insert("authorization", v),
             Err(_) => return End::Stop(1, "the token is not a valid header value".into()),
@@ -225,7 +454,7 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
 
     let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, stream.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).ok(),
-        Ok(Some(Ok(Message::Close(frame)))) => return closed(frame.as_ref()),
+        Ok(Some(Ok(Message::Close(frame)))) => return closed(frame.as_ref(), args),
         Ok(Some(Err(e))) => return End::Retry(format!("connection failed: {e}")),
         Ok(_) => None,
         Err(_) => return End::Retry("no welcome from the server".into()),
@@ -248,7 +477,13 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
             + heartbeat["timeout_ms"].as_u64().unwrap_or(10_000),
     );
 
-    let mut subscribe = json!({"op": "subscribe", "id": 1, "topics": args.patterns});
+    // With a token file, the session's token is refreshed in place before it expires.
+    let mut refresh = match (&args.token_file, &token) {
+        (Some(path), Some(token)) => Some(Refresh::new(path, token)),
+        _ => None,
+    };
+
+    let mut subscribe = json!({"op": "subscribe", "id": SUBSCRIBE_ID, "topics": args.patterns});
     if let Some(resume) = positions.resume() {
         let from: Vec<String> = positions
             .seqs
@@ -272,8 +507,21 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
         return End::Retry(format!("connection failed: {e}"));
     }
 
+    let mut silent_until = Instant::now() + silence;
     loop {
-        let message = match tokio::time::timeout(silence, stream.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(silent_until, stream.next()) => next,
+            () = sleep_until(refresh.as_ref().and_then(|r| r.at)) => {
+                let auth = refresh.as_mut().and_then(Refresh::due);
+                if let Some(auth) = auth {
+                    if let Err(e) = sink.send(auth).await {
+                        return End::Retry(format!("connection failed: {e}"));
+                    }
+                }
+                continue;
+            }
+        };
+        let message = match next {
             Err(_) => {
                 return End::Retry(format!(
                     "nothing from the server for {:.1} s",
@@ -284,9 +532,10 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
             Ok(Some(Err(e))) => return End::Retry(format!("connection failed: {e}")),
             Ok(Some(Ok(message))) => message,
         };
+        silent_until = Instant::now() + silence;
         let text = match message {
             Message::Text(text) => text,
-            Message::Close(frame) => return closed(frame.as_ref()),
+            Message::Close(frame) => return closed(frame.as_ref(), args),
             // Protocol Pings are answered by tungstenite itself.
             _ => continue,
         };
@@ -317,9 +566,24 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
                     v["reason"].as_str().unwrap_or("?")
                 ));
             }
+            "ok" if v["id"] == REFRESH_ID => {
+                if let Some(refresh) = &mut refresh {
+                    refresh.accepted();
+                }
+            }
+            // A refused refresh leaves the session as it was, until its token expires.
+            "error" if v["id"] == REFRESH_ID => {
+                if let Some(refresh) = &mut refresh {
+                    refresh.failed(&format!(
+                        "refused: {} ({})",
+                        v["message"].as_str().unwrap_or_default(),
+                        v["code"].as_str().unwrap_or_default()
+                    ));
+                }
+            }
             // The subscribe itself was refused (a bad pattern, not allowed): the same
             // request would be refused again.
-            "error" if v["id"] == 1 => {
+            "error" if v["id"] == SUBSCRIBE_ID => {
                 return End::Stop(
                     1,
                     format!(
@@ -335,7 +599,10 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
 }
 
 /// What to do after the server's close frame.
-fn closed(frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> End {
+fn closed(
+    frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+    args: &Args,
+) -> End {
     let Some(frame) = frame else {
         return End::Retry("closed without a code".into());
     };
@@ -345,6 +612,11 @@ fn closed(frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) 
         CloseCode::Away => End::Restarting,
         CloseCode::Protocol | CloseCode::Unsupported | CloseCode::Invalid | CloseCode::Size => {
             End::Stop(1, format!("{why}: a client bug, not retrying"))
+        }
+        // The token file may hold a good token by now (if it does not, the upgrade is
+        // refused with 401, which stops).
+        _ if code == 4001 && args.token_file.is_some() => {
+            End::Retry(format!("{why}: reading the token file again"))
         }
         _ if code == 4001 => End::Stop(2, format!("{why}: get a new token, then run again")),
         _ if code == 4029 => End::RateLimited,
@@ -526,6 +798,44 @@ mod tests {
         assert_eq!(clock(0), "00:00:00.000");
         // 2025-11-22T08:26:40.123Z
         assert_eq!(clock(1_763_800_000_123), "08:26:40.123");
+    }
+
+    #[test]
+    fn a_jwt_exp_is_read_without_verifying() {
+        // {"alg":"HS256","typ":"JWT"} . {"sub":"viewer","exp":1763800000,"n":"é"} . junk
+        let token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
+                     eyJzdWIiOiJ2aWV3ZXIiLCJleHAiOjE3NjM4MDAwMDAsIm4iOiLDqSJ9.c2ln";
+        assert_eq!(jwt_exp(token), Some(1_763_800_000));
+        assert_eq!(base64url_decode("_-8"), Some(vec![0xff, 0xef]));
+        assert_eq!(base64url_decode("aGk="), Some(b"hi".to_vec()));
+        assert_eq!(jwt_exp("not a jwt"), None);
+        assert_eq!(jwt_exp("a.e30.b"), None, "an empty payload has no exp");
+        assert_eq!(jwt_exp("a.!!!.b"), None);
+    }
+
+    #[test]
+    fn a_refresh_comes_a_while_before_exp() {
+        let in_s = |s: u64| Some(now_ms() / 1000 + s);
+        // No exp: nothing to plan.
+        let mut r = Refresh::new(Path::new("/nonexistent"), "x.e30.y");
+        assert_eq!(r.at, None);
+        // An hour: a minute (less up to a tenth of the wait) before exp.
+        r.plan(in_s(3600));
+        let wait = r.at.expect("planned") - Instant::now();
+        assert!(
+            wait <= Duration::from_secs(3540) && wait >= Duration::from_secs(3180),
+            "{wait:?}"
+        );
+        // Eight seconds: when a quarter is left.
+        r.plan(in_s(8));
+        let wait = r.at.expect("planned") - Instant::now();
+        assert!(
+            wait <= Duration::from_secs(6) && wait >= Duration::from_millis(4500),
+            "{wait:?}"
+        );
+        // Expired already (a clock ahead): not at once, and not in a loop.
+        r.plan(Some(1));
+        assert!(r.at.expect("planned") - Instant::now() >= Duration::from_millis(900));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - `subscriber`: prints events, answers heartbeats, notices a silent server,
 //!   resumes after a cut connection (replay, no reset), reports `reset` after a broker
 //!   restart (new epoch), and stops on 4001 and on a refused token. A TCP proxy
-//!   between it and the broker cuts, stalls and re-points the connection;
+//!   between it and the broker cuts, stalls and re-points the connection. With a
+//!   token file it refreshes its session in place across several expiries, reports
+//!   a refused refresh, and reconnects after the 4001 that follows;
 //! - `nats_publisher` and `kafka_producer`: wait for a server that is not up yet,
 //!   publish well-formed samples and keyed order events, and stop after `--count`.
 //!
@@ -484,6 +486,171 @@ async fn subscriber_stops_when_its_token_expires_or_is_refused() -> Result<()> {
     assert_eq!(status.code(), Some(2), "{}", refused.output());
     refused.wait_line(0, "unauthorized (401)").await?;
     ensure!(!refused.output().contains(&forged));
+    Ok(())
+}
+
+/// A token for `sub` that expires `exp_in_s` seconds from now, written to `dir/token`
+/// the way a sidecar would (a whole new file, renamed over the old one); returns its
+/// `exp`.
+fn write_token(dir: &std::path::Path, sub: &str, exp_in_s: u64) -> Result<u64> {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + exp_in_s;
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )?;
+    let tmp = dir.join("token.tmp");
+    std::fs::write(&tmp, format!("{jwt}\n"))?;
+    std::fs::rename(&tmp, dir.join("token"))?;
+    Ok(exp)
+}
+
+/// `POST /api/publish` of one event with an API key (the broker runs with auth).
+async fn publish_with_key(broker: &Broker, key: &str, topic: &str, data: Value) -> Result<()> {
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/publish", broker.http()))
+        .bearer_auth(key)
+        .json(&json!({"topic": topic, "data": data}))
+        .send()
+        .await?;
+    ensure!(res.status() == 202, "publish: {}", res.text().await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_refreshes_a_token_file_in_place_before_it_expires() -> Result<()> {
+    const API_KEY: &str = "examples-publisher-key";
+    // The broker's session timer (which enforces exp) ticks every 250 ms.
+    let broker = Broker::start(&config(
+        "",
+        &format!(
+            "[auth]\nmode = \"jwt\"\njwt_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\n[session]\nheartbeat_interval_ms = 1000\nheartbeat_timeout_ms = 1000\n"
+        ),
+    ))?;
+    let publish = |n: u64| publish_with_key(&broker, API_KEY, "orders.eu", json!({ "n": n }));
+    const LIFETIME_S: u64 = 6;
+    let dir = tempfile::tempdir()?;
+    let first_exp = write_token(dir.path(), "viewer", LIFETIME_S)?;
+    // A sidecar keeps the file fresh for the subject it is told; None: it stops.
+    let (subject, mut told) = watch::channel(Some("viewer"));
+    let sidecar = tokio::spawn({
+        let dir = dir.path().to_owned();
+        async move {
+            loop {
+                let sub = *told.borrow_and_update();
+                if let Some(sub) = sub {
+                    if let Err(e) = write_token(&dir, sub, LIFETIME_S) {
+                        eprintln!("the sidecar could not write the token: {e}");
+                    }
+                }
+                if tokio::time::timeout(Duration::from_millis(300), told.changed())
+                    .await
+                    .is_ok_and(|r| r.is_err())
+                {
+                    return;
+                }
+            }
+        }
+    });
+    let token_file = dir.path().join("token");
+    let mut sub = Example::start(
+        "subscriber",
+        &[
+            &broker.ws_url(),
+            "orders.>",
+            "--token-file",
+            &token_file.to_string_lossy(),
+        ],
+        &[],
+    )?;
+    let (mut at, _) = sub.wait_line(0, "-- subscribed: orders.>").await?;
+    publish(1).await?;
+    (at, _) = sub.wait_line(at, r#"orders.eu #1 {"n":1}"#).await?;
+
+    // Refreshed in place, again and again, past the exp of the first token and of
+    // every token read before it expired: one session throughout, an event after
+    // each refresh.
+    let mut n = 1;
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+    };
+    while n < 4 || now()? <= first_exp + LIFETIME_S {
+        (at, _) = sub.wait_line(at, "-- token refreshed in place").await?;
+        n += 1;
+        publish(n).await?;
+        (at, _) = sub
+            .wait_line(at, &format!(r#"orders.eu #{n} {{"n":{n}}}"#))
+            .await?;
+    }
+    let lines = sub.lines();
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    ensure!(
+        count("-- connected to") == 1 && count("-- disconnected") == 0 && count("-- resuming") == 0,
+        "one connection throughout:\n{}",
+        sub.output()
+    );
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(" UTC") && l.contains("the session now ends at")),
+        "{}",
+        sub.output()
+    );
+
+    // A token of another subject is refused, and reported; the session goes on until
+    // its token expires (4001), then the subscriber reconnects with what the file
+    // holds, and resumes.
+    subject.send(Some("mallory"))?;
+    let (refused_at, refused) = sub
+        .wait_line(at, "-- token refresh failed: refused:")
+        .await?;
+    ensure!(
+        refused.contains("(forbidden)") && refused.contains("subject"),
+        "{refused}"
+    );
+    (at, _) = sub
+        .wait_line(
+            refused_at,
+            "-- disconnected: closed with 4001 token expired: reading the token file again",
+        )
+        .await?;
+    (at, _) = sub.wait_line(at, "-- connected to").await?;
+    (at, _) = sub.wait_line(at, "-- resuming epoch").await?;
+    (at, _) = sub.wait_line(at, "-- subscribed: orders.>").await?;
+    n += 1;
+    publish(n).await?;
+    (at, _) = sub
+        .wait_line(at, &format!(r#"orders.eu #{n} {{"n":{n}}}"#))
+        .await?;
+    (at, _) = sub.wait_line(at, "-- token refreshed in place").await?;
+
+    // The sidecar stops: no newer token, retries until exp, 4001, and the file's
+    // token is expired by then: refused on the upgrade (401), stop with status 2.
+    subject.send(None)?;
+    sub.wait_line(
+        at,
+        "-- token refresh failed: the token file holds no newer token yet",
+    )
+    .await?;
+    let status = sub.exit(PATIENCE).await?;
+    assert_eq!(status.code(), Some(2), "{}", sub.output());
+    sub.wait_line(at, "unauthorized (401)").await?;
+    ensure!(
+        !sub.output().contains("eyJ"),
+        "a token is never printed:\n{}",
+        sub.output()
+    );
+    ensure!(
+        !sub.lines()
+            .iter()
+            .any(|l| l.contains("-- reset") || l.contains("-- gap")),
+        "{}",
+        sub.output()
+    );
+    drop(subject);
+    sidecar.await?;
     Ok(())
 }
 

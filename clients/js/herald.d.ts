@@ -71,6 +71,15 @@ export interface GapInfo {
   got: number;
 }
 
+/**
+ * A token refresh the broker accepted: the session now lasts until `exp` (Unix
+ * seconds, from the new token; null when the new token has none), with the new
+ * token's grants, and keeps its subscriptions.
+ */
+export interface RefreshInfo {
+  exp: number | null;
+}
+
 /** The events of a client and their listeners' arguments. */
 export interface ClientEvents {
   state: (state: State, prev: State) => void;
@@ -79,6 +88,12 @@ export interface ClientEvents {
   lagged: (info: { dropped: number }) => void;
   reset: (info: ResetInfo) => void;
   gap: (info: GapInfo) => void;
+  /** A fresh token from the `token` function was accepted on the open connection. */
+  refresh: (info: RefreshInfo) => void;
+  /**
+   * An error reply tied to no pending request, a resubscribe that failed, or an
+   * in-place token refresh that failed (code `"refresh_failed"`, the reason in `cause`).
+   */
   error: (error: HeraldError) => void;
 }
 
@@ -124,8 +139,10 @@ export type BrokerErrorCode =
  * `disconnected`: the connection was lost, or the client closed, before the reply.
  * `unsubscribed`: unsubscribed before the broker confirmed. `timeout`: no reply
  * within the request's timeout (the broker may still have acted on it).
+ * `refresh_failed`: refreshing the token in place failed (an `error` event; `cause`
+ * says why); the client retries while the current token lasts.
  */
-export type ClientErrorCode = "not_open" | "disconnected" | "unsubscribed" | "timeout";
+export type ClientErrorCode = "not_open" | "disconnected" | "unsubscribed" | "timeout" | "refresh_failed";
 
 /**
  * An error reply of the broker, or one of the client's own. `code` may also be a code
@@ -137,6 +154,11 @@ export declare class HeraldError extends Error {
   readonly code: BrokerErrorCode | ClientErrorCode | (string & {});
   /** The id of the request the broker answered, or of the one that timed out. */
   readonly id?: string | number;
+  /**
+   * For `refresh_failed`: what failed. A HeraldError (`unauthorized` or `forbidden`
+   * from the broker, `timeout`), or whatever the token function threw.
+   */
+  readonly cause?: unknown;
 }
 
 export interface BackoffOptions {
@@ -165,7 +187,11 @@ export interface OnlineTarget {
 }
 
 export interface ConnectOptions {
-  /** A JWT, or a function returning a fresh one; sent as the first message on every connection. */
+  /**
+   * A JWT, or a function returning a fresh one; sent as the first message on every
+   * connection. A function's token is also refreshed in place before its `exp` (see
+   * `refreshMarginMs`); a string is never refreshed.
+   */
   token?: string | (() => string | Promise<string>);
   /** Returns a one-time ticket (from POST /api/tickets); called for every connection. */
   getTicket?: () => string | Promise<string>;
@@ -187,6 +213,13 @@ export interface ConnectOptions {
    * `welcome`.
    */
   requestTimeoutMs?: number;
+  /**
+   * With a `token` function: refresh the token on the open connection this long
+   * before its `exp` at the latest, in ms (default 60000). A token with less than four
+   * times this left is refreshed when a quarter of what is left remains. Up to a tenth
+   * of the wait is taken off at random.
+   */
+  refreshMarginMs?: number;
   /**
    * Where the `online` event comes from: while the client waits to reconnect, it
    * reconnects at once when the network is back. Default: `window` (or a worker's

@@ -4,15 +4,17 @@
  * It speaks the Herald wire protocol v1 (`herald.v1.json`, see docs/protocol.md) and
  * hides the parts every application would otherwise write again: request ids and
  * promise replies, resubscribing with `resume` after a reconnect, answering heartbeats
- * and noticing a dead connection, and reconnecting without a retry storm.
+ * and noticing a dead connection, reconnecting without a retry storm, and refreshing a
+ * token function's token on the open connection before it expires.
  *
  * What it cannot hide: delivery is best-effort, at-most-once. Events can be lost, and
  * the client tells you whenever it can know (`gap`, `lagged`, `reset` events). It
  * never invents, repeats or reorders an event of a topic for one subscription.
  *
  * Layout: pure helpers (`backoffDelay`, `topicMatches`), `HeraldError`, the
- * `HeraldClient` class (connection lifecycle, requests and their timeouts, message
- * dispatch, subscriptions), then `Subscription` and the iterator behind `for await`.
+ * `HeraldClient` class (connection lifecycle, requests and their timeouts, token
+ * refresh, message dispatch, subscriptions), then `Subscription` and the iterator
+ * behind `for await`.
  *
  * @module herald
  */
@@ -42,6 +44,25 @@ const DEFAULT_BUFFER_SIZE = 1_000;
 
 /** setTimeout fires at once for longer delays, so anything above counts as "never". */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * How long before its `exp` a token function's token is refreshed in place, at most
+ * (`refreshMarginMs`). A minute leaves room for a slow token endpoint and a few
+ * retries, and for a clock that is a little behind the broker's.
+ */
+const DEFAULT_REFRESH_MARGIN_MS = 60_000;
+
+/**
+ * A short-lived token is refreshed when this share of its remaining lifetime is left,
+ * when that is less than the margin: a 4 s token 1 s before its `exp`, not at once.
+ */
+const REFRESH_SHARE = 0.25;
+
+/**
+ * Refreshes come at least this far apart, even for a token that looks expired already
+ * (a clock far ahead of the broker's), so that a skewed clock cannot make a loop.
+ */
+const MIN_REFRESH_DELAY_MS = 1_000;
 
 /**
  * Reconnect delay for the given attempt (0 for the first retry), "full jitter":
@@ -85,7 +106,8 @@ export function topicMatches(pattern, topic) {
  * request the client could not make: `not_open` (publish or ping while not
  * connected), `disconnected` (the connection was lost, or the client closed, before
  * the reply), `unsubscribed` (unsubscribed before the broker confirmed), `timeout`
- * (no reply within the request's timeout).
+ * (no reply within the request's timeout), `refresh_failed` (an in-place token
+ * refresh failed; `cause` holds why).
  */
 export class HeraldError extends Error {
   /**
@@ -141,6 +163,18 @@ export class HeraldClient {
   /** Bounds an attempt until its `welcome` (see `#open`). */
   #handshakeTimer = null;
 
+  /**
+   * The token sent on the current connection, when it came from a token function:
+   * its `exp` says when to refresh (see `#scheduleRefresh`).
+   */
+  #connectionToken = null;
+  /** When the next in-place refresh (or retry) runs; null when none is planned. */
+  #refreshTimer = null;
+  /** The `exp` of the session's current token, in ms since the epoch (or null). */
+  #expiresAt = null;
+  /** Failed refreshes since the last accepted one: drives their backoff. */
+  #refreshAttempt = 0;
+
   /** Epoch of the broker process we are connected to (from `welcome`). */
   #epoch = null;
   #silenceMs = DEFAULT_SILENCE_MS;
@@ -165,6 +199,7 @@ export class HeraldClient {
       token: options.token,
       getTicket: options.getTicket,
       requestTimeoutMs: timeoutOption(options.requestTimeoutMs, "requestTimeoutMs") ?? DEFAULT_REQUEST_TIMEOUT_MS,
+      refreshMarginMs: timeoutOption(options.refreshMarginMs, "refreshMarginMs") ?? DEFAULT_REFRESH_MARGIN_MS,
       WebSocket: options.WebSocket,
     };
     this.#onlineTarget = options.onlineTarget === undefined ? browserGlobal() : options.onlineTarget;
@@ -401,6 +436,7 @@ export class HeraldClient {
       return this.#lost(1006, `could not open a WebSocket: ${err?.message ?? err}`);
     }
     this.#ws = ws;
+    this.#connectionToken = typeof this.#options.token === "function" ? token : null;
     this.#silenceMs = DEFAULT_SILENCE_MS;
     this.#heard();
     // The attempt, and the `auth` request that follows it, get the request timeout:
@@ -507,6 +543,10 @@ export class HeraldClient {
     this.#watchdog = null;
     clearTimeout(this.#handshakeTimer);
     this.#handshakeTimer = null;
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    this.#connectionToken = null;
+    this.#expiresAt = null;
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       if (code !== null) {
@@ -600,6 +640,93 @@ export class HeraldClient {
     });
   }
 
+  // ---- refreshing the token in place ---------------------------------------------
+
+  /**
+   * Plans the in-place refresh of `token`, the session's current token: a while before
+   * its `exp` (`refreshMarginMs`, or a quarter of what is left of a short-lived token),
+   * minus up to a tenth of the wait at random, so that the tabs of a deployment that
+   * got their tokens together do not all ask the token endpoint in the same second.
+   * Nothing is planned for a token without a readable `exp`, or one from a string
+   * option: a string cannot give a fresher token.
+   */
+  #scheduleRefresh(token) {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    const exp = token ? jwtExp(token) : null;
+    this.#expiresAt = exp === null ? null : exp * 1000;
+    if (this.#expiresAt === null) return;
+    const left = this.#expiresAt - Date.now();
+    const margin = Math.min(this.#options.refreshMarginMs, left * REFRESH_SHARE);
+    const wait = Math.max(MIN_REFRESH_DELAY_MS, (left - margin) * (1 - 0.1 * Math.random()));
+    this.#armRefresh(Date.now() + wait);
+  }
+
+  /** Runs `#refresh` at `at` (ms since the epoch), in steps timers can take. */
+  #armRefresh(at) {
+    this.#refreshTimer = setTimeout(
+      () => {
+        this.#refreshTimer = null;
+        if (Date.now() < at) return this.#armRefresh(at);
+        this.#refresh();
+      },
+      Math.min(Math.max(0, at - Date.now()), MAX_TIMER_MS),
+    );
+  }
+
+  /**
+   * Asks the token function for a fresh token and sends it on the open connection
+   * (`{"op":"auth"}`): the session takes its `exp` and grants, and keeps its
+   * subscriptions. Any failure is retried (see `#refreshFailed`). Whatever happens to
+   * the connection meanwhile wins: a refresh for a socket that is gone stops silently.
+   */
+  async #refresh() {
+    const ws = this.#ws;
+    if (ws === null || this.#state !== "open") return;
+    let token;
+    let exp;
+    try {
+      const tokenOption = this.#options.token;
+      token = await this.#bounded(() => tokenOption(), "token");
+      if (this.#ws !== ws) return;
+      if (typeof token !== "string" || token === "") {
+        throw new TypeError(`the token function returned ${token === "" ? "an empty string" : typeof token}, not a JWT`);
+      }
+      exp = jwtExp(token);
+      if (exp !== null && this.#expiresAt !== null && exp * 1000 <= this.#expiresAt) {
+        throw new Error("the token function returned a token that expires no later than the current one");
+      }
+      await this.#request({ op: "auth", token }, { drop: "reject", what: "token refresh" });
+    } catch (err) {
+      if (this.#ws !== ws) return; // the connection is gone; a new one gets a new token
+      return this.#refreshFailed(err);
+    }
+    if (this.#ws !== ws) return;
+    this.#refreshAttempt = 0;
+    this.#scheduleRefresh(token);
+    this.#emit("refresh", { exp });
+  }
+
+  /**
+   * A refresh failed: the token function threw or did not answer in time, or the
+   * broker refused the token (`unauthorized`, or `forbidden` for another `sub`) or did
+   * not answer. The session goes on with its current token, so try again with backoff
+   * while that one lasts. Once it has expired the broker closes with 4001, and the
+   * reconnect rules for 4001 take over (a fresh token, a new connection, `resume`).
+   */
+  #refreshFailed(cause) {
+    const wait = backoffDelay(this.#refreshAttempt++, this.#options.backoff);
+    const retry = this.#expiresAt !== null && Date.now() + wait < this.#expiresAt;
+    if (retry) this.#armRefresh(Date.now() + wait);
+    const why = cause instanceof HeraldError ? `${cause.code}: ${cause.message}` : (cause?.message ?? String(cause));
+    const next = retry
+      ? `retrying in ${wait} ms`
+      : "giving up: the broker closes the connection (4001) when the current token expires";
+    const err = new HeraldError("refresh_failed", `token refresh failed (${why}); ${next}`, cause?.id);
+    err.cause = cause;
+    this.#emit("error", err);
+  }
+
   // ---- messages from the server ---------------------------------------------------
 
   #onMessage(data) {
@@ -644,6 +771,8 @@ export class HeraldClient {
     }
     this.#attempt = 0;
     this.#authRetry = false;
+    this.#refreshAttempt = 0;
+    this.#scheduleRefresh(this.#connectionToken);
     // Snapshot first: a "state" or "open" handler that subscribes sends its own.
     const subs = [...this.#subs.keys()];
     const generation = this.#generation;
@@ -999,6 +1128,23 @@ class EventIterator {
 
   [Symbol.asyncIterator]() {
     return this;
+  }
+}
+
+/**
+ * The `exp` claim of a JWT (Unix seconds), or null when it has none or the token is
+ * not a JWT whose payload can be read. Nothing is verified: the broker does that; the
+ * client only needs to know when to ask for a fresh token.
+ */
+function jwtExp(token) {
+  try {
+    const payload = token.split(".")[1];
+    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/");
+    const binary = atob(base64 + "=".repeat((4 - (base64.length % 4)) % 4));
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
+    return typeof claims?.exp === "number" && Number.isFinite(claims.exp) ? claims.exp : null;
+  } catch {
+    return null;
   }
 }
 

@@ -51,8 +51,15 @@ test("a string token that expires ends in 'unauthorized', with no further attemp
 
 test("a token function is asked again after 4001; the subscription carries on", { timeout: 60_000 }, async (t) => {
   let calls = 0;
-  // The first token is about to expire; later ones are good for an hour.
-  const h = connect(broker.ws, { token: async () => (++calls === 1 ? token(3) : token(3600)) });
+  // The first token is about to expire, and cannot be refreshed in place: while the
+  // connection is open the function fails. The token for a new connection is good
+  // for an hour.
+  const h = connect(broker.ws, {
+    token: async () => {
+      if (h.state === "open") throw new Error("token endpoint unavailable");
+      return ++calls === 1 ? token(3) : token(3600);
+    },
+  });
   t.after(() => h.close());
   const rec = record(h);
   await opened(h);
@@ -78,14 +85,15 @@ test("a token function is asked again after 4001; the subscription carries on", 
   );
   assert.deepEqual(rec.resets, [], "same broker: the resume succeeded");
   assert.deepEqual(rec.states, ["open", "reconnecting", "open"]);
+  assert.ok(rec.errors.length >= 1 && rec.errors.every((e) => e.code === "refresh_failed"), "failed refreshes are reported");
 });
 
 test("refused again after a fresh token: 'unauthorized' until reconnect()", { timeout: 60_000 }, async (t) => {
   let next = () => token(3);
-  let calls = 0;
+  let calls = 0; // for a new connection; the refreshes before exp are refused too
   const h = connect(broker.ws, {
     token: () => {
-      calls++;
+      if (h.state !== "open") calls++;
       return next();
     },
     backoff: { initialMs: 50, maxMs: 200 },

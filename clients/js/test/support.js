@@ -200,12 +200,12 @@ export async function until(cond, what, timeoutMs = WAIT_MS) {
 
 /**
  * Records everything a client reports, with the time it happened: `log` holds
- * `{name, args, at}` in order. `closes`, `states`, `resets`, `gaps`, `lagged` and
- * `errors` are shortcuts into it.
+ * `{name, args, at}` in order. `closes`, `states`, `resets`, `gaps`, `lagged`,
+ * `errors` and `refreshes` are shortcuts into it.
  */
 export function record(client) {
   const rec = { log: [] };
-  for (const name of ["state", "open", "close", "lagged", "reset", "gap", "error"]) {
+  for (const name of ["state", "open", "close", "lagged", "reset", "gap", "error", "refresh"]) {
     client.on(name, (...args) => rec.log.push({ name, args, at: performance.now() }));
   }
   const of = (name) => rec.log.filter((e) => e.name === name);
@@ -217,6 +217,7 @@ export function record(client) {
     gaps: { get: () => of("gap").map((e) => e.args[0]) },
     lagged: { get: () => of("lagged").map((e) => e.args[0]) },
     errors: { get: () => of("error").map((e) => e.args[0]) },
+    refreshes: { get: () => of("refresh").map((e) => ({ ...e.args[0], at: e.at })) },
   });
   return rec;
 }
@@ -230,6 +231,19 @@ export function countingWebSocket(attempts) {
     constructor(url, protocols) {
       attempts.push({ at: performance.now(), url: String(url) });
       super(url, protocols);
+    }
+  };
+}
+
+/**
+ * A WebSocket class for the `WebSocket` option that keeps every message the client
+ * sends, parsed, in `sent` (`{at, message}`), on whichever connection.
+ */
+export function recordingWebSocket(sent) {
+  return class extends globalThis.WebSocket {
+    send(data) {
+      sent.push({ at: performance.now(), message: JSON.parse(data) });
+      super.send(data);
     }
   };
 }

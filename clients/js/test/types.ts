@@ -11,6 +11,7 @@ import herald, {
   type HeraldClient,
   type HeraldEvent,
   type OnlineTarget,
+  type RefreshInfo,
   type ResetInfo,
   type State,
   type Subscription,
@@ -26,6 +27,7 @@ const h = connect("ws://127.0.0.1:8080/ws", {
   goingAwayMaxMs: 2000,
   autoConnect: false,
   requestTimeoutMs: 5000,
+  refreshMarginMs: 30_000,
   onlineTarget: window, // the DOM window fits the option, and so does any EventTarget
 });
 const chained: HeraldClient = h.connect();
@@ -44,6 +46,10 @@ h.on("lagged", ({ dropped }) => void dropped.toFixed());
 h.on("reset", ({ topic, reason }: ResetInfo) => void (reason === "epoch_changed" ? topic : topic.length));
 h.on("gap", ({ expected, got }: GapInfo) => void (got - expected));
 h.on("error", (e: HeraldError) => void [e.code, e.message, e.id]);
+h.on("refresh", ({ exp }: RefreshInfo) => void (exp === null ? 0 : exp.toFixed()));
+h.on("error", (e) => {
+  if (e.code === "refresh_failed" && e.cause instanceof HeraldError) void e.cause.code;
+});
 h.off("gap", () => {});
 
 const sub = h.subscribe<{ id: number }>("orders.*", { last: 20 }, (ev: HeraldEvent<{ id: number }>) => {
@@ -113,6 +119,10 @@ orders.on("lagged", ({ reason }) => void (reason === "slow"));
 connect("ws://x/ws", { autoConnect: "no" });
 // @ts-expect-error: requestTimeoutMs is a number
 connect("ws://x/ws", { requestTimeoutMs: "10s" });
+// @ts-expect-error: refreshMarginMs is a number
+connect("ws://x/ws", { refreshMarginMs: "1m" });
+// @ts-expect-error: a refresh listener gets the new exp, not a token
+h.on("refresh", (token: string) => void token);
 // @ts-expect-error: an online target needs removeEventListener too, so that close() can detach
 connect("ws://x/ws", { onlineTarget: { addEventListener() {} } });
 // @ts-expect-error: ping resolves with a number
