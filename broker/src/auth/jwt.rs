@@ -182,6 +182,12 @@ impl JwtAuth {
         let exp = claims
             .exp
             .ok_or_else(|| AuthError::Invalid("missing exp".into()))?;
+        // RFC 7519: not accepted on or after `exp`. The validator lets the second of
+        // `exp` itself through; a session ends in that second (`now >= exp`), so a
+        // connection let in then would be closed with 4001 at once.
+        if crate::clock::now_secs() >= exp {
+            return Err(AuthError::Expired);
+        }
         let grants = |list: Option<Vec<String>>, default: &[String], what: &str| {
             let list = list.unwrap_or_else(|| default.to_vec());
             match list.iter().find(|p| topic::validate_pattern(p).is_err()) {
@@ -355,6 +361,14 @@ mod tests {
             (
                 token(
                     json!({"exp": crate::clock::now_secs() - 1, "iss": "issuer-x", "aud": "herald"}),
+                    "s3cret",
+                ),
+                "credentials expired",
+            ),
+            (
+                // On `exp` itself (RFC 7519: "on or after").
+                token(
+                    json!({"exp": crate::clock::now_secs(), "iss": "issuer-x", "aud": "herald"}),
                     "s3cret",
                 ),
                 "credentials expired",
