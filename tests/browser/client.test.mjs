@@ -14,34 +14,16 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { after, afterEach, before, test } from "node:test";
-import { ROOT, WAIT_MS, eventually, launchBrowser, startHerald } from "./harness.mjs";
+import { test } from "node:test";
+import { ROOT, WAIT_MS, browserTests, eventually } from "./harness.mjs";
 
 const TEST_TIMEOUT = 240_000;
 const CLIENT = path.join(ROOT, "clients/js/herald.js");
 /** The browser's own console errors when a WebSocket cannot connect. */
 const CONNECTION_ERRORS = /WebSocket connection to .* failed|net::ERR_(CONNECTION_REFUSED|CONNECTION_RESET|CONNECTION_CLOSED|EMPTY_RESPONSE|INTERNET_DISCONNECTED)/;
 
-let browser;
-const cleanups = [];
-
-before(async () => {
-  browser = await launchBrowser();
-});
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
-});
-
-after(async () => {
-  await browser?.close();
-});
-
-async function herald(options) {
-  const broker = await startHerald(options);
-  cleanups.push(() => broker.stop());
-  return broker;
-}
+// One Chromium for the file; each test's pages and brokers go away when it ends.
+const { browser, cleanup, herald } = browserTests();
 
 /**
  * A page on the broker's origin with the client imported as `window.herald`.
@@ -49,8 +31,8 @@ async function herald(options) {
  * accepts the ones a test provokes on purpose.
  */
 async function clientPage(broker) {
-  const context = await browser.newContext();
-  cleanups.push(() => context.close());
+  const context = await browser().newContext();
+  cleanup(() => context.close());
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   const problems = [];
@@ -114,7 +96,7 @@ async function relay(targetPort) {
       refusing = false;
     },
   };
-  cleanups.push(async () => {
+  cleanup(async () => {
     r.down();
     await new Promise((resolve) => server.close(resolve));
   });

@@ -7,39 +7,19 @@
 import assert from "node:assert/strict";
 import { copyFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
-import { after, afterEach, before, test } from "node:test";
+import { test } from "node:test";
 import {
-  ROOT, WAIT_MS, artifactPath, eventually, expectState, freePort, hs256, launchBrowser, openDashboard,
-  sleep, startHerald,
+  ROOT, artifactPath, browserTests, eventually, expectState, freePort, hs256, openDashboard,
+  sleep,
 } from "./harness.mjs";
 
 const TEST_TIMEOUT = 240_000;
-let browser;
-const cleanups = [];
-
-before(async () => {
-  browser = await launchBrowser();
-});
-
-// Each test's pages and brokers go away when it ends, passed or failed.
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
-});
-
-after(async () => {
-  await browser?.close();
-});
-
-/** Starts a broker that is stopped when the test ends. */
-async function herald(options) {
-  const broker = await startHerald(options);
-  cleanups.push(() => broker.stop());
-  return broker;
-}
+// One Chromium for the file; each test's pages and brokers go away when it ends.
+const { browser, cleanup, herald } = browserTests();
 
 async function dashboard(broker, options) {
-  const dash = await openDashboard(browser, broker.url, options);
-  cleanups.push(() => dash.close());
+  const dash = await openDashboard(browser(), broker.url, options);
+  cleanup(() => dash.close());
   return dash;
 }
 

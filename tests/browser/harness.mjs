@@ -10,6 +10,7 @@ import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { after, afterEach, before } from "node:test";
 import { chromium } from "playwright-core";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -53,41 +54,15 @@ export async function startHerald({ env = {}, port, readyUrl, args = [] } = {}) 
   const base = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !(k.startsWith("HERALD_") && (k.includes("__") || k === "HERALD_CONFIG"))),
   );
-  const child = spawn(HERALD_BIN, args, {
-    env: { ...base, RUST_LOG: "info", HERALD_SERVER__LISTEN: `127.0.0.1:${port}`, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.add(child);
-  const logs = [];
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.setEncoding("utf8");
-    stream.on("data", (chunk) => logs.push(...chunk.split("\n").filter(Boolean)));
-  }
-  let exited = null;
-  const exit = new Promise((resolve) => child.on("exit", (code, signal) => {
-    exited = { code, signal };
-    children.delete(child);
-    resolve(exited);
-  }));
-  child.on("error", (err) => logs.push(`spawn ${HERALD_BIN}: ${err.message}`));
-
   const url = `http://127.0.0.1:${port}/`;
-  const deadline = Date.now() + WAIT_MS;
-  for (;;) {
-    if (exited) throw new Error(`herald exited (${JSON.stringify(exited)}) before it was ready:\n${logs.join("\n")}`);
-    const res = await fetch(readyUrl ?? new URL("readyz", url)).catch(() => null);
-    if (res?.status === 200) break;
-    if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      throw new Error(`herald was not ready within ${WAIT_MS} ms:\n${logs.join("\n")}`);
-    }
-    await sleep(100);
-  }
-
+  const herald = await startProcess("herald", HERALD_BIN, args, async () => {
+    const res = await fetch(readyUrl ?? new URL("readyz", url));
+    return res.status === 200;
+  }, { ...base, RUST_LOG: "info", HERALD_SERVER__LISTEN: `127.0.0.1:${port}`, ...env });
   return {
+    ...herald,
     url,
     port,
-    logs,
     /** POST api/publish with one event or an array; resolves to the parsed 202 body. */
     async publish(events, { token } = {}) {
       const res = await fetch(new URL("api/publish", url), {
@@ -99,29 +74,47 @@ export async function startHerald({ env = {}, port, readyUrl, args = [] } = {}) 
       if (res.status !== 202) throw new Error(`POST api/publish: ${res.status} ${body}`);
       return JSON.parse(body);
     },
-    /** SIGKILL: the node dies with no goodbye, as in a crash. */
-    async kill() {
-      if (exited) return exited;
-      child.kill("SIGKILL");
-      await exit;
-      return exited;
-    },
-    /** SIGTERM (sessions are closed with 1001), then SIGKILL if it takes too long. */
-    async stop() {
-      if (exited) return exited;
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
-      await exit;
-      clearTimeout(timer);
-      return exited;
+  };
+}
+
+/**
+ * Registers the hooks of a browser test file: one headless Chromium for the file,
+ * and cleanups that run when each test ends, passed or failed, newest first.
+ * Returns `browser()`, `cleanup(fn)`, and `herald(options)`: `startHerald`, with the
+ * broker stopped when the test ends.
+ */
+export function browserTests() {
+  let browser;
+  const cleanups = [];
+  before(async () => {
+    browser = await launchBrowser();
+  });
+  afterEach(async () => {
+    for (const fn of cleanups.splice(0).reverse()) await fn().catch(() => {});
+  });
+  after(async () => {
+    await browser?.close();
+  });
+  return {
+    browser: () => browser,
+    cleanup: (fn) => cleanups.push(fn),
+    async herald(options) {
+      const broker = await startHerald(options);
+      cleanups.push(() => broker.stop());
+      return broker;
     },
   };
 }
 
-/** Starts a child process, kept in `children` (killed when the test process exits);
- *  resolves once `ready()` does. Its output is collected in `logs`. */
-async function startProcess(name, command, args, ready) {
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
+/**
+ * Starts a child process, kept in `children` (killed when the test process exits),
+ * with `env` as its whole environment (the parent's when not given); resolves once
+ * `ready()` does. Its output is collected in `logs`. `kill()` is SIGKILL (a crash);
+ * `stop()` is SIGTERM, then SIGKILL if it takes more than 15 s; both resolve to how
+ * it exited.
+ */
+async function startProcess(name, command, args, ready, env = process.env) {
+  const child = spawn(command, args, { env, stdio: ["ignore", "pipe", "pipe"] });
   children.add(child);
   const logs = [];
   for (const stream of [child.stdout, child.stderr]) {
@@ -137,7 +130,7 @@ async function startProcess(name, command, args, ready) {
   child.on("error", (err) => logs.push(`spawn ${command}: ${err.message}`));
   const deadline = Date.now() + WAIT_MS;
   while (!(await ready().catch(() => false))) {
-    if (exited) throw new Error(`${name} exited (${JSON.stringify(exited)}):\n${logs.join("\n")}`);
+    if (exited) throw new Error(`${name} exited (${JSON.stringify(exited)}) before it was ready:\n${logs.join("\n")}`);
     if (Date.now() > deadline) {
       child.kill("SIGKILL");
       throw new Error(`${name} was not ready within ${WAIT_MS} ms:\n${logs.join("\n")}`);
@@ -146,9 +139,19 @@ async function startProcess(name, command, args, ready) {
   }
   return {
     logs,
-    async stop() {
-      if (!exited) child.kill("SIGTERM");
+    async kill() {
+      if (exited) return exited;
+      child.kill("SIGKILL");
       await exit;
+      return exited;
+    },
+    async stop() {
+      if (exited) return exited;
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+      await exit;
+      clearTimeout(timer);
+      return exited;
     },
   };
 }
