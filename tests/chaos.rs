@@ -577,6 +577,20 @@ async fn sample(cluster: &Cluster) -> Result<Vec<Sample>> {
 /// builds). A leaked socket, timer fd or file shows as more.
 const OVERHEAD_FDS: i64 = 40;
 
+/// Ends a step: lets steady traffic run for the scale's dwell, samples the nodes
+/// under the step's name, and records what the step cost.
+async fn end_step(
+    run: &mut Run,
+    cluster: &Cluster,
+    samples: &mut Vec<(String, Vec<Sample>)>,
+    step: StepReport,
+) -> Result<()> {
+    tokio::time::sleep(run.scale.dwell).await;
+    checkpoint(cluster, samples, &step.name).await?;
+    run.steps.push(step);
+    Ok(())
+}
+
 /// Samples every node, checks that open files follow connections, and keeps the
 /// sample for the report.
 async fn checkpoint(
@@ -797,17 +811,16 @@ async fn chaos(scale: Scale) -> Result<()> {
         let reconnect = run.wait_all_back(&moved, &before, fault).await?;
         cluster.start_node(victim)?;
         cluster.wait_ready().await?;
-        run.steps.push(StepReport {
-            name: format!("cycle {}: kill -9 node-{victim}, start it again", cycle + 1),
-            reconnect,
-            moved: moved.len(),
-            window: (from, now_ms(start)),
-        });
-        tokio::time::sleep(scale.dwell).await;
-        checkpoint(
+        end_step(
+            &mut run,
             &cluster,
             &mut samples,
-            run.steps.last().map_or("", |s| &s.name),
+            StepReport {
+                name: format!("cycle {}: kill -9 node-{victim}, start it again", cycle + 1),
+                reconnect,
+                moved: moved.len(),
+                window: (from, now_ms(start)),
+            },
         )
         .await?;
 
@@ -824,17 +837,16 @@ async fn chaos(scale: Scale) -> Result<()> {
         cluster.wait_ready().await?;
         let back_ms = now_ms(start);
         let flowing = run.wait_events_flow(back_ms, fault).await?;
-        run.steps.push(StepReport {
-            name: format!("cycle {}: restart nats-server", cycle + 1),
-            reconnect: flowing,
-            moved: 0,
-            window: (from, now_ms(start)),
-        });
-        tokio::time::sleep(scale.dwell).await;
-        checkpoint(
+        end_step(
+            &mut run,
             &cluster,
             &mut samples,
-            run.steps.last().map_or("", |s| &s.name),
+            StepReport {
+                name: format!("cycle {}: restart nats-server", cycle + 1),
+                reconnect: flowing,
+                moved: 0,
+                window: (from, now_ms(start)),
+            },
         )
         .await?;
 
@@ -847,17 +859,16 @@ async fn chaos(scale: Scale) -> Result<()> {
         cluster.links[cut].partition(Duration::from_secs(2)).await;
         cluster.wait_ready().await?;
         let flowing = run.wait_events_flow(now_ms(start), fault).await?;
-        run.steps.push(StepReport {
-            name: format!("cycle {}: cut node-{cut} off NATS for 2 s", cycle + 1),
-            reconnect: flowing,
-            moved: 0,
-            window: (from, now_ms(start)),
-        });
-        tokio::time::sleep(scale.dwell).await;
-        checkpoint(
+        end_step(
+            &mut run,
             &cluster,
             &mut samples,
-            run.steps.last().map_or("", |s| &s.name),
+            StepReport {
+                name: format!("cycle {}: cut node-{cut} off NATS for 2 s", cycle + 1),
+                reconnect: flowing,
+                moved: 0,
+                window: (from, now_ms(start)),
+            },
         )
         .await?;
 
@@ -875,17 +886,16 @@ async fn chaos(scale: Scale) -> Result<()> {
             let reconnect = run.wait_all_back(&moved, &before, fault).await?;
             cluster.start_node(i)?;
             cluster.wait_ready().await?;
-            run.steps.push(StepReport {
-                name: format!("cycle {}: SIGTERM node-{i}, start it again", cycle + 1),
-                reconnect,
-                moved: moved.len(),
-                window: (from, now_ms(start)),
-            });
-            tokio::time::sleep(scale.dwell).await;
-            checkpoint(
+            end_step(
+                &mut run,
                 &cluster,
                 &mut samples,
-                run.steps.last().map_or("", |s| &s.name),
+                StepReport {
+                    name: format!("cycle {}: SIGTERM node-{i}, start it again", cycle + 1),
+                    reconnect,
+                    moved: moved.len(),
+                    window: (from, now_ms(start)),
+                },
             )
             .await?;
         }
