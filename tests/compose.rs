@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
-use herald_e2e::herald_bin;
+use herald_e2e::{herald_bin, read, repo_root};
 use serde_json::Value;
 
 /// How to get `docker-compose`, for the failure message.
@@ -28,18 +28,6 @@ const INSTALL: &str = "docker-compose is not installed. These tests validate \
 
 /// The compose file, relative to the repository root.
 const COMPOSE_FILE: &str = "docker/compose.yaml";
-
-/// The repository root (the workspace).
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
-}
-
-fn read(path: &str) -> Result<String> {
-    std::fs::read_to_string(root().join(path)).with_context(|| format!("read {path}"))
-}
 
 fn read_toml(path: &str) -> Result<toml::Table> {
     read(path)?
@@ -72,7 +60,7 @@ fn active(service: &Value, with: &[&str]) -> bool {
 /// returns its stdout; fails unless it exits 0.
 fn docker_compose(args: &[&str]) -> Result<String> {
     let out = Command::new("docker-compose")
-        .current_dir(root())
+        .current_dir(repo_root())
         .args(["-f", COMPOSE_FILE])
         .args(args)
         // Only the file decides what is resolved.
@@ -691,7 +679,7 @@ fn herald_is_on_8080_and_the_load_balancer_on_8081() -> Result<()> {
     ensure!(
         mounts(nginx)
             .iter()
-            .any(|m| m.source == root().join("docker/nginx.conf")
+            .any(|m| m.source == repo_root().join("docker/nginx.conf")
                 && m.target == "/etc/nginx/nginx.conf"
                 && m.read_only),
         "nginx must mount docker/nginx.conf read-only at /etc/nginx/nginx.conf: {:?}",
@@ -727,7 +715,7 @@ fn every_herald_node_runs_the_repository_herald_toml_read_only_and_valid() -> Re
             "{name} reads {path}, not /etc/herald/herald.toml"
         );
         ensure!(
-            mount.source == root().join("docker/herald.toml"),
+            mount.source == repo_root().join("docker/herald.toml"),
             "{name} mounts {} instead of docker/herald.toml",
             mount.source.display()
         );
@@ -1088,7 +1076,7 @@ fn prometheus_scrapes_every_herald_node_where_it_serves_metrics() -> Result<()> 
         };
         let host = host_file("prometheus", prometheus.service, &path)?;
         ensure!(
-            host.parent() == Some(root().join("docker").as_path()),
+            host.parent() == Some(repo_root().join("docker").as_path()),
             "{} should be beside docker/prometheus.yml, so that promtool finds it too",
             host.display()
         );
@@ -1214,7 +1202,7 @@ fn grafana_is_provisioned_with_the_stacks_prometheus_and_the_herald_dashboard() 
         })?;
     ensure!(
         host_file("grafana", grafana, &herald)?
-            == root().join("docker/grafana/dashboards/herald.json"),
+            == repo_root().join("docker/grafana/dashboards/herald.json"),
         "the provisioned Herald dashboard is not docker/grafana/dashboards/herald.json"
     );
     // Grafana opens on it.
@@ -1672,7 +1660,10 @@ fn included_files(dir: &Path, found: &mut BTreeSet<String>) -> Result<()> {
                 let rest = &text[at + macro_.len()..];
                 let relative = rest.split('"').next().unwrap_or_default();
                 let file = path.parent().unwrap_or(dir).join(relative).canonicalize()?;
-                let file = file.strip_prefix(root())?.to_string_lossy().into_owned();
+                let file = file
+                    .strip_prefix(repo_root())?
+                    .to_string_lossy()
+                    .into_owned();
                 found.insert(file);
             }
         }
@@ -1696,7 +1687,7 @@ fn the_build_context_keeps_everything_cargo_reads() -> Result<()> {
     let mut included = BTreeSet::new();
     for dir in workspace_packages()?.into_values() {
         needed.insert(format!("{dir}/Cargo.toml"));
-        included_files(&root().join(&dir), &mut included)?;
+        included_files(&repo_root().join(&dir), &mut included)?;
     }
     ensure!(
         included.contains("broker/assets/index.html"),
@@ -1711,7 +1702,7 @@ fn the_build_context_keeps_everything_cargo_reads() -> Result<()> {
         for source in sources {
             let source = source.trim_start_matches("./").trim_end_matches('/');
             ensure!(
-                root().join(source).exists(),
+                repo_root().join(source).exists(),
                 "the Dockerfile copies `{source}`, which does not exist"
             );
             if source.is_empty() || source == "." {
@@ -1724,7 +1715,10 @@ fn the_build_context_keeps_everything_cargo_reads() -> Result<()> {
         }
     }
     for path in needed {
-        ensure!(root().join(&path).exists(), "{path} is needed but missing");
+        ensure!(
+            repo_root().join(&path).exists(),
+            "{path} is needed but missing"
+        );
         ensure!(
             !ignored(&patterns, &path)?,
             "the build reads {path}, but .dockerignore leaves it out of the context"

@@ -22,14 +22,13 @@
 //! command that installs it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use herald_e2e::kafka::Tansu;
 use herald_e2e::nats::NatsServer;
-use herald_e2e::{config, Broker};
+use herald_e2e::{config, read, repo_root, Broker};
 use serde_json::{json, Value};
 
 const DASHBOARD: &str = "docker/grafana/dashboards/herald.json";
@@ -41,18 +40,6 @@ const RULE_TESTS: &str = "tests/prometheus/rules.test.yml";
 const INSTALL: &str = "is not installed. tests/ops.rs checks the monitoring files with \
     Debian's Prometheus: `sudo apt-get install -y --no-install-recommends prometheus` \
     (scripts/test does this)";
-
-/// The repository root (the workspace).
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
-}
-
-fn read(path: &str) -> Result<String> {
-    std::fs::read_to_string(root().join(path)).with_context(|| format!("read {path}"))
-}
 
 // ---------------------------------------------------------------------------------
 // What the pack queries
@@ -657,7 +644,7 @@ fn the_alert_rules_are_well_formed() -> Result<()> {
 /// it is missing.
 fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
-        .current_dir(root())
+        .current_dir(repo_root())
         .args(args)
         .output();
     let out = match out {
@@ -734,7 +721,7 @@ impl Prometheus {
         // The rule files, beside the configuration as in the container.
         for file in config["rule_files"].as_array().into_iter().flatten() {
             let file = file.as_str().ok_or_else(|| anyhow!("rule file {file}"))?;
-            std::fs::copy(root().join("docker").join(file), dir.path().join(file))?;
+            std::fs::copy(repo_root().join("docker").join(file), dir.path().join(file))?;
         }
         // JSON is YAML.
         let path = dir.path().join("prometheus.yml");

@@ -118,6 +118,19 @@ pub fn example_bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The repository root (the workspace).
+pub fn repo_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// A file of the repository, by its path from the root.
+pub fn read(path: &str) -> Result<String> {
+    std::fs::read_to_string(repo_root().join(path)).with_context(|| format!("read {path}"))
+}
+
 /// A running broker process. Killed when dropped.
 pub struct Broker {
     child: Option<Child>,
