@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import { connect } from "../herald.js";
-import { countingWebSocket, httpPublish, record, signJwt, sleep, startHerald, until } from "./support.js";
+import { countingWebSocket, httpPublish, record, signJwt, sleep, startHerald, startJwtHerald, until } from "./support.js";
 
 const SECRET = "herald-js-client-tests-0123456789abcdef"; // HS256 needs >= 32 bytes
 
@@ -17,16 +17,7 @@ function token(seconds, grants = { subscribe: [">"], publish: ["auth.>"] }, sub 
 /** @type {Awaited<ReturnType<typeof startHerald>>} */
 let broker;
 before(async () => {
-  broker = await startHerald({
-    env: {
-      HERALD_AUTH__MODE: "jwt",
-      HERALD_AUTH__JWT_SECRET: SECRET,
-      // The session timer that enforces exp ticks every min(interval, timeout) / 4:
-      // 250 ms here, while the client allows 6 s of silence.
-      HERALD_SESSION__HEARTBEAT_INTERVAL_MS: "5000",
-      HERALD_SESSION__HEARTBEAT_TIMEOUT_MS: "1000",
-    },
-  });
+  broker = await startJwtHerald(SECRET);
 });
 after(() => broker?.kill());
 

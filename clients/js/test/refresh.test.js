@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import { connect, HeraldError } from "../herald.js";
-import { recordingWebSocket, record, signJwt, sleep, startHerald, until } from "./support.js";
+import { recordingWebSocket, record, signJwt, sleep, startHerald, startJwtHerald, until } from "./support.js";
 
 const SECRET = "herald-js-client-refresh-tests-0123456789"; // HS256 needs >= 32 bytes
 const GRANTS = { subscribe: [">"], publish: ["refresh.>"] };
@@ -30,16 +30,7 @@ const auths = (sent) => sent.filter((s) => s.message.op === "auth").map((s) => s
 /** @type {Awaited<ReturnType<typeof startHerald>>} */
 let broker;
 before(async () => {
-  broker = await startHerald({
-    env: {
-      HERALD_AUTH__MODE: "jwt",
-      HERALD_AUTH__JWT_SECRET: SECRET,
-      // The session timer that enforces exp ticks every min(interval, timeout) / 4:
-      // 250 ms here, while the client allows 6 s of silence.
-      HERALD_SESSION__HEARTBEAT_INTERVAL_MS: "5000",
-      HERALD_SESSION__HEARTBEAT_TIMEOUT_MS: "1000",
-    },
-  });
+  broker = await startJwtHerald(SECRET);
 });
 after(() => broker?.kill());
 

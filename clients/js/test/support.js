@@ -102,6 +102,22 @@ export async function startHerald({ port, env = {} } = {}) {
 }
 
 /** POST /api/publish with one event or an array; returns the parsed answer and status. */
+/**
+ * A broker with JWT auth (HS256 with `secret`) that enforces `exp` promptly: its
+ * session timer ticks every min(interval, timeout) / 4, 250 ms here, while the
+ * client allows 6 s of silence.
+ */
+export function startJwtHerald(secret) {
+  return startHerald({
+    env: {
+      HERALD_AUTH__MODE: "jwt",
+      HERALD_AUTH__JWT_SECRET: secret,
+      HERALD_SESSION__HEARTBEAT_INTERVAL_MS: "5000",
+      HERALD_SESSION__HEARTBEAT_TIMEOUT_MS: "1000",
+    },
+  });
+}
+
 export async function httpPublish(broker, body, token) {
   const headers = { "content-type": "application/json" };
   if (token) headers.authorization = `Bearer ${token}`;
