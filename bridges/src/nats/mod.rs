@@ -227,7 +227,11 @@ impl NatsBridge {
         let mut messages = futures_util::stream::select_all(subs);
         let _ = slot.set(client);
         while let Some(msg) = messages.next().await {
-            shared.drop_marked.store(false, Ordering::Release);
+            // Read first: a store on every message would write a shared cache line
+            // that is set only after a slow-consumer report.
+            if shared.drop_marked.load(Ordering::Acquire) {
+                shared.drop_marked.store(false, Ordering::Release);
+            }
             if !is_system_subject(msg.subject.as_str()) {
                 context.forward(event_for(s, msg));
             }

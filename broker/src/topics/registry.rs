@@ -118,7 +118,10 @@ impl Shard {
     /// When more topics had events refused than [`Refused`] remembers, every topic
     /// of the shard skips a seq at its next event.
     fn refused_overflow(&mut self) {
-        if self.refused.overflow.swap(false, Ordering::Relaxed) {
+        // Once per event: a read, and a write only after an overflow.
+        if self.refused.overflow.load(Ordering::Relaxed)
+            && self.refused.overflow.swap(false, Ordering::Relaxed)
+        {
             for slot in self.topics.values_mut() {
                 slot.missed += 1;
             }
