@@ -4,8 +4,9 @@
 //! exports, each the way its type allows (`rate` over counters, never over gauges).
 //!
 //! - The node runs a NATS bridge and a Kafka bridge against a private nats-server and
-//!   a private tansu, so that the per-bridge families (`herald_bridge_*`, Kafka lag
-//!   included) are in its `/metrics`.
+//!   a private tansu, and takes its JWT keys from a JWKS server, so that the
+//!   per-bridge families (`herald_bridge_*`, Kafka lag included) and the
+//!   `herald_jwks_*` ones are in its `/metrics`.
 //! - The dashboard and the rules are well-formed: every panel has a query, every
 //!   query is scoped by the dashboard's `$job` and `$node` variables, every rule has
 //!   a severity and a summary.
@@ -26,6 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use herald_e2e::jwks::{JwksServer, SigningKey};
 use herald_e2e::kafka::Tansu;
 use herald_e2e::nats::NatsServer;
 use herald_e2e::{config, read, repo_root, Broker};
@@ -363,6 +365,7 @@ struct Node {
     broker: Broker,
     nats: NatsServer,
     _kafka: Tansu,
+    _jwks: JwksServer,
 }
 
 impl Node {
@@ -370,14 +373,18 @@ impl Node {
         let nats = NatsServer::start()?;
         let kafka = Tansu::start()?;
         kafka.create_topic("orders", 2).await?;
+        // Keys from a JWKS, so that the `herald_jwks_*` families are exported too.
+        let jwks = JwksServer::start(&[&SigningKey::ed25519("ops")?]).await?;
         let broker = Broker::start(&config(
             "",
             &format!(
                 "[[bridge.nats]]\nname = \"events\"\nurl = \"{}\"\nsubjects = [\"metrics.>\"]\n\n\
                  [[bridge.kafka]]\nname = \"orders\"\nbrokers = \"{}\"\ntopics = [\"orders\"]\n\
-                 metadata_refresh_ms = 500\n",
+                 metadata_refresh_ms = 500\n\n\
+                 [auth]\nmode = \"jwt\"\njwks_url = \"{}\"\n",
                 nats.url(),
-                kafka.brokers()
+                kafka.brokers(),
+                jwks.url()
             ),
         ))?;
         broker.wait_readyz(200).await?;
@@ -385,6 +392,7 @@ impl Node {
             broker,
             nats,
             _kafka: kafka,
+            _jwks: jwks,
         })
     }
 

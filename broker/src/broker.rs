@@ -112,6 +112,8 @@ impl Readiness {
 /// a file or prepares a client. Errors name the config key at fault.
 pub struct Components {
     auth: Arc<dyn Authenticator>,
+    /// `auth.jwks_url`: fetched once the node starts.
+    jwks: Option<Arc<crate::auth::jwks::Jwks>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     bridges: Vec<crate::publish::bridges::PreparedBridge>,
 }
@@ -131,9 +133,11 @@ impl Components {
     pub fn build(config: &Config) -> Result<Components, ConfigError> {
         let attribute =
             |key: &str, message: String| config.attribute(ConfigError::at(key.into(), message));
+        let jwks = crate::auth::jwks::Jwks::new(&config.auth)
+            .map_err(|e| attribute(e.key(), e.to_string()))?;
         let auth: Arc<dyn Authenticator> = match config.auth.mode.as_str() {
             "jwt" => Arc::new(
-                crate::auth::jwt::JwtAuth::new(&config.auth)
+                crate::auth::jwt::JwtAuth::new(&config.auth, jwks.clone())
                     .map_err(|e| attribute(e.key(), e.to_string()))?,
             ),
             _ => Arc::new(NoAuth),
@@ -147,7 +151,12 @@ impl Components {
             Some(Arc::new(tls))
         };
         let bridges = crate::publish::bridges::prepare(config).map_err(|e| config.attribute(e))?;
-        Ok(Components { auth, tls, bridges })
+        Ok(Components {
+            auth,
+            jwks,
+            tls,
+            bridges,
+        })
     }
 }
 
@@ -157,6 +166,8 @@ struct Inner {
     epoch: String,
     node: String,
     auth: Arc<dyn Authenticator>,
+    /// `auth.jwks_url`, and the task that keeps it fresh (stopped with the node).
+    jwks: Option<(Arc<crate::auth::jwks::Jwks>, tokio::task::JoinHandle<()>)>,
     tls: Option<Arc<rustls::ServerConfig>>,
     limiter: Arc<ConnectionLimiter>,
     sessions: SessionDirectory,
@@ -179,6 +190,15 @@ struct Inner {
     shutting_down: AtomicBool,
     /// Set by [`Broker::drain`]: `/readyz` answers 503.
     draining: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The JWKS refresh holds no reference to the node; it would fetch forever.
+        if let Some((_, refresh)) = &self.jwks {
+            refresh.abort();
+        }
+    }
 }
 
 /// A running Herald node. Clone it freely.
@@ -252,6 +272,9 @@ impl Broker {
                 epoch: uuid::Uuid::now_v7().simple().to_string(),
                 node,
                 auth: components.auth,
+                jwks: components
+                    .jwks
+                    .map(|jwks| (jwks.clone(), actix_rt::spawn(jwks.run()))),
                 tls: components.tls,
                 limiter,
                 sessions: SessionDirectory::default(),
@@ -327,6 +350,11 @@ impl Broker {
 
     pub(crate) fn authenticator(&self) -> &dyn Authenticator {
         &*self.inner.auth
+    }
+
+    /// The JWKS of `auth.jwks_url`, when set.
+    pub(crate) fn jwks(&self) -> Option<&crate::auth::jwks::Jwks> {
+        self.inner.jwks.as_ref().map(|(jwks, _)| &**jwks)
     }
 
     /// Where this node issues and redeems tickets.

@@ -321,6 +321,45 @@ pub(crate) fn render_bridges(
     out
 }
 
+/// The JWKS of `auth.jwks_url` (only when it is set).
+pub(crate) fn render_jwks(jwks: &crate::auth::jwks::Snapshot) -> String {
+    let mut out = String::new();
+    let families: [(&str, &str, &str, u64); 3] = [
+        (
+            "herald_jwks_keys",
+            "gauge",
+            "Signing keys held from auth.jwks_url.",
+            jwks.keys as u64,
+        ),
+        (
+            "herald_jwks_age_seconds",
+            "gauge",
+            "Seconds since the JWKS was last fetched successfully (since start when never).",
+            jwks.age_s,
+        ),
+        (
+            "herald_jwks_stale",
+            "gauge",
+            "1 when no JWKS has been fetched yet or the keys are older than auth.jwks_stale_ms (then /readyz answers 503).",
+            u64::from(jwks.stale),
+        ),
+    ];
+    for (name, kind, help, v) in families {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    let name = "herald_jwks_fetches_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Fetches of auth.jwks_url, by result.\n# TYPE {name} counter\n\
+         {name}{{result=\"ok\"}} {}\n{name}{{result=\"error\"}} {}",
+        jwks.fetched_ok, jwks.fetch_failed
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! The binary is the one cargo built for this workspace (`target/<profile>/herald`,
 //! next to the test executable's `deps/` folder); it is built when missing.
 
+pub mod jwks;
 pub mod kafka;
 pub mod nats;
 

@@ -1,7 +1,8 @@
 //! `auth.mode = "jwt"`: JWTs, API keys and tickets (docs/protocol.md#authentication).
 //!
 //! - A JWT (HS256 with `auth.jwt_secret`; RS256 or ES256 with the PEM public key in
-//!   `auth.jwt_public_key_file`) must carry `exp`; `nbf` is checked when present,
+//!   `auth.jwt_public_key_file`; RS*, PS*, ES256, ES384 or EdDSA with a key of the
+//!   identity provider's JWKS at `auth.jwks_url`, `jwks.rs`) must carry `exp`; `nbf` is checked when present,
 //!   `iss` and `aud` when configured. No clock leeway: Herald and the issuer are
 //!   expected to keep time (NTP).
 //! - Its optional `herald` claim lists the patterns the holder may subscribe and
@@ -22,6 +23,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::auth::jwks::Jwks;
 use crate::auth::{AuthError, Authenticator, Identity, Upgrade, Via};
 use crate::config::AuthConfig;
 use crate::topic;
@@ -36,7 +42,7 @@ pub(crate) enum JwtConfigError {
     },
     #[error("{path} holds neither an RSA nor an EC (P-256) public key in PEM")]
     Key { path: String },
-    #[error("neither jwt_secret nor jwt_public_key_file is set")]
+    #[error("none of jwt_secret, jwt_public_key_file and jwks_url is set")]
     NoKey,
 }
 
@@ -76,7 +82,12 @@ struct Verifier {
 
 /// The `jwt` authenticator.
 pub(crate) struct JwtAuth {
+    /// `auth.jwt_secret` and `auth.jwt_public_key_file`.
     verifiers: Vec<Verifier>,
+    /// `auth.jwks_url`: keys picked by the token's `kid`.
+    jwks: Option<Arc<Jwks>>,
+    /// The claim checks every key shares; a JWKS key adds its one algorithm.
+    checks: Validation,
     api_keys: Vec<Vec<u8>>,
     default_subscribe: Vec<String>,
     default_publish: Vec<String>,
@@ -93,8 +104,9 @@ impl std::fmt::Debug for JwtAuth {
 }
 
 impl JwtAuth {
-    /// Builds the authenticator from `[auth]` (validated by the config loader).
-    pub(crate) fn new(c: &AuthConfig) -> Result<JwtAuth, JwtConfigError> {
+    /// Builds the authenticator from `[auth]` (validated by the config loader), with
+    /// the JWKS of `auth.jwks_url` when there is one.
+    pub(crate) fn new(c: &AuthConfig, jwks: Option<Arc<Jwks>>) -> Result<JwtAuth, JwtConfigError> {
         let validation = |alg: Algorithm| {
             let mut v = Validation::new(alg);
             v.leeway = 0;
@@ -143,11 +155,13 @@ impl JwtAuth {
             };
             verifiers.push(verifier);
         }
-        if verifiers.is_empty() {
+        if verifiers.is_empty() && jwks.is_none() {
             return Err(JwtConfigError::NoKey);
         }
         Ok(JwtAuth {
             verifiers,
+            jwks,
+            checks: validation(Algorithm::RS256),
             api_keys: c.api_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             default_subscribe: c.default_subscribe.clone(),
             default_publish: c.default_publish.clone(),
@@ -158,26 +172,34 @@ impl JwtAuth {
     pub(crate) fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("not a JWT".into()))?;
-        let verifier = self
-            .verifiers
-            .iter()
-            .find(|v| v.validation.algorithms.contains(&header.alg))
-            .ok_or_else(|| {
-                AuthError::Invalid(format!("algorithm {:?} is not accepted here", header.alg))
-            })?;
-        let data = jsonwebtoken::decode::<Claims>(token, &verifier.key, &verifier.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::ExpiredSignature => AuthError::Expired,
-                    K::ImmatureSignature => AuthError::Invalid("token not valid yet (nbf)".into()),
-                    K::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
-                    K::InvalidAudience => AuthError::Invalid("wrong audience".into()),
-                    K::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                    K::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing {c}")),
-                    _ => AuthError::Invalid("malformed token".into()),
+        let data = match self.static_verifier(&header) {
+            Some(v) => jsonwebtoken::decode::<Claims>(token, &v.key, &v.validation),
+            None => {
+                let jwks = self.jwks.as_ref().ok_or_else(|| {
+                    AuthError::Invalid(format!("algorithm {:?} is not accepted here", header.alg))
+                })?;
+                if !jwks.has_keys() {
+                    return Err(AuthError::NoKeysYet);
                 }
-            })?;
+                let keys = jwks.keys();
+                let key = keys.find(header.kid.as_deref(), header.alg)?;
+                let mut checks = self.checks.clone();
+                checks.algorithms = vec![header.alg];
+                jsonwebtoken::decode::<Claims>(token, key, &checks)
+            }
+        }
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => AuthError::Invalid("token not valid yet (nbf)".into()),
+                K::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
+                K::InvalidAudience => AuthError::Invalid("wrong audience".into()),
+                K::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                K::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing {c}")),
+                _ => AuthError::Invalid("malformed token".into()),
+            }
+        })?;
         let claims = data.claims;
         let exp = claims
             .exp
@@ -208,6 +230,25 @@ impl JwtAuth {
             expires: Some(exp),
             via: Via::Jwt,
         })
+    }
+
+    /// The static key for the token's algorithm, unless the token is one for the
+    /// JWKS: HS256 is always `auth.jwt_secret` (a JWKS holds no secrets); another
+    /// algorithm goes to the JWKS when the token names a key (`kid`) or no static
+    /// key takes it.
+    fn static_verifier(&self, header: &jsonwebtoken::Header) -> Option<&Verifier> {
+        let verifier = self
+            .verifiers
+            .iter()
+            .find(|v| v.validation.algorithms.contains(&header.alg));
+        let for_jwks = self.jwks.is_some()
+            && header.alg != Algorithm::HS256
+            && (header.kid.is_some() || verifier.is_none());
+        if for_jwks {
+            None
+        } else {
+            verifier
+        }
     }
 
     /// Whether `key` is one of the configured API keys (constant time per key).
@@ -296,6 +337,15 @@ impl Authenticator for JwtAuth {
     fn enabled(&self) -> bool {
         true
     }
+
+    fn refresh_keys(&self) -> BoxFuture<'static, ()> {
+        let jwks = self.jwks.clone();
+        Box::pin(async move {
+            if let Some(jwks) = jwks {
+                jwks.refresh_for_unknown_key().await;
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -312,7 +362,7 @@ mod tests {
             ..AuthConfig::default()
         };
         extra(&mut c);
-        JwtAuth::new(&c).expect("valid config")
+        JwtAuth::new(&c, None).expect("valid config")
     }
 
     fn token(claims: serde_json::Value, secret: &str) -> String {
@@ -450,11 +500,14 @@ mod tests {
             jwt_public_key_file: path.display().to_string(),
             ..AuthConfig::default()
         };
-        assert!(matches!(JwtAuth::new(&c), Err(JwtConfigError::Key { .. })));
+        assert!(matches!(
+            JwtAuth::new(&c, None),
+            Err(JwtConfigError::Key { .. })
+        ));
         let c = AuthConfig {
             mode: "jwt".into(),
             ..AuthConfig::default()
         };
-        assert!(matches!(JwtAuth::new(&c), Err(JwtConfigError::NoKey)));
+        assert!(matches!(JwtAuth::new(&c, None), Err(JwtConfigError::NoKey)));
     }
 }

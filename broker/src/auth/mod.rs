@@ -7,11 +7,13 @@
 
 #[cfg(feature = "nats")]
 pub(crate) mod cluster_tickets;
+pub(crate) mod jwks;
 pub(crate) mod jwt;
 pub(crate) mod ticket_rate;
 pub(crate) mod tickets;
 
 use actix_web::HttpRequest;
+use futures_util::future::BoxFuture;
 
 use crate::topic;
 
@@ -24,10 +26,39 @@ pub(crate) enum AuthError {
     Invalid(String),
     #[error("credentials expired")]
     Expired,
+    /// Signed with a key id the JWKS does not hold (after fetching it again).
+    #[error("invalid credentials: signed with a key this server does not know")]
+    UnknownKey,
+    /// `auth.jwks_url` has not been fetched successfully yet.
+    #[error("the identity provider's signing keys (auth.jwks_url) could not be fetched yet")]
+    NoKeysYet,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl AuthError {
+    /// Whether fetching the signing keys again could change the answer.
+    pub(crate) fn wants_fresh_keys(&self) -> bool {
+        matches!(self, AuthError::UnknownKey | AuthError::NoKeysYet)
+    }
+}
+
+/// Runs `check` and, when it refused a token signed with a key this node has not
+/// fetched, refreshes the keys ([`Authenticator::refresh_keys`]) and runs it once
+/// more: a provider may sign with a key the moment it publishes it.
+pub(crate) async fn with_fresh_keys<T>(
+    auth: &dyn Authenticator,
+    check: impl Fn(&dyn Authenticator) -> Result<T, AuthError>,
+) -> Result<T, AuthError> {
+    match check(auth) {
+        Err(e) if e.wants_fresh_keys() => {
+            auth.refresh_keys().await;
+            check(auth)
+        }
+        done => done,
+    }
 }
 
 /// How an identity was established.
@@ -100,6 +131,13 @@ pub(crate) trait Authenticator: Send + Sync + 'static {
 
     /// Whether authentication is on (`welcome` waits for it, `auth` ops matter).
     fn enabled(&self) -> bool;
+
+    /// Fetches the signing keys again after a refusal that
+    /// [`AuthError::wants_fresh_keys`]; see [`with_fresh_keys`]. Nothing to fetch by
+    /// default.
+    fn refresh_keys(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// What the credentials on an upgrade request say.

@@ -226,6 +226,22 @@ pub struct AuthConfig {
     pub mode: String,
     pub jwt_secret: String,
     pub jwt_public_key_file: String,
+    /// Where the identity provider publishes its signing keys (a JWKS document,
+    /// `http://` or `https://`). Empty: no JWKS.
+    pub jwks_url: String,
+    /// PEM certificates trusted for `jwks_url` besides the system's roots (a private
+    /// CA). Empty: the system's roots only.
+    pub jwks_ca_file: String,
+    /// A token signed with a key id the node does not know makes it fetch the JWKS
+    /// again, at most once per this many milliseconds; also the shortest refresh
+    /// interval whatever `Cache-Control` says.
+    pub jwks_min_refresh_ms: u64,
+    /// The longest the node keeps a JWKS before it fetches it again: the interval
+    /// when the response says nothing in `Cache-Control`, and the cap on its `max-age`.
+    pub jwks_max_refresh_ms: u64,
+    /// How old the keys may be (since the last successful fetch) before `/readyz`
+    /// answers 503 and `herald_jwks_stale` turns 1. They keep verifying tokens.
+    pub jwks_stale_ms: u64,
     pub issuer: String,
     pub audience: String,
     pub api_keys: Vec<String>,
@@ -245,6 +261,11 @@ impl Default for AuthConfig {
             mode: "none".into(),
             jwt_secret: String::new(),
             jwt_public_key_file: String::new(),
+            jwks_url: String::new(),
+            jwks_ca_file: String::new(),
+            jwks_min_refresh_ms: 30_000,
+            jwks_max_refresh_ms: 300_000,
+            jwks_stale_ms: 3_600_000,
             issuer: String::new(),
             audience: String::new(),
             api_keys: Vec::new(),

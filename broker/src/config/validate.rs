@@ -251,6 +251,7 @@ impl Config {
                         "auth.jwt_public_key_file",
                         !a.jwt_public_key_file.is_empty(),
                     ),
+                    ("auth.jwks_url", !a.jwks_url.is_empty()),
                     ("auth.api_keys", !a.api_keys.is_empty()),
                 ];
                 if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
@@ -263,12 +264,16 @@ impl Config {
                 Ok(())
             }
             "jwt" => {
-                if a.jwt_secret.is_empty() && a.jwt_public_key_file.is_empty() {
+                if a.jwt_secret.is_empty()
+                    && a.jwt_public_key_file.is_empty()
+                    && a.jwks_url.is_empty()
+                {
                     return Err(ConfigError::at(
                         "auth.jwt_secret".into(),
-                        "neither jwt_secret nor jwt_public_key_file is set".into(),
+                        "none of jwt_secret, jwt_public_key_file and jwks_url is set".into(),
                     ));
                 }
+                self.validate_jwks()?;
                 if !a.jwt_secret.is_empty() && a.jwt_secret.len() < 32 {
                     return Err(invalid(
                         "auth.jwt_secret",
@@ -289,6 +294,53 @@ impl Config {
             }
             other => Err(invalid("auth.mode", other, "\"none\" or \"jwt\"")),
         }
+    }
+
+    /// `auth.jwks_*`: a URL Herald can fetch, and refresh bounds in order (the keys
+    /// must be able to turn stale only after a refresh has had its chance).
+    fn validate_jwks(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if a.jwks_url.is_empty() {
+            if !a.jwks_ca_file.is_empty() {
+                return Err(invalid(
+                    "auth.jwks_ca_file",
+                    &a.jwks_ca_file,
+                    "empty unless auth.jwks_url is set (it has no effect without one)",
+                ));
+            }
+            return Ok(());
+        }
+        crate::auth::jwks::parse_url(&a.jwks_url).map_err(|why| {
+            // Never echo credentials someone put in the URL.
+            let shown = if a.jwks_url.contains('@') {
+                "***"
+            } else {
+                &a.jwks_url
+            };
+            invalid("auth.jwks_url", shown, why)
+        })?;
+        if !(100..=3_600_000).contains(&a.jwks_min_refresh_ms) {
+            return Err(invalid(
+                "auth.jwks_min_refresh_ms",
+                a.jwks_min_refresh_ms,
+                "100 to 3600000",
+            ));
+        }
+        if !(a.jwks_min_refresh_ms..=86_400_000).contains(&a.jwks_max_refresh_ms) {
+            return Err(invalid(
+                "auth.jwks_max_refresh_ms",
+                a.jwks_max_refresh_ms,
+                "auth.jwks_min_refresh_ms to 86400000",
+            ));
+        }
+        if a.jwks_stale_ms <= a.jwks_max_refresh_ms {
+            return Err(invalid(
+                "auth.jwks_stale_ms",
+                a.jwks_stale_ms,
+                "more than auth.jwks_max_refresh_ms (keys would turn stale between two refreshes)",
+            ));
+        }
+        Ok(())
     }
 
     /// `server.tls_cert_file` and `server.tls_key_file`: both or neither (whether
@@ -490,6 +542,33 @@ mod tests {
         assert!(msg.contains("auth.default_subscribe[0]"), "{msg}");
         let ok = "[auth]\nmode = \"jwt\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n";
         assert!(Config::load(Some(file(ok).path()), no_env()).is_ok());
+        let jwks = "[auth]\nmode = \"jwt\"\njwks_url = \"https://idp.example.com/jwks\"\n";
+        assert!(
+            Config::load(Some(file(jwks).path()), no_env()).is_ok(),
+            "a JWKS alone is a key"
+        );
+        for (extra, key) in [
+            ("jwks_url = \"ftp://idp/jwks\"", "auth.jwks_url"),
+            ("jwks_url = \"https://u:p@idp/jwks\"", "auth.jwks_url"),
+            ("jwks_min_refresh_ms = 10", "auth.jwks_min_refresh_ms"),
+            ("jwks_max_refresh_ms = 1000", "auth.jwks_max_refresh_ms"),
+            ("jwks_stale_ms = 300000", "auth.jwks_stale_ms"),
+        ] {
+            let base = if extra.starts_with("jwks_url") {
+                "[auth]\nmode = \"jwt\"\n"
+            } else {
+                jwks
+            };
+            let msg = load(&format!("{base}{extra}\n"));
+            assert!(msg.contains(key), "{extra}: {msg}");
+        }
+        let msg = load("[auth]\njwks_url = \"https://idp.example.com/jwks\"\n");
+        assert!(msg.contains("auth.mode"), "a JWKS without jwt mode: {msg}");
+        let msg = load(&format!("{ok}jwks_ca_file = \"/etc/ssl/idp.pem\"\n"));
+        assert!(
+            msg.contains("auth.jwks_ca_file"),
+            "a CA without a JWKS: {msg}"
+        );
     }
 
     #[test]

@@ -21,19 +21,21 @@ use crate::protocol::ErrorCode;
 use crate::publish::PublishError;
 use crate::topics::Event;
 
-fn api_identity(req: &HttpRequest, broker: &Broker) -> Result<Identity, ApiError> {
-    broker.authenticator().api(req).map_err(auth_error)
+async fn api_identity(req: &HttpRequest, broker: &Broker) -> Result<Identity, ApiError> {
+    crate::auth::with_fresh_keys(broker.authenticator(), |auth| auth.api(req))
+        .await
+        .map_err(auth_error)
 }
 
 /// The HTTP answer to refused credentials: 401 (with `WWW-Authenticate`), 403, or
-/// 503 when the ticket store is full. The message says what was wrong, never what
-/// the credentials were.
+/// 503 when the ticket store is full or the JWKS has not been fetched yet. The
+/// message says what was wrong, never what the credentials were.
 pub(super) fn auth_error(e: AuthError) -> ApiError {
     match e {
         AuthError::Forbidden(_) => {
             ApiError::protocol(StatusCode::FORBIDDEN, ErrorCode::Forbidden, e.to_string())
         }
-        AuthError::Unavailable(_) => {
+        AuthError::Unavailable(_) | AuthError::NoKeysYet => {
             let mut err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -42,11 +44,13 @@ pub(super) fn auth_error(e: AuthError) -> ApiError {
             err.retry_after = Some(super::RETRY_AFTER_S);
             err
         }
-        AuthError::Missing | AuthError::Invalid(_) | AuthError::Expired => ApiError::protocol(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            e.to_string(),
-        ),
+        AuthError::Missing | AuthError::Invalid(_) | AuthError::Expired | AuthError::UnknownKey => {
+            ApiError::protocol(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                e.to_string(),
+            )
+        }
     }
 }
 
@@ -55,7 +59,7 @@ pub(super) async fn tickets(
     req: HttpRequest,
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = api_identity(&req, &broker)?;
+    let identity = api_identity(&req, &broker).await?;
     broker
         .authenticator()
         .may_request_ticket(&identity)
@@ -196,7 +200,7 @@ pub(super) async fn publish(
             "POST /api/publish is disabled on this server (publish.http = false)",
         ));
     }
-    let identity = api_identity(&req, &broker)?;
+    let identity = api_identity(&req, &broker).await?;
     let body = read_body(
         body,
         &req,
@@ -293,7 +297,7 @@ pub(super) async fn topics(
     req: HttpRequest,
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = api_identity(&req, &broker)?;
+    let identity = api_identity(&req, &broker).await?;
     let query = web::Query::<TopicsQuery>::from_query(req.query_string())
         .map_err(|e| bad_request(format!("query: {e}")))?;
     let limit = match query.limit {

@@ -1,5 +1,6 @@
-//! Operations: liveness (`/healthz`), readiness (`/readyz`: every bridge ready, and
-//! not shutting down) and Prometheus metrics (`/metrics`).
+//! Operations: liveness (`/healthz`), readiness (`/readyz`: every bridge ready, the
+//! JWKS fetched and not stale, and not shutting down) and Prometheus metrics
+//! (`/metrics`).
 
 use actix_web::{web, HttpResponse};
 
@@ -12,6 +13,10 @@ pub(super) async fn healthz() -> HttpResponse {
 
 pub(super) async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
     let (mut ready, mut reasons) = broker.readiness().report();
+    if let Some(problem) = broker.jwks().and_then(|jwks| jwks.problem()) {
+        ready = false;
+        reasons.push(problem);
+    }
     // Shutting down: said first, so a load balancer stops sending new clients while
     // the sessions already here are still served (`server.drain_ms`).
     if broker.is_draining() {
@@ -29,6 +34,9 @@ pub(super) async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
 pub(super) async fn metrics(broker: web::Data<Broker>) -> HttpResponse {
     let mut text = METRICS.render();
     text.push_str(&crate::metrics::render_bridges(broker.bridge_counters()));
+    if let Some(jwks) = broker.jwks() {
+        text.push_str(&crate::metrics::render_jwks(&jwks.snapshot()));
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)

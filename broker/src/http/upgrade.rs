@@ -91,7 +91,8 @@ pub(super) async fn upgrade(
         METRICS.refused(RefusedReason::Unauthorized);
         auth_error(e)
     };
-    let identity = match broker.authenticator().upgrade(&req).map_err(refused)? {
+    let upgrade = crate::auth::with_fresh_keys(broker.authenticator(), |auth| auth.upgrade(&req));
+    let identity = match upgrade.await.map_err(refused)? {
         Upgrade::Identified(identity) => Some(identity),
         Upgrade::Ticket(ticket) => Some(broker.tickets().redeem(&ticket).await.map_err(refused)?),
         Upgrade::Later => None,

@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::ratelimit::Verdict;
 use super::{replay, Session};
-use crate::auth::Identity;
+use crate::auth::{AuthError, Identity};
 use crate::metrics::METRICS;
 use crate::protocol::{
     self, close, ErrorCode, Op, ProtocolError, RequestId, ResetReason, ServerMessage,
@@ -129,38 +129,66 @@ impl Session {
             }
             Op::Auth { token } => {
                 let verified = self.broker.authenticator().token(&token);
-                match (verified, &self.identity) {
-                    (Ok(identity), None) => {
-                        info!(session = %self.name, subject = identity.subject.as_deref().unwrap_or("-"), "authenticated");
-                        self.identity = Some(identity);
-                        self.welcome(ctx);
-                        Ok(())
-                    }
-                    // A refresh: same holder, new expiry and grants. Subscriptions
-                    // made under the old grants stay.
-                    (Ok(identity), Some(old))
-                        if old.subject.is_some() && old.subject == identity.subject =>
-                    {
-                        self.identity = Some(identity);
-                        self.control(ServerMessage::Ok { id: id.as_deref() }.to_frame(), ctx);
-                        Ok(())
-                    }
-                    (Ok(_), Some(_)) => Err(ProtocolError::new(
-                        ErrorCode::Forbidden,
-                        "a refresh token must have the session's subject (`sub`)",
-                    )),
-                    (Err(e), None) => {
-                        info!(session = %self.name, reason = %e, "authentication failed");
-                        self.close(ctx, close::UNAUTHORIZED, "unauthorized");
-                        Ok(())
-                    }
-                    // A failed refresh leaves the session as it was, until its
-                    // current credentials expire.
-                    (Err(e), Some(_)) => {
-                        Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string()))
-                    }
+                if verified.as_ref().is_err_and(AuthError::wants_fresh_keys) {
+                    // A key the JWKS did not hold: fetch it, and read nothing else
+                    // from this client meanwhile, so its next request sees the result.
+                    let broker = self.broker.clone();
+                    let id = id.clone();
+                    let verify = async move {
+                        crate::auth::with_fresh_keys(broker.authenticator(), |auth| {
+                            auth.token(&token)
+                        })
+                        .await
+                    };
+                    ctx.wait(verify.into_actor(self).map(move |verified, act, ctx| {
+                        if let Err(err) = act.authenticated(verified, &id, ctx) {
+                            act.reply_error(&id, &err, ctx);
+                        }
+                        act.flush(ctx);
+                    }));
+                    return Ok(());
                 }
+                self.authenticated(verified, id, ctx)
             }
+        }
+    }
+
+    /// What a verified (or refused) `{"op":"auth"}` does: the first identifies the
+    /// session and gets `welcome`; a later one with the same subject refreshes it.
+    fn authenticated(
+        &mut self,
+        verified: Result<Identity, AuthError>,
+        id: &RequestId,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), ProtocolError> {
+        match (verified, &self.identity) {
+            (Ok(identity), None) => {
+                info!(session = %self.name, subject = identity.subject.as_deref().unwrap_or("-"), "authenticated");
+                self.identity = Some(identity);
+                self.welcome(ctx);
+                Ok(())
+            }
+            // A refresh: same holder, new expiry and grants. Subscriptions
+            // made under the old grants stay.
+            (Ok(identity), Some(old))
+                if old.subject.is_some() && old.subject == identity.subject =>
+            {
+                self.identity = Some(identity);
+                self.control(ServerMessage::Ok { id: id.as_deref() }.to_frame(), ctx);
+                Ok(())
+            }
+            (Ok(_), Some(_)) => Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                "a refresh token must have the session's subject (`sub`)",
+            )),
+            (Err(e), None) => {
+                info!(session = %self.name, reason = %e, "authentication failed");
+                self.close(ctx, close::UNAUTHORIZED, "unauthorized");
+                Ok(())
+            }
+            // A failed refresh leaves the session as it was, until its
+            // current credentials expire.
+            (Err(e), Some(_)) => Err(ProtocolError::new(ErrorCode::Unauthorized, e.to_string())),
         }
     }
 
