@@ -4,7 +4,8 @@
 //! - **What a real `herald` process sends** is validated against the JSON Schemas of
 //!   the document. Every server message type is provoked: `welcome`, every reply,
 //!   heartbeat `ping`s, `lagged` (an event larger than a tiny outbound queue),
-//!   `reset` for both reasons, `error` with eight of its codes, and events from
+//!   `reset` for both reasons, `error` with eight of its codes, `close` at the end of
+//!   an SSE stream, and events from
 //!   WebSocket, HTTP, NATS and Kafka with JSON, text and binary payloads, keys,
 //!   headers, replays and a Kafka tombstone. HTTP bodies and the backplane's NATS
 //!   messages are validated too.
@@ -85,10 +86,22 @@ impl Contract {
             server: BTreeMap::new(),
             client: BTreeMap::new(),
         };
-        let channel = contract.doc["channels"]["herald"]["messages"]
-            .as_object()
-            .ok_or_else(|| anyhow!("no channels.herald.messages"))?
-            .clone();
+        // The WebSocket channel, and the SSE stream's messages (the same ones, and
+        // `close`), each once.
+        let mut channel = serde_json::Map::new();
+        for name in ["herald", "sse"] {
+            let messages = contract.doc["channels"][name]["messages"]
+                .as_object()
+                .ok_or_else(|| anyhow!("no channels.{name}.messages"))?;
+            for (message, reference) in messages {
+                if let Some(other) = channel.insert(message.clone(), reference.clone()) {
+                    ensure!(
+                        other == *reference,
+                        "message {message} is a different one in channel {name}"
+                    );
+                }
+            }
+        }
         for (name, reference) in channel {
             let target = pointer_of(&reference)?;
             let payload = contract.resolve(&format!("{target}/payload"))?;
@@ -440,6 +453,28 @@ async fn every_server_message_is_sent_as_the_document_says() -> Result<()> {
     broker.publish("big.one", json!("x".repeat(2000))).await?;
     let v = p.expect(&mut c, "lagged").await?;
     ensure!(v["dropped"] == 1, "{v}");
+
+    // close: the last message of an SSE stream that the server ends (SIGTERM); the
+    // stream's other messages are checked on the way.
+    let ending = Broker::start(&config("", ""))?;
+    let url = format!("{}/sse?topics=x.*", ending.http());
+    let mut s = herald_e2e::sse::SseStream::open(&url, &[])
+        .await?
+        .stream()?;
+    let welcome = s.next().await?;
+    p.check(&welcome)?;
+    let status = Command::new("kill")
+        .args(["-TERM", &ending.pid().to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -TERM");
+    let rest = s.until_end(std::time::Duration::from_secs(10)).await?;
+    for v in &rest {
+        p.check(v)?;
+    }
+    ensure!(
+        rest.last().is_some_and(|v| v["type"] == "close"),
+        "{rest:?}"
+    );
 
     let missing: Vec<_> = contract
         .server_types()
@@ -910,10 +945,14 @@ fn every_server_message<'a>(topics: &'a [String], id: &'a RawValue) -> Vec<Serve
             topic: "a.b",
             reason: ResetReason::EpochChanged,
         },
+        ServerMessage::Close {
+            code: close::GOING_AWAY,
+            reason: "server shutting down",
+        },
     ]
 }
 
-const SERVER_MESSAGE_VARIANTS: usize = 9;
+const SERVER_MESSAGE_VARIANTS: usize = 10;
 
 fn variant(m: &ServerMessage<'_>) -> usize {
     match m {
@@ -926,6 +965,7 @@ fn variant(m: &ServerMessage<'_>) -> usize {
         ServerMessage::Ping => 6,
         ServerMessage::Lagged { .. } => 7,
         ServerMessage::Reset { .. } => 8,
+        ServerMessage::Close { .. } => 9,
     }
 }
 

@@ -561,7 +561,9 @@ async fn sample(cluster: &Cluster) -> Result<Vec<Sample>> {
     let mut samples = Vec::new();
     for i in 0..NODES {
         let node = cluster.node(i)?;
-        let connections = node.metric("herald_connections").await? as usize;
+        let connections = node
+            .metric("herald_connections{transport=\"websocket\"}")
+            .await? as usize;
         samples.push(Sample {
             pid: node.pid(),
             rss_kib: node.rss_kib()?,

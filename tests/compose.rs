@@ -1829,9 +1829,10 @@ fn nginx_passes_websocket_upgrades_to_every_cluster_node() -> Result<()> {
         .map(|(blocks, _, _)| blocks.last().cloned().unwrap_or_default())
         .collect();
     ensure!(!locations.is_empty(), "nginx.conf proxies nothing");
-    // Values of a directive inside the proxying location, as one string per use.
+    // Values of a directive inside the WebSocket location (`location /`), as one
+    // string per use.
     let values = |name: &str| -> Vec<String> {
-        conf.find("location", name)
+        conf.find("location /", name)
             .map(|(_, _, args)| args.join(" "))
             .collect()
     };
@@ -1881,6 +1882,47 @@ fn nginx_passes_websocket_upgrades_to_every_cluster_node() -> Result<()> {
         ensure!(
             duration_ms(&value[0])? > silence,
             "{timeout} {} is not above Herald's heartbeat interval + timeout ({silence} ms)",
+            value[0]
+        );
+    }
+
+    // Server-Sent Events: its own location, never buffered or cached, open longer
+    // than Herald's ping interval, with a reusable (not upgraded) connection.
+    let sse = |name: &str| -> Vec<String> {
+        conf.find("location = /sse", name)
+            .map(|(_, _, args)| args.join(" "))
+            .collect()
+    };
+    ensure!(
+        sse("proxy_pass") == ["http://herald"],
+        "nginx.conf has no `location = /sse`"
+    );
+    ensure!(
+        sse("proxy_http_version") == ["1.1"],
+        "SSE needs proxy_http_version 1.1"
+    );
+    ensure!(
+        sse("proxy_buffering") == ["off"],
+        "SSE messages must not wait in proxy buffers"
+    );
+    ensure!(
+        sse("proxy_cache") == ["off"],
+        "an event stream must never be cached"
+    );
+    let headers = sse("proxy_set_header");
+    ensure!(
+        headers
+            .iter()
+            .any(|h| matches!(h.trim(), "Connection" | "Connection ''")),
+        "SSE: an empty Connection header, so that the upstream connection is kept: {headers:?}"
+    );
+    let interval = get_int(&config, "session.heartbeat_interval_ms")?;
+    for timeout in ["proxy_read_timeout", "proxy_send_timeout"] {
+        let value = sse(timeout);
+        ensure!(value.len() == 1, "SSE: set {timeout} once: {value:?}");
+        ensure!(
+            duration_ms(&value[0])? > interval,
+            "SSE: {timeout} {} is not above Herald's ping interval ({interval} ms)",
             value[0]
         );
     }

@@ -786,7 +786,9 @@ async fn abandoned_connections_release_everything() -> Result<()> {
         "[history]\nttl_ms = 200\n",
     ))?;
     let mut bystander = Bystander::join(&broker, "calm.abandon").await?;
-    let conns_before = broker.metric("herald_connections").await?;
+    let conns_before = broker
+        .metric("herald_connections{transport=\"websocket\"}")
+        .await?;
     let subs_before = broker.metric("herald_subscriptions").await?;
 
     for wave in 0..2 {
@@ -844,9 +846,14 @@ async fn abandoned_connections_release_everything() -> Result<()> {
         drop(conns);
         drop(half);
 
-        metric_until(&broker, "herald_connections", WAIT, |v| v == conns_before)
-            .await
-            .with_context(|| format!("wave {wave}: connections released"))?;
+        metric_until(
+            &broker,
+            "herald_connections{transport=\"websocket\"}",
+            WAIT,
+            |v| v == conns_before,
+        )
+        .await
+        .with_context(|| format!("wave {wave}: connections released"))?;
         metric_until(&broker, "herald_subscriptions", WAIT, |v| v == subs_before)
             .await
             .with_context(|| format!("wave {wave}: subscriptions released"))?;
@@ -892,7 +899,13 @@ async fn vanished_clients_are_counted_as_1006() -> Result<()> {
         let _welcome = tokio::time::timeout(WAIT, ws.next()).await;
         drop(ws);
     }
-    metric_until(&broker, "herald_connections", WAIT, |v| v == 0.0).await?;
+    metric_until(
+        &broker,
+        "herald_connections{transport=\"websocket\"}",
+        WAIT,
+        |v| v == 0.0,
+    )
+    .await?;
     let vanished = broker.metric(&sample(1006)).await? - before_1006;
     let protocol = broker.metric(&sample(1002)).await? - before_1002;
     ensure!(

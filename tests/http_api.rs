@@ -401,7 +401,7 @@ async fn health_metrics_dashboard_and_route_errors() -> Result<()> {
         .as_str()
         .ok_or_else(|| anyhow!("/metrics is not text: {body}"))?;
     for family in [
-        "herald_connections ",
+        "herald_connections{transport=\"websocket\"} ",
         "herald_events_in_total{source=\"http\"} ",
         "herald_sessions_closed_total{",
     ] {
@@ -422,7 +422,9 @@ async fn health_metrics_dashboard_and_route_errors() -> Result<()> {
     // A client connected: the gauge says so.
     let _client = broker.client().await?;
     eventually("herald_connections counts the client", move || async move {
-        Ok(b.metric("herald_connections").await? >= 1.0)
+        Ok(b.metric("herald_connections{transport=\"websocket\"}")
+            .await?
+            >= 1.0)
     })
     .await?;
 

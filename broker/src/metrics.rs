@@ -77,11 +77,30 @@ impl RefusedReason {
     }
 }
 
+/// How a session reaches its client (label `transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    WebSocket,
+    /// `GET /sse`.
+    Sse,
+}
+
+impl Transport {
+    const ALL: [Transport; 2] = [Transport::WebSocket, Transport::Sse];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
 /// Every metric Herald exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
-    connections: AtomicI64,
-    connections_total: AtomicU64,
+    connections: [AtomicI64; Transport::ALL.len()],
+    connections_total: [AtomicU64; Transport::ALL.len()],
     refused: [AtomicU64; RefusedReason::ALL.len()],
     subscriptions: AtomicI64,
     topics: AtomicI64,
@@ -99,8 +118,8 @@ const Z: AtomicU64 = AtomicU64::new(0);
 
 /// The process-wide metrics.
 pub(crate) static METRICS: Metrics = Metrics {
-    connections: AtomicI64::new(0),
-    connections_total: AtomicU64::new(0),
+    connections: [AtomicI64::new(0), AtomicI64::new(0)],
+    connections_total: [Z; Transport::ALL.len()],
     refused: [Z; RefusedReason::ALL.len()],
     subscriptions: AtomicI64::new(0),
     topics: AtomicI64::new(0),
@@ -114,12 +133,12 @@ pub(crate) static METRICS: Metrics = Metrics {
 };
 
 impl Metrics {
-    pub(crate) fn connection_opened(&self) {
-        self.connections.fetch_add(1, Relaxed);
-        self.connections_total.fetch_add(1, Relaxed);
+    pub(crate) fn connection_opened(&self, transport: Transport) {
+        self.connections[transport as usize].fetch_add(1, Relaxed);
+        self.connections_total[transport as usize].fetch_add(1, Relaxed);
     }
-    pub(crate) fn connection_closed(&self, code: u16) {
-        self.connections.fetch_sub(1, Relaxed);
+    pub(crate) fn connection_closed(&self, transport: Transport, code: u16) {
+        self.connections[transport as usize].fetch_sub(1, Relaxed);
         match close::ALL.iter().position(|c| *c == code) {
             Some(i) => self.closed[i].fetch_add(1, Relaxed),
             None => self.closed_other.fetch_add(1, Relaxed),
@@ -162,14 +181,22 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP herald_connections Open sessions, by transport (WebSocket, SSE).\n\
+             # TYPE herald_connections gauge"
+        );
+        for t in Transport::ALL {
+            let _ = writeln!(
+                out,
+                "herald_connections{{transport=\"{}\"}} {}",
+                t.as_str(),
+                self.connections[t as usize].load(Relaxed)
+            );
+        }
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge(
-            "herald_connections",
-            "Open WebSocket connections.",
-            self.connections.load(Relaxed),
-        );
         gauge(
             "herald_subscriptions",
             "Active subscriptions (patterns) over all connections.",
@@ -189,8 +216,13 @@ impl Metrics {
             };
         counter(
             "herald_connections_accepted_total",
-            "WebSocket connections accepted.",
-            &mut std::iter::once((String::new(), self.connections_total.load(Relaxed))),
+            "Sessions accepted (WebSocket upgrades and SSE streams), by transport.",
+            &mut Transport::ALL.iter().map(|t| {
+                (
+                    format!("{{transport=\"{}\"}}", t.as_str()),
+                    self.connections_total[*t as usize].load(Relaxed),
+                )
+            }),
         );
         counter(
             "herald_connections_refused_total",
@@ -370,7 +402,7 @@ mod tests {
         METRICS.dropped(DropReason::QueueFull, 3);
         let text = METRICS.render();
         for family in [
-            "herald_connections ",
+            "herald_connections{transport=\"websocket\"} ",
             "herald_subscriptions ",
             "herald_events_in_total{source=\"http\"}",
             "herald_events_delivered_total ",

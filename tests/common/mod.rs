@@ -8,6 +8,7 @@
 pub mod jwks;
 pub mod kafka;
 pub mod nats;
+pub mod sse;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

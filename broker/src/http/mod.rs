@@ -20,6 +20,7 @@ mod api;
 mod assets;
 pub(crate) mod forwarded;
 mod health;
+mod sse;
 pub(crate) mod tls;
 mod upgrade;
 
@@ -148,6 +149,13 @@ pub(crate) const ROUTES: &[Route] = &[
         credential: Credential::JwtOrTicket,
         place: Place::Public,
         handler: |r| r.to(upgrade::upgrade),
+    },
+    Route {
+        method: Method::Get,
+        path: "/sse",
+        credential: Credential::JwtOrTicket,
+        place: Place::Public,
+        handler: |r| r.to(sse::sse),
     },
     Route {
         method: Method::Post,

@@ -11,11 +11,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::admission::{self, Subprotocol};
 use super::api::auth_error;
 use super::ApiError;
-use crate::auth::Upgrade;
+use std::net::IpAddr;
+
+use super::admission::Permit;
+use crate::auth::{Identity, Upgrade};
 use crate::broker::Broker;
 use crate::metrics::{RefusedReason, METRICS};
 use crate::protocol::{ErrorCode, SUBPROTOCOL};
-use crate::session::Session;
+use crate::session::{Session, Sink};
 
 /// Marks the test-only `/echo` resource (`server.conformance_echo`): the same
 /// upgrade as `/ws`, and a session in echo mode (docs/conformance.md).
@@ -36,16 +39,7 @@ pub(super) async fn upgrade(
     body: web::Payload,
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
-    let cfg = broker.config();
-    if broker.is_shutting_down() {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the server is shutting down; connect again (to another node)",
-        );
-        e.retry_after = Some(super::RETRY_AFTER_S);
-        return Err(e);
-    }
+    refuse_if_shutting_down(&broker)?;
     let subprotocol = admission::subprotocol(req.headers());
     if subprotocol == Subprotocol::Unsupported {
         METRICS.refused(RefusedReason::Subprotocol);
@@ -55,7 +49,66 @@ pub(super) async fn upgrade(
             format!("unsupported WebSocket subprotocol; this server speaks {SUBPROTOCOL}"),
         ));
     }
-    if !admission::origin_allowed(req.headers(), &cfg.server.allowed_origins) {
+    let admitted = admit(&req, &broker).await?;
+    let (mut response, ws, stream) = actix_ws::handle(&req, body).map_err(|e| {
+        ApiError::protocol(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("not a WebSocket upgrade: {e}"),
+        )
+    })?;
+    if subprotocol == Subprotocol::Herald {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    let max = broker.config().session.max_message_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let broker = broker.get_ref().clone();
+    let echo = req.app_data::<EchoRoute>().is_some();
+    let Admitted {
+        identity,
+        ip,
+        permit,
+    } = admitted;
+    Session::create(move |ctx| {
+        ctx.add_stream(stream);
+        Session::new(broker, Sink::WebSocket(ws), identity, ip, permit).echo(echo)
+    });
+    Ok(response)
+}
+
+/// 503 while the node shuts down: a new session would be closed at once.
+pub(super) fn refuse_if_shutting_down(broker: &Broker) -> Result<(), ApiError> {
+    if broker.is_shutting_down() {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down; connect again (to another node)",
+        );
+        e.retry_after = Some(super::RETRY_AFTER_S);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// A connection let in: its slot, address and credentials.
+pub(super) struct Admitted {
+    /// `None`: the client must authenticate with its first message.
+    pub(super) identity: Option<Identity>,
+    pub(super) ip: Option<IpAddr>,
+    pub(super) permit: Permit,
+}
+
+/// What every new session passes, WebSocket or SSE, in this order: Origin,
+/// capacity (`server.max_connections`, per IP, upgrade rate), then credentials, so
+/// a connection refused for capacity never spends a ticket.
+pub(super) async fn admit(req: &HttpRequest, broker: &Broker) -> Result<Admitted, ApiError> {
+    if !admission::origin_allowed(req.headers(), &broker.config().server.allowed_origins) {
         METRICS.refused(RefusedReason::Origin);
         return Err(ApiError::protocol(
             StatusCode::FORBIDDEN,
@@ -63,7 +116,7 @@ pub(super) async fn upgrade(
             "this Origin may not connect (server.allowed_origins)",
         ));
     }
-    let ip = broker.client_ip(&req);
+    let ip = broker.client_ip(req);
     let permit = broker.limiter().acquire(ip).map_err(|reason| {
         METRICS.refused(reason);
         let (which, retry_after) = match reason {
@@ -85,41 +138,19 @@ pub(super) async fn upgrade(
         e.retry_after = Some(retry_after);
         e
     })?;
-    // Credentials after the admission checks, so an upgrade refused for capacity
-    // never uses up a ticket.
     let refused = |e| {
         METRICS.refused(RefusedReason::Unauthorized);
         auth_error(e)
     };
-    let upgrade = crate::auth::with_fresh_keys(broker.authenticator(), |auth| auth.upgrade(&req));
+    let upgrade = crate::auth::with_fresh_keys(broker.authenticator(), |auth| auth.upgrade(req));
     let identity = match upgrade.await.map_err(refused)? {
         Upgrade::Identified(identity) => Some(identity),
         Upgrade::Ticket(ticket) => Some(broker.tickets().redeem(&ticket).await.map_err(refused)?),
         Upgrade::Later => None,
     };
-    let (mut response, ws, stream) = actix_ws::handle(&req, body).map_err(|e| {
-        ApiError::protocol(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadRequest,
-            format!("not a WebSocket upgrade: {e}"),
-        )
-    })?;
-    if subprotocol == Subprotocol::Herald {
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-    }
-    let max = cfg.session.max_message_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
-    let broker = broker.get_ref().clone();
-    let echo = req.app_data::<EchoRoute>().is_some();
-    Session::create(move |ctx| {
-        ctx.add_stream(stream);
-        Session::new(broker, ws, identity, ip, permit).echo(echo)
-    });
-    Ok(response)
+    Ok(Admitted {
+        identity,
+        ip,
+        permit,
+    })
 }

@@ -411,6 +411,12 @@ pub enum ServerMessage<'a> {
         topic: &'a str,
         reason: ResetReason,
     },
+    /// Over SSE only: the last message of a stream Herald ends, with the close code
+    /// a WebSocket would have got (1001, 4001, 4009).
+    Close {
+        code: u16,
+        reason: &'a str,
+    },
 }
 
 impl ServerMessage<'_> {

@@ -29,6 +29,7 @@ mod ops;
 pub(crate) mod outbound;
 pub(crate) mod ratelimit;
 mod replay;
+pub(crate) mod sse;
 mod writer;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -50,9 +51,19 @@ use crate::protocol::{close, Heartbeat, Limits, ServerMessage, SUBPROTOCOL};
 use crate::topic::Pattern;
 use crate::topics::message::{Shutdown, Subscriber};
 use inbox::{Inbox, Wake};
+pub(crate) use ops::check_patterns;
 use outbound::{Outbound, Outgoing};
 use ratelimit::RateLimiter;
+pub(crate) use writer::Sink;
 use writer::{Writer, CLOSE_TIMEOUT};
+
+/// What an event stream subscribes to when it opens (`GET /sse`).
+#[derive(Debug)]
+pub(crate) struct StreamStart {
+    pub topics: Vec<String>,
+    pub last: Option<u32>,
+    pub resumed: Option<sse::LastEventId>,
+}
 
 /// The JSON heartbeat, identical for every connection: built once, shared.
 static PING: ByteString = ByteString::from_static(r#"{"type":"ping"}"#);
@@ -75,7 +86,9 @@ pub(crate) struct Session {
     /// Who the client is; `None` until authenticated (auth on, first-message auth).
     identity: Option<Identity>,
     /// Handle used to send the close frame (consumed by `close`).
-    ws: Option<actix_ws::Session>,
+    closer: Option<Sink>,
+    /// Over SSE: what the stream has delivered, for its resume ids.
+    sse: Option<sse::Positions>,
     /// Where writing stands: idle with the writer, a write in flight, or closing.
     writer: Writer,
     /// What waits to be written, bounded in bytes.
@@ -103,15 +116,17 @@ pub(crate) struct Session {
     ip: Option<IpAddr>,
     /// Echo mode (`server.conformance_echo`, test-only): messages go back unchanged.
     echo: bool,
+    /// Over SSE: what the stream subscribes to once it has started.
+    start: Option<StreamStart>,
     /// The connection's slot under `server.max_connections`; freed on drop.
     _permit: Permit,
 }
 
 impl Session {
-    /// A session for an upgraded connection.
+    /// A session for an upgraded connection or an event stream.
     pub(crate) fn new(
         broker: Broker,
-        ws: actix_ws::Session,
+        sink: Sink,
         identity: Option<Identity>,
         ip: Option<IpAddr>,
         permit: Permit,
@@ -128,8 +143,9 @@ impl Session {
             inbox: Inbox::new(out.budget().clone()),
             out,
             limiter: RateLimiter::new(cfg.rate_limit_per_s, cfg.rate_limit_burst),
-            writer: Writer::Idle(ws.clone()),
-            ws: Some(ws),
+            writer: Writer::Idle(sink.clone()),
+            sse: matches!(sink, Sink::Sse(_)).then(|| sse::Positions::new(broker.epoch(), None)),
+            closer: Some(sink),
             pending_pongs: VecDeque::new(),
             subscriptions: BTreeSet::new(),
             me: None,
@@ -140,6 +156,7 @@ impl Session {
             identity,
             ip,
             echo: false,
+            start: None,
             _permit: permit,
             broker,
         }
@@ -151,6 +168,61 @@ impl Session {
     pub(crate) fn echo(mut self, on: bool) -> Self {
         self.echo = on;
         self
+    }
+
+    /// Over SSE: subscribes to `start` once the stream is open. The request was
+    /// checked before the stream started ([`ops::check_patterns`]), so that errors
+    /// are an HTTP status.
+    pub(crate) fn stream(mut self, start: StreamStart) -> Self {
+        self.start = Some(start);
+        self
+    }
+
+    /// Its transport, for metrics.
+    fn transport(&self) -> crate::metrics::Transport {
+        if self.is_stream() {
+            crate::metrics::Transport::Sse
+        } else {
+            crate::metrics::Transport::WebSocket
+        }
+    }
+
+    /// Whether this session is an event stream, which the client cannot write to:
+    /// no heartbeat timeout, nothing to read.
+    fn is_stream(&self) -> bool {
+        self.sse.is_some()
+    }
+
+    /// Subscribes an event stream as it opens: with `resume` from its
+    /// `Last-Event-ID` (then `last` does not apply: the client has seen events), or
+    /// `last`.
+    fn start_stream(&mut self, start: StreamStart, ctx: &mut Context<Self>) {
+        let epoch = self.broker.epoch().to_owned();
+        self.sse = Some(sse::Positions::new(&epoch, start.resumed.as_ref()));
+        let resume = start.resumed.as_ref().map(|l| crate::protocol::Resume {
+            epoch: l.epoch.clone(),
+            topics: l.topics.clone(),
+        });
+        let last = if resume.is_some() { None } else { start.last };
+        if let Err(err) = self.subscribe(start.topics.clone(), last, resume, &None, ctx) {
+            self.reply_error(&None, &err, ctx);
+            return;
+        }
+        // The id had to forget topics: what those missed is unknown, so every
+        // pattern is reset (the reset names the pattern).
+        if start
+            .resumed
+            .is_some_and(|l| l.overflow && l.epoch == epoch)
+        {
+            for pattern in &start.topics {
+                let frame = ServerMessage::Reset {
+                    topic: pattern,
+                    reason: crate::protocol::ResetReason::HistoryExpired,
+                }
+                .to_frame();
+                self.control(frame, ctx);
+            }
+        }
     }
 
     pub(super) fn welcome(&mut self, ctx: &mut Context<Self>) {
@@ -193,7 +265,7 @@ impl Session {
             info!(session = %self.name, "credentials expired");
             return self.close(ctx, close::UNAUTHORIZED, "token expired");
         }
-        if now.duration_since(self.last_seen) >= window {
+        if now.duration_since(self.last_seen) >= window && !self.is_stream() {
             info!(session = %self.name, "heartbeat timeout");
             return self.close(ctx, close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
         }
@@ -231,7 +303,7 @@ impl Actor for Session {
             (cfg.heartbeat_interval_ms.min(cfg.heartbeat_timeout_ms) / 4).clamp(10, 5_000),
         );
         ctx.run_interval(tick, Self::heartbeat);
-        METRICS.connection_opened();
+        METRICS.connection_opened(self.transport());
         self.broker
             .sessions()
             .insert(self.id, ctx.address().recipient());
@@ -242,8 +314,23 @@ impl Actor for Session {
         if self.broker.is_shutting_down() {
             return self.close(ctx, close::GOING_AWAY, "server shutting down");
         }
+        if let Some(Sink::Sse(tx)) = &self.closer {
+            // The client went away: the response body (the receiver) is dropped.
+            let tx = tx.clone();
+            let gone = async move { tx.closed().await };
+            ctx.spawn(gone.into_actor(self).map(|(), act, ctx| {
+                if !act.closing() {
+                    act.writer = Writer::Closing;
+                    act.close_code = 1006;
+                }
+                ctx.stop();
+            }));
+        }
         if self.identity.is_some() && !self.echo {
             self.welcome(ctx);
+            if let Some(start) = self.start.take() {
+                self.start_stream(start, ctx);
+            }
             self.flush(ctx);
         }
     }
@@ -253,7 +340,7 @@ impl Actor for Session {
             self.broker.registry().unsubscribe(self.id, p);
         }
         METRICS.subscriptions_changed(-(self.subscriptions.len() as i64));
-        METRICS.connection_closed(self.close_code);
+        METRICS.connection_closed(self.transport(), self.close_code);
         info!(
             session = %self.name,
             code = self.close_code,
@@ -297,7 +384,7 @@ impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Sessi
                 let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
                 self.writer = Writer::Closing;
                 self.close_code = code;
-                if let Some(ws) = self.ws.take() {
+                if let Some(Sink::WebSocket(ws)) = self.closer.take() {
                     actix_rt::spawn(async move {
                         let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(reason)).await;
                     });

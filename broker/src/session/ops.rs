@@ -201,33 +201,8 @@ impl Session {
         ctx: &mut Context<Self>,
     ) -> Result<(), ProtocolError> {
         let identity = self.identity()?;
-        let mut new: Vec<Pattern> = Vec::new();
-        // Duplicates within one request, found in O(log n) each: a request may list
-        // thousands of topics.
-        let mut seen: BTreeSet<&str> = BTreeSet::new();
-        for t in &topics {
-            let p = Pattern::parse(t).map_err(invalid_topic)?;
-            if !identity.may_subscribe(t) {
-                return Err(ProtocolError::new(
-                    ErrorCode::Forbidden,
-                    format!("not allowed to subscribe to {}", protocol::truncate(t, 255)),
-                ));
-            }
-            if !self.subscriptions.contains(&p) && seen.insert(t) {
-                new.push(p);
-            }
-        }
         let max = self.broker.config().session.max_subscriptions;
-        if self.subscriptions.len() + new.len() > max {
-            return Err(ProtocolError::new(
-                ErrorCode::TooManySubscriptions,
-                format!(
-                    "at most {max} subscriptions per connection; this one has {} and asked for {} more",
-                    self.subscriptions.len(),
-                    new.len()
-                ),
-            ));
-        }
+        let new = check_patterns(identity, &topics, &self.subscriptions, max)?;
         let plan = replay::plan(
             &new,
             last,
@@ -293,6 +268,44 @@ impl Session {
             .get_or_insert_with(|| self.inbox.subscriber(self.id, ctx.address().recipient()))
             .clone()
     }
+}
+
+/// The patterns of a `subscribe` that `held` does not hold yet, in order and without
+/// duplicates, once each is valid and granted and they fit under `max`. A `GET /sse`
+/// request is checked with it too, before its stream starts.
+pub(crate) fn check_patterns(
+    identity: &Identity,
+    topics: &[String],
+    held: &BTreeSet<Pattern>,
+    max: usize,
+) -> Result<Vec<Pattern>, ProtocolError> {
+    let mut new: Vec<Pattern> = Vec::new();
+    // Duplicates within one request, found in O(log n) each: a request may list
+    // thousands of topics.
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for t in topics {
+        let p = Pattern::parse(t).map_err(invalid_topic)?;
+        if !identity.may_subscribe(t) {
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!("not allowed to subscribe to {}", protocol::truncate(t, 255)),
+            ));
+        }
+        if !held.contains(&p) && seen.insert(t) {
+            new.push(p);
+        }
+    }
+    if held.len() + new.len() > max {
+        return Err(ProtocolError::new(
+            ErrorCode::TooManySubscriptions,
+            format!(
+                "at most {max} subscriptions per connection; this one has {} and asked for {} more",
+                held.len(),
+                new.len()
+            ),
+        ));
+    }
+    Ok(new)
 }
 
 fn invalid_topic(e: topic::TopicError) -> ProtocolError {

@@ -1,13 +1,16 @@
-//! Writing to the socket: at most one write in flight, taking every queued frame at
+//! Writing to the client: at most one write in flight, taking every queued frame at
 //! once (writes coalesce under load); the Pongs owed go first. While a write is in
 //! flight, frames wait in the byte-bounded [`Outbound`] queue. [`Writer`] says where
-//! the connection's writing stands; `close` sends the close frame after what is
-//! queued, bounded by [`CLOSE_TIMEOUT`].
+//! the connection's writing stands; `close` sends the close frame (over SSE: a final
+//! `close` message, then the end of the stream) after what is queued, bounded by
+//! [`CLOSE_TIMEOUT`]. [`Sink`] is the one place where the two transports differ.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_ws::{CloseCode, CloseReason, Message as WsMessage};
+use bytes::Bytes;
 use futures_util::SinkExt as _;
 use tracing::debug;
 
@@ -21,10 +24,69 @@ use crate::topics::message::Deliver;
 /// Longest time a close frame may take to reach a client that does not read.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where a session's messages go.
+#[derive(Clone)]
+pub(crate) enum Sink {
+    /// A WebSocket: one text frame per message.
+    WebSocket(actix_ws::Session),
+    /// A Server-Sent Events response body: chunks of `data:` messages.
+    Sse(super::sse::SseSink),
+}
+
+/// What one write carries.
+enum Batch {
+    WebSocket {
+        pongs: VecDeque<Bytes>,
+        frames: Vec<Outgoing>,
+    },
+    Sse(Bytes),
+}
+
+impl Sink {
+    /// Writes `batch`; `Err` when the client is gone.
+    async fn write(&mut self, batch: Batch) -> Result<(), ()> {
+        match (self, batch) {
+            (Sink::WebSocket(ws), Batch::WebSocket { pongs, frames }) => {
+                for payload in pongs {
+                    ws.pong(&payload).await.map_err(drop)?;
+                }
+                for frame in frames {
+                    ws.feed(WsMessage::from(frame)).await.map_err(drop)?;
+                }
+                ws.flush().await.map_err(drop)
+            }
+            (Sink::Sse(tx), Batch::Sse(chunk)) => tx.send(chunk).await.map_err(drop),
+            // A sink only ever gets batches made for it (`Session::batch`).
+            _ => Err(()),
+        }
+    }
+
+    /// Ends the connection with `code`: a close frame, or a final `close` message
+    /// and the end of the stream.
+    async fn close(self, code: u16, why: &'static str) {
+        match self {
+            Sink::WebSocket(ws) => {
+                let reason = CloseReason {
+                    code: CloseCode::from(code),
+                    description: Some(why.to_owned()),
+                };
+                let _ = ws.close(Some(reason)).await;
+            }
+            Sink::Sse(tx) => {
+                let last = ServerMessage::Close { code, reason: why }.to_frame();
+                let mut chunk = bytes::BytesMut::new();
+                super::sse::encode_plain(&mut chunk, &last);
+                // Dropping the sender then ends the response body.
+                let _ = tx.send(chunk.freeze()).await;
+            }
+        }
+    }
+}
+
 /// Where a connection's writing stands.
 pub(super) enum Writer {
-    /// No write in flight: the socket's writer is here.
-    Idle(actix_ws::Session),
+    /// No write in flight: the sink is here.
+    Idle(Sink),
     /// A write is in flight and holds the writer; it comes back when the write
     /// completes (or is abandoned with the connection).
     Writing(SpawnHandle),
@@ -134,18 +196,12 @@ impl Session {
                 return;
             }
         };
-        let (batch, events) = self.out.take_batch();
-        let bytes: usize = batch.iter().map(|f| f.len()).sum();
-        let pongs = std::mem::take(&mut self.pending_pongs);
+        let (frames, events) = self.out.take_batch();
+        let bytes: usize = frames.iter().map(|f| f.len()).sum();
+        let batch = self.batch(&writer, frames);
         let write = async move {
-            for payload in pongs {
-                writer.pong(&payload).await?;
-            }
-            for frame in batch {
-                writer.feed(WsMessage::from(frame)).await?;
-            }
-            writer.flush().await?;
-            Ok::<_, actix_ws::Closed>(writer)
+            writer.write(batch).await?;
+            Ok::<_, ()>(writer)
         };
         let handle = ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
             match result {
@@ -166,6 +222,28 @@ impl Session {
         self.writer = Writer::Writing(handle);
     }
 
+    /// `frames` as `sink` writes them: the Pongs owed first on a WebSocket; over SSE
+    /// one chunk, its events with their resume ids.
+    fn batch(&mut self, sink: &Sink, frames: Vec<Outgoing>) -> Batch {
+        match sink {
+            Sink::WebSocket(_) => Batch::WebSocket {
+                pongs: std::mem::take(&mut self.pending_pongs),
+                frames,
+            },
+            Sink::Sse(_) => {
+                let positions = self
+                    .sse
+                    .get_or_insert_with(|| super::sse::Positions::new(self.broker.epoch(), None));
+                // Only text frames exist outside echo mode, which SSE never is.
+                let texts = frames.iter().filter_map(|f| match f {
+                    Outgoing::Text(text) => Some(&**text),
+                    Outgoing::Binary(_) => None,
+                });
+                Batch::Sse(super::sse::chunk(texts, positions))
+            }
+        }
+    }
+
     /// Closes the connection with `code` and stops the actor.
     pub(super) fn close(&mut self, ctx: &mut Context<Self>, code: u16, why: &'static str) {
         if self.closing() {
@@ -184,25 +262,19 @@ impl Session {
         };
         // With no write in flight, replies already queued (an `error`, a `pong`) go
         // out before the close frame, bounded by the same timeout.
-        let (batch, _) = self.out.take_batch();
-        if let Some(ws) = self.ws.take() {
-            let reason = CloseReason {
-                code: CloseCode::from(code),
-                description: Some(why.to_owned()),
-            };
+        let (frames, _) = self.out.take_batch();
+        if let Some(sink) = self.closer.take() {
+            let batch = writer.as_ref().map(|w| self.batch(w, frames));
             // The actor (and with it the inbound stream) stays alive until the close
             // frame is written: dropping the stream first stalls actix-http's
             // dispatcher for most of a second before it writes the frame.
             let goodbye = async move {
-                if let Some(mut writer) = writer {
-                    for frame in batch {
-                        if writer.feed(WsMessage::from(frame)).await.is_err() {
-                            return;
-                        }
+                if let (Some(mut writer), Some(batch)) = (writer, batch) {
+                    if writer.write(batch).await.is_err() {
+                        return;
                     }
-                    let _ = writer.flush().await;
                 }
-                let _ = ws.close(Some(reason)).await;
+                sink.close(code, why).await;
             };
             let goodbye = tokio::time::timeout(CLOSE_TIMEOUT, goodbye);
             ctx.spawn(goodbye.into_actor(self).map(|_, _, ctx| ctx.stop()));
