@@ -189,8 +189,28 @@ async fn rs256_es256_and_eddsa_keys_from_a_jwks_over_https_verify_tokens() -> Re
         "",
         &format!("[auth]\nmode = \"jwt\"\njwks_url = \"{}\"\n", jwks.url()),
     ))?;
-    let reason = untrusting.wait_reason("jwks: no keys yet").await?;
+    // The reason names the failure once the first fetch has failed.
+    let reason = untrusting.wait_reason("last fetch failed").await?;
+    assert!(reason.starts_with("jwks: no keys yet"), "{reason}");
     assert!(reason.contains("certificate"), "{reason}");
+    assert!(
+        !reason.contains("/jwks"),
+        "the URL stays out of /readyz: {reason}"
+    );
+
+    // An HMAC token cannot be for a JWKS: refused without a fetch.
+    let requests = jwks.requests();
+    let hs = herald_e2e::hs256("0123456789abcdef0123456789abcdef", &claims("eve"));
+    let (status, body, _) = refused(&broker, &hs).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not accepted"),
+        "{body}"
+    );
+    assert_eq!(jwks.requests(), requests, "no fetch for an HMAC token");
     Ok(())
 }
 
@@ -360,7 +380,8 @@ async fn a_provider_down_at_start_makes_the_node_unready_and_tokens_wait_with_50
         &jwks,
         "jwks_min_refresh_ms = 200\njwks_max_refresh_ms = 1000\n",
     )?;
-    let reason = broker.wait_reason("jwks: no keys yet").await?;
+    let reason = broker.wait_reason("last fetch failed").await?;
+    assert!(reason.starts_with("jwks: no keys yet"), "{reason}");
     assert!(reason.contains("HTTP 500"), "{reason}");
 
     let token = key.sign(&claims("u1"));
@@ -379,6 +400,12 @@ async fn a_provider_down_at_start_makes_the_node_unready_and_tokens_wait_with_50
     );
     let (status, body) = ticket(&broker, &token).await?;
     assert_eq!(status, 503, "{body}");
+    // First-message auth: 1013, come back later with the same token (4001 would
+    // tell the client to drop it).
+    let mut c = Client::open(broker.ws_url()).await?;
+    c.send(json!({"op": "auth", "token": token})).await?;
+    let closed = c.closed(Duration::from_secs(5)).await?;
+    assert_eq!(closed.code, Some(1013), "{closed:?}");
     // API keys do not depend on the provider.
     assert_eq!(publish(&broker, "news.x", json!(1)).await?, 202);
 

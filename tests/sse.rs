@@ -417,3 +417,51 @@ async fn the_queue_bound_gives_lagged_or_ends_the_stream_with_4009() -> Result<(
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_more_topics_than_its_id_holds_resets_every_pattern() -> Result<()> {
+    let broker = Broker::start(&config("", ""))?;
+    let mut s = SseStream::open(&url(&broker, "topics=many.*,other.x"), &[])
+        .await?
+        .stream()?;
+    s.next().await?;
+    s.next().await?;
+    // 60 topics: more than the 48 an id tracks.
+    for i in 0..60 {
+        broker.publish(&format!("many.t{i}"), json!(i)).await?;
+    }
+    for _ in 0..60 {
+        s.event().await?;
+    }
+    let id = s.last_id.clone().expect("an id");
+    ensure!(id.len() < 4096, "bounded: {} bytes", id.len());
+    drop(s);
+    broker.publish("many.t0", json!("missed")).await?;
+
+    // Nothing is replayed (what the forgotten topics missed is unknown): a reset per
+    // pattern, then live events.
+    let mut s = resume(&broker, "topics=many.*,other.x", &id).await?;
+    assert_eq!(
+        s.next().await?,
+        json!({"type": "reset", "topic": "many.*", "reason": "history_expired"})
+    );
+    assert_eq!(
+        s.next().await?,
+        json!({"type": "reset", "topic": "other.x", "reason": "history_expired"})
+    );
+    broker.publish("other.x", json!("live")).await?;
+    let e = s.event().await?;
+    assert_eq!(
+        positions(&[e]),
+        [("other.x".into(), 1)],
+        "no replay before it"
+    );
+    // The new stream's id starts afresh: resuming from it replays normally.
+    let id = s.last_id.clone().expect("an id");
+    drop(s);
+    broker.publish("other.x", json!("missed")).await?;
+    let mut s = resume(&broker, "topics=many.*,other.x", &id).await?;
+    let e = s.event().await?;
+    assert_eq!(positions(&[e]), [("other.x".into(), 2)]);
+    Ok(())
+}

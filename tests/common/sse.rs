@@ -11,8 +11,9 @@ use crate::WAIT;
 /// An open stream.
 pub struct SseStream {
     response: reqwest::Response,
-    /// Text read but not yet split into messages.
-    buffer: String,
+    /// Bytes read but not yet split into messages (a chunk may end inside a
+    /// character).
+    buffer: Vec<u8>,
     /// The last `id:` seen, as `EventSource.lastEventId`.
     pub last_id: Option<String>,
 }
@@ -62,7 +63,7 @@ impl SseStream {
         }
         Ok(Opened::Stream(SseStream {
             response,
-            buffer: String::new(),
+            buffer: Vec::new(),
             last_id: None,
         }))
     }
@@ -72,8 +73,9 @@ impl SseStream {
     pub async fn next_any(&mut self, timeout: Duration) -> Result<Option<Value>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let block = String::from_utf8(block)?;
                 let mut data = Vec::new();
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("data: ") {
@@ -93,7 +95,7 @@ impl SseStream {
                 .await
                 .map_err(|_| anyhow!("no message within {timeout:?}"))??;
             match chunk {
-                Some(bytes) => self.buffer.push_str(std::str::from_utf8(&bytes)?),
+                Some(bytes) => self.buffer.extend_from_slice(&bytes),
                 None => return Ok(None),
             }
         }

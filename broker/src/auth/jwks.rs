@@ -67,7 +67,7 @@ impl JwksConfigError {
 enum FetchError {
     /// With its causes: reqwest's own message only says the request failed.
     #[error("{}", with_causes(.0))]
-    Http(#[from] reqwest::Error),
+    Http(#[source] reqwest::Error),
     #[error("answered HTTP {0}")]
     Status(u16),
     #[error("the document is larger than {MAX_DOCUMENT_BYTES} bytes")]
@@ -76,6 +76,14 @@ enum FetchError {
     Document(#[from] serde_json::Error),
     #[error("no key Herald can verify with ({0})")]
     NoUsableKey(String),
+}
+
+impl From<reqwest::Error> for FetchError {
+    /// Without the URL, which reqwest puts in its message: its query may hold a
+    /// key, and the message reaches the log and `/readyz`.
+    fn from(e: reqwest::Error) -> Self {
+        FetchError::Http(e.without_url())
+    }
 }
 
 /// An error and every cause under it, `: `-separated.
@@ -294,6 +302,9 @@ pub(crate) struct Jwks {
     status: Mutex<Status>,
     /// Held during a fetch: one at a time, and tokens that need fresh keys wait on it.
     fetching: tokio::sync::Mutex<()>,
+    /// Fetches finished (either way): a token that waited for the lock while one
+    /// ran takes its result rather than fetching again.
+    finished: AtomicU64,
     fetched_ok: AtomicU64,
     fetch_failed: AtomicU64,
 }
@@ -357,6 +368,7 @@ impl Jwks {
             keys: RwLock::default(),
             status: Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
+            finished: AtomicU64::new(0),
             fetched_ok: AtomicU64::new(0),
             fetch_failed: AtomicU64::new(0),
         })))
@@ -418,26 +430,36 @@ impl Jwks {
     }
 
     /// After a token named a key this node does not have: fetch again, unless a
-    /// fetch started less than `auth.jwks_min_refresh_ms` ago (then its result is
-    /// what there is). Waits for a fetch in progress rather than starting another.
+    /// fetch finished while this one waited its turn (its result is what there is)
+    /// or one started less than `auth.jwks_min_refresh_ms` ago. Bounded by the fetch
+    /// timeout, lock included: a token never waits behind a queue of fetches.
     pub(crate) async fn refresh_for_unknown_key(&self) {
-        let _one = self.fetching.lock().await;
-        let recent = self
-            .status()
-            .attempted
-            .is_some_and(|at| at.elapsed() < self.min_refresh);
-        if recent {
-            return;
-        }
-        info!(jwks = %self.shown(), "a token names a key this node does not have; fetching the keys again");
-        let _ = self.fetch_and_keep().await;
+        let seen = self.finished.load(Relaxed);
+        let refresh = async {
+            let _one = self.fetching.lock().await;
+            if self.finished.load(Relaxed) != seen {
+                return;
+            }
+            let recent = self
+                .status()
+                .attempted
+                .is_some_and(|at| at.elapsed() < self.min_refresh);
+            if recent {
+                return;
+            }
+            info!(jwks = %self.shown(), "a token names a key this node does not have; fetching the keys again");
+            let _ = self.fetch_and_keep().await;
+        };
+        let _ = tokio::time::timeout(FETCH_TIMEOUT, refresh).await;
     }
 
     /// One fetch (the caller holds `fetching`): keeps the keys it brings, logs
     /// what changed, and says when to fetch next.
     async fn fetch_and_keep(&self) -> Result<Duration, ()> {
         self.status().attempted = Some(Instant::now());
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        self.finished.fetch_add(1, Relaxed);
+        match fetched {
             Ok((set, skipped, next)) => {
                 self.fetched_ok.fetch_add(1, Relaxed);
                 let previous = self.keys();

@@ -175,9 +175,18 @@ impl JwtAuth {
         let data = match self.static_verifier(&header) {
             Some(v) => jsonwebtoken::decode::<Claims>(token, &v.key, &v.validation),
             None => {
-                let jwks = self.jwks.as_ref().ok_or_else(|| {
-                    AuthError::Invalid(format!("algorithm {:?} is not accepted here", header.alg))
-                })?;
+                // A JWKS holds no secrets: an HMAC token without `auth.jwt_secret`
+                // is refused here, without a fetch for a key that cannot exist.
+                let jwks = self
+                    .jwks
+                    .as_ref()
+                    .filter(|_| !is_hmac(header.alg))
+                    .ok_or_else(|| {
+                        AuthError::Invalid(format!(
+                            "algorithm {:?} is not accepted here",
+                            header.alg
+                        ))
+                    })?;
                 if !jwks.has_keys() {
                     return Err(AuthError::NoKeysYet);
                 }
@@ -242,7 +251,7 @@ impl JwtAuth {
             .iter()
             .find(|v| v.validation.algorithms.contains(&header.alg));
         let for_jwks = self.jwks.is_some()
-            && header.alg != Algorithm::HS256
+            && !is_hmac(header.alg)
             && (header.kid.is_some() || verifier.is_none());
         if for_jwks {
             None
@@ -260,6 +269,11 @@ impl JwtAuth {
             .fold(0u8, |hit, k| hit | k.as_slice().ct_eq(key).unwrap_u8())
             == 1
     }
+}
+
+/// Whether `alg` is an HMAC (shared-secret) algorithm.
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 /// The Bearer credential of a request, if it has one.

@@ -59,12 +59,13 @@ pub(super) async fn sse(
     }
     // A browser's own reconnect sends the header; a client resuming by hand, the
     // query parameter.
+    let given = |id: &&str| !id.trim().is_empty();
     let last_event_id = req
         .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .or(query.last_event_id.as_deref())
-        .filter(|id| !id.trim().is_empty());
+        .filter(given)
+        .or(query.last_event_id.as_deref().filter(given));
     let resumed = last_event_id
         .map(sse::decode)
         .transpose()

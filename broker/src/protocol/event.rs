@@ -55,6 +55,11 @@ pub struct EventMeta<'a> {
     pub headers: &'a BTreeMap<String, String>,
 }
 
+/// Whether `frame` is an event (live or replayed), not a reply or a notice.
+pub fn is_event(frame: &str) -> bool {
+    frame.starts_with(EVENT_PREFIX)
+}
+
 /// Renders a live event frame.
 pub fn render(meta: EventMeta<'_>, payload: &[u8]) -> Frame {
     let (data, data_b64) = match serde_json::from_slice::<&RawValue>(payload) {

@@ -33,6 +33,9 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Internal error.
     pub const INTERNAL: u16 = 1011;
+    /// Try again later: the identity provider's keys (`auth.jwks_url`) are not
+    /// fetched yet, so a first-message token cannot be verified.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Unauthorized.
     pub const UNAUTHORIZED: u16 = 4001;
     /// Heartbeat timeout.
@@ -43,7 +46,7 @@ pub mod close {
     pub const RATE_LIMITED: u16 = 4029;
 
     /// Every code, in the order metrics list them.
-    pub const ALL: [u16; 13] = [
+    pub const ALL: [u16; 14] = [
         NORMAL,
         GOING_AWAY,
         PROTOCOL,
@@ -51,6 +54,7 @@ pub mod close {
         INVALID_UTF8,
         TOO_BIG,
         INTERNAL,
+        TRY_AGAIN_LATER,
         UNAUTHORIZED,
         HEARTBEAT_TIMEOUT,
         SLOW_CONSUMER,

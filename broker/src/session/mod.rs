@@ -195,29 +195,38 @@ impl Session {
 
     /// Subscribes an event stream as it opens: with `resume` from its
     /// `Last-Event-ID` (then `last` does not apply: the client has seen events), or
-    /// `last`.
+    /// `last`. An id that had to forget topics cannot say what those missed: then
+    /// nothing is replayed, every pattern gets a `reset` (the reset names the
+    /// pattern), and the stream's positions start afresh.
     fn start_stream(&mut self, start: StreamStart, ctx: &mut Context<Self>) {
         let epoch = self.broker.epoch().to_owned();
-        self.sse = Some(sse::Positions::new(&epoch, start.resumed.as_ref()));
-        let resume = start.resumed.as_ref().map(|l| crate::protocol::Resume {
-            epoch: l.epoch.clone(),
-            topics: l.topics.clone(),
+        let forgot = start.resumed.as_ref().filter(|l| l.overflow).map(|l| {
+            if l.epoch == epoch {
+                crate::protocol::ResetReason::HistoryExpired
+            } else {
+                crate::protocol::ResetReason::EpochChanged
+            }
         });
-        let last = if resume.is_some() { None } else { start.last };
+        let resumed = start.resumed.filter(|_| forgot.is_none());
+        self.sse = Some(sse::Positions::new(&epoch, resumed.as_ref()));
+        let resume = resumed.map(|l| crate::protocol::Resume {
+            epoch: l.epoch,
+            topics: l.topics,
+        });
+        let last = if resume.is_some() || forgot.is_some() {
+            None
+        } else {
+            start.last
+        };
         if let Err(err) = self.subscribe(start.topics.clone(), last, resume, &None, ctx) {
             self.reply_error(&None, &err, ctx);
             return;
         }
-        // The id had to forget topics: what those missed is unknown, so every
-        // pattern is reset (the reset names the pattern).
-        if start
-            .resumed
-            .is_some_and(|l| l.overflow && l.epoch == epoch)
-        {
+        if let Some(reason) = forgot {
             for pattern in &start.topics {
                 let frame = ServerMessage::Reset {
                     topic: pattern,
-                    reason: crate::protocol::ResetReason::HistoryExpired,
+                    reason,
                 }
                 .to_frame();
                 self.control(frame, ctx);

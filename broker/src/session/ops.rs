@@ -181,6 +181,18 @@ impl Session {
                 ErrorCode::Forbidden,
                 "a refresh token must have the session's subject (`sub`)",
             )),
+            // The token may be fine: the keys to check it are missing. 1013 tells
+            // the client to come back later with it, where 4001 would make it
+            // drop a good token.
+            (Err(AuthError::NoKeysYet), None) => {
+                info!(session = %self.name, "authentication deferred: no JWKS keys yet");
+                self.close(
+                    ctx,
+                    close::TRY_AGAIN_LATER,
+                    "signing keys not available yet",
+                );
+                Ok(())
+            }
             (Err(e), None) => {
                 info!(session = %self.name, reason = %e, "authentication failed");
                 self.close(ctx, close::UNAUTHORIZED, "unauthorized");

@@ -162,6 +162,16 @@ impl Outbound {
         )
     }
 
+    /// Takes the first queued frame (for a writer that bounds its writes itself);
+    /// its bytes stay counted like [`Outbound::take_batch`]'s.
+    pub(crate) fn pop_front(&mut self) -> Option<Outgoing> {
+        let frame = self.frames.pop_front()?;
+        if matches!(&frame, Outgoing::Text(t) if crate::protocol::event::is_event(t)) {
+            self.events = self.events.saturating_sub(1);
+        }
+        Some(frame)
+    }
+
     /// The writer finished a batch of `bytes`.
     pub(crate) fn written(&mut self, bytes: usize) {
         self.budget.release(bytes);

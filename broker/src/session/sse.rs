@@ -20,6 +20,8 @@ use base64::Engine as _;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::outbound::Outgoing;
+
 /// Most topics an id tracks.
 pub(crate) const MAX_TOPICS: usize = 48;
 /// Most bytes of topic names an id holds.
@@ -48,6 +50,8 @@ struct Wire {
 pub(crate) struct LastEventId {
     pub epoch: String,
     pub topics: BTreeMap<String, u64>,
+    /// The same positions, most recently updated first, as the id listed them.
+    recency: Vec<(String, u64)>,
     /// The stream had received more topics than the id holds.
     pub overflow: bool,
 }
@@ -63,13 +67,14 @@ pub(crate) fn decode(id: &str) -> Result<LastEventId, &'static str> {
     let wire: Wire =
         serde_json::from_slice(&json).map_err(|_| "not an id Herald sent (not its JSON)")?;
     let mut topics = BTreeMap::new();
-    for (topic, seq) in wire.t {
-        herald_bridges::topic::validate_topic(&topic).map_err(|_| "holds an invalid topic")?;
-        topics.insert(topic, seq);
+    for (topic, seq) in &wire.t {
+        herald_bridges::topic::validate_topic(topic).map_err(|_| "holds an invalid topic")?;
+        topics.insert(topic.clone(), *seq);
     }
     Ok(LastEventId {
         epoch: wire.e,
         topics,
+        recency: wire.t,
         overflow: wire.x,
     })
 }
@@ -96,7 +101,8 @@ impl Positions {
         };
         if let Some(last) = resumed.filter(|l| l.epoch == epoch) {
             positions.overflow = last.overflow;
-            for (topic, seq) in &last.topics {
+            // Oldest first, so that the order of forgetting carries over too.
+            for (topic, seq) in last.recency.iter().rev() {
                 positions.note(topic, *seq);
             }
         }
@@ -188,13 +194,29 @@ pub(crate) fn encode_plain(out: &mut BytesMut, frame: &str) {
     out.put_u8(b'\n');
 }
 
-/// A chunk of whole messages.
-pub(crate) fn chunk<'a>(frames: impl Iterator<Item = &'a str>, positions: &mut Positions) -> Bytes {
+/// The most bytes one write of a stream carries (whole messages; the first may be
+/// larger). Each event's id adds up to ~4 KB to its frame, so the chunk is bounded
+/// as encoded, not by the frames it holds.
+pub(crate) const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Encodes frames from `next` into one chunk until it holds [`MAX_CHUNK_BYTES`]:
+/// the chunk, the bytes of the frames it took and how many of them were events.
+pub(crate) fn chunk(
+    mut next: impl FnMut() -> Option<Outgoing>,
+    positions: &mut Positions,
+) -> (Bytes, usize, u64) {
     let mut out = BytesMut::new();
-    for frame in frames {
-        encode(&mut out, frame, positions);
+    let (mut bytes, mut events) = (0, 0);
+    while out.len() < MAX_CHUNK_BYTES {
+        let Some(frame) = next() else { break };
+        bytes += frame.len();
+        // Only text frames exist outside echo mode, which a stream never is.
+        if let Outgoing::Text(text) = frame {
+            events += u64::from(crate::protocol::event::is_event(&text));
+            encode(&mut out, &text, positions);
+        }
     }
-    out.freeze()
+    (out.freeze(), bytes, events)
 }
 
 #[cfg(test)]
@@ -202,7 +224,11 @@ mod tests {
     use super::*;
 
     fn text(frames: &[&str], positions: &mut Positions) -> String {
-        String::from_utf8(chunk(frames.iter().copied(), positions).to_vec()).expect("utf-8")
+        let mut frames = frames
+            .iter()
+            .map(|f| Outgoing::Text(bytestring::ByteString::from(*f)));
+        let (chunk, _, _) = chunk(|| frames.next(), positions);
+        String::from_utf8(chunk.to_vec()).expect("utf-8")
     }
 
     /// What `EventSource` makes of a chunk: (last id, data of each message).
@@ -282,6 +308,47 @@ mod tests {
         // Of another epoch: nothing carries over.
         let fresh = Positions::new("other", Some(&last));
         assert_eq!(decode(&fresh.id()).expect("decodes").topics.len(), 0);
+    }
+
+    #[test]
+    fn a_chunk_stops_at_its_bound_and_leaves_the_rest_queued() {
+        let mut frames: std::collections::VecDeque<Outgoing> = (0..5000)
+            .map(|i| {
+                Outgoing::Text(bytestring::ByteString::from(format!(
+                    r#"{{"type":"event","topic":"t{}","seq":{i},"ts":1,"source":"http","data":1}}"#,
+                    i % 40
+                )))
+            })
+            .collect();
+        let mut p = Positions::new("ep", None);
+        let (chunk, bytes, events) = chunk(|| frames.pop_front(), &mut p);
+        assert!(chunk.len() >= MAX_CHUNK_BYTES, "{}", chunk.len());
+        assert!(chunk.len() < MAX_CHUNK_BYTES + 8192, "{}", chunk.len());
+        assert!(!frames.is_empty(), "the rest waits for the next write");
+        assert_eq!(events as usize, 5000 - frames.len());
+        assert!(
+            bytes < chunk.len(),
+            "ids are counted in the chunk, not the frames"
+        );
+    }
+
+    #[test]
+    fn a_resumed_stream_keeps_the_order_in_which_topics_are_forgotten() {
+        let mut p = Positions::new("ep", None);
+        // "z" is the oldest, "a" the newest: alphabetical order would be the reverse.
+        for (t, seq) in [("z", 1), ("m", 1), ("a", 1)] {
+            p.note(t, seq);
+        }
+        let last = decode(&p.id()).expect("decodes");
+        let mut resumed = Positions::new("ep", Some(&last));
+        for i in 0..MAX_TOPICS - 2 {
+            resumed.note(&format!("n{i}"), 1);
+        }
+        let kept = decode(&resumed.id()).expect("decodes").topics;
+        assert!(
+            !kept.contains_key("z") && kept.contains_key("a"),
+            "{kept:?}"
+        );
     }
 
     #[test]

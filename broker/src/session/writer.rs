@@ -196,9 +196,7 @@ impl Session {
                 return;
             }
         };
-        let (frames, events) = self.out.take_batch();
-        let bytes: usize = frames.iter().map(|f| f.len()).sum();
-        let batch = self.batch(&writer, frames);
+        let (batch, bytes, events) = self.batch(&writer);
         let write = async move {
             writer.write(batch).await?;
             Ok::<_, ()>(writer)
@@ -222,24 +220,26 @@ impl Session {
         self.writer = Writer::Writing(handle);
     }
 
-    /// `frames` as `sink` writes them: the Pongs owed first on a WebSocket; over SSE
-    /// one chunk, its events with their resume ids.
-    fn batch(&mut self, sink: &Sink, frames: Vec<Outgoing>) -> Batch {
+    /// The next write for `sink`, with the bytes of the frames it takes and how
+    /// many were events: on a WebSocket every queued frame, after the Pongs owed;
+    /// over SSE one chunk of at most [`super::sse::MAX_CHUNK_BYTES`], its events with
+    /// their resume ids (the rest waits for the next write).
+    fn batch(&mut self, sink: &Sink) -> (Batch, usize, u64) {
         match sink {
-            Sink::WebSocket(_) => Batch::WebSocket {
-                pongs: std::mem::take(&mut self.pending_pongs),
-                frames,
-            },
+            Sink::WebSocket(_) => {
+                let (frames, events) = self.out.take_batch();
+                let bytes = frames.iter().map(Outgoing::len).sum();
+                let pongs = std::mem::take(&mut self.pending_pongs);
+                (Batch::WebSocket { pongs, frames }, bytes, events)
+            }
             Sink::Sse(_) => {
+                let epoch = self.broker.epoch();
                 let positions = self
                     .sse
-                    .get_or_insert_with(|| super::sse::Positions::new(self.broker.epoch(), None));
-                // Only text frames exist outside echo mode, which SSE never is.
-                let texts = frames.iter().filter_map(|f| match f {
-                    Outgoing::Text(text) => Some(&**text),
-                    Outgoing::Binary(_) => None,
-                });
-                Batch::Sse(super::sse::chunk(texts, positions))
+                    .get_or_insert_with(|| super::sse::Positions::new(epoch, None));
+                let out = &mut self.out;
+                let (chunk, bytes, events) = super::sse::chunk(|| out.pop_front(), positions);
+                (Batch::Sse(chunk), bytes, events)
             }
         }
     }
@@ -262,9 +262,8 @@ impl Session {
         };
         // With no write in flight, replies already queued (an `error`, a `pong`) go
         // out before the close frame, bounded by the same timeout.
-        let (frames, _) = self.out.take_batch();
         if let Some(sink) = self.closer.take() {
-            let batch = writer.as_ref().map(|w| self.batch(w, frames));
+            let batch = writer.as_ref().map(|w| self.batch(w).0);
             // The actor (and with it the inbound stream) stays alive until the close
             // frame is written: dropping the stream first stalls actix-http's
             // dispatcher for most of a second before it writes the frame.
