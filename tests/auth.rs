@@ -409,23 +409,10 @@ async fn es256_and_rs256_tokens_verify_with_a_pem_public_key() -> Result<()> {
     let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let ec_pub = dir.path().join("ec.pub.pem");
     std::fs::write(&ec_pub, ec.public_key_pem())?;
-    // RS256: openssl makes the RSA key (ring cannot generate RSA keys).
+    // RS256.
     let rsa_key = dir.path().join("rsa.pem");
     let rsa_pub = dir.path().join("rsa.pub.pem");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&rsa_key)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .context("openssl (Debian's openssl package) makes the RSA test key")?;
-    ensure!(ok.success(), "openssl genpkey failed");
+    herald_e2e::jwks::rsa_private_key(&rsa_key)?;
     let ok = std::process::Command::new("openssl")
         .args(["pkey", "-pubout", "-in"])
         .arg(&rsa_key)

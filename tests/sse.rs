@@ -18,15 +18,21 @@ fn url(broker: &Broker, query: &str) -> String {
     format!("{}/sse?{query}", broker.http())
 }
 
-/// A stream of `query` on `broker` that resumes from `id` (`Last-Event-ID`), past
-/// its `welcome` and `subscribed`.
-async fn resume(broker: &Broker, query: &str, id: &str) -> Result<SseStream> {
-    let mut s = SseStream::open(&url(broker, query), &[("Last-Event-ID", id)])
+/// A stream of `query` on `broker`, opened with `headers`, past its `welcome` and
+/// `subscribed`.
+async fn subscribed(broker: &Broker, query: &str, headers: &[(&str, &str)]) -> Result<SseStream> {
+    let mut s = SseStream::open(&url(broker, query), headers)
         .await?
         .stream()?;
     ensure!(s.next().await?["type"] == "welcome");
     ensure!(s.next().await?["type"] == "subscribed");
     Ok(s)
+}
+
+/// A stream of `query` on `broker` that resumes from `id` (`Last-Event-ID`), past
+/// its `welcome` and `subscribed`.
+async fn resume(broker: &Broker, query: &str, id: &str) -> Result<SseStream> {
+    subscribed(broker, query, &[("Last-Event-ID", id)]).await
 }
 
 /// `(topic, seq)` of events, in order.
@@ -70,9 +76,8 @@ async fn a_stream_carries_the_session_and_resumes_exactly_with_last_event_id() -
     );
     let sse = "herald_connections{transport=\"sse\"}";
     assert_eq!(broker.metric(sse).await?, 1.0);
-    let subscribed = s.next().await?;
     assert_eq!(
-        subscribed,
+        s.next().await?,
         json!({"type": "subscribed", "topics": ["news.*", "alerts.>"]})
     );
     let replayed = [s.event().await?, s.event().await?];
@@ -141,14 +146,8 @@ async fn a_stream_carries_the_session_and_resumes_exactly_with_last_event_id() -
 
     // The query parameter does the same, for a client that cannot set headers.
     broker.publish("news.b", json!("away")).await?;
-    let mut s = SseStream::open(
-        &url(&broker, &format!("topics=news.*&last_event_id={id}")),
-        &[],
-    )
-    .await?
-    .stream()?;
-    s.next().await?;
-    s.next().await?;
+    let query = format!("topics=news.*&last_event_id={id}");
+    let mut s = subscribed(&broker, &query, &[]).await?;
     let e = s.event().await?;
     assert_eq!(positions(&[e]), [("news.b".into(), 3)]);
     broker.publish("news.a", json!({"n": 8})).await?;
@@ -165,11 +164,7 @@ async fn a_stream_carries_the_session_and_resumes_exactly_with_last_event_id() -
 async fn a_resume_that_cannot_be_honoured_is_a_reset() -> Result<()> {
     let broker = Broker::start(&config("", "[history]\nsize = 2\n"))?;
     broker.publish("a.one", json!(1)).await?;
-    let mut s = SseStream::open(&url(&broker, "topics=a.*&last=1"), &[])
-        .await?
-        .stream()?;
-    s.next().await?;
-    s.next().await?;
+    let mut s = subscribed(&broker, "topics=a.*&last=1", &[]).await?;
     s.event().await?;
     let id = s.last_id.clone().expect("an id");
     drop(s);
@@ -199,11 +194,7 @@ async fn pings_flow_and_shutdown_ends_the_stream_with_a_close_message() -> Resul
         "",
         "[session]\nheartbeat_interval_ms = 200\nheartbeat_timeout_ms = 200\n",
     ))?;
-    let mut s = SseStream::open(&url(&broker, "topics=x"), &[])
-        .await?
-        .stream()?;
-    s.next().await?;
-    s.next().await?;
+    let mut s = subscribed(&broker, "topics=x", &[]).await?;
     // Pings, and no heartbeat timeout: the client cannot answer, and stays.
     let mut pings = 0;
     while pings < 5 {
@@ -307,23 +298,11 @@ async fn credentials_are_a_bearer_token_or_a_ticket_and_expiry_ends_the_stream()
             .refused()?;
         assert_eq!(got, status, "{query}: {body}");
     }
-    let mut s = SseStream::open(
-        &url(&broker, "topics=news.a"),
-        &[("Authorization", &bearer)],
-    )
-    .await?
-    .stream()?;
-    assert_eq!(s.next().await?["type"], "welcome");
+    subscribed(&broker, "topics=news.a", &[("Authorization", &bearer)]).await?;
 
     // EventSource's way: a ticket in the URL, good once.
     let ticket = herald_e2e::ticket(&broker, &t).await?;
-    let mut s = SseStream::open(
-        &url(&broker, &format!("topics=news.a&ticket={ticket}")),
-        &[],
-    )
-    .await?
-    .stream()?;
-    assert_eq!(s.next().await?["type"], "welcome");
+    subscribed(&broker, &format!("topics=news.a&ticket={ticket}"), &[]).await?;
     let (status, _) = SseStream::open(
         &url(&broker, &format!("topics=news.a&ticket={ticket}")),
         &[],
@@ -391,11 +370,7 @@ async fn the_queue_bound_gives_lagged_or_ends_the_stream_with_4009() -> Result<(
             "",
             &format!("[session]\nqueue_max_bytes = 1024\nslow_consumer = \"{policy}\"\n"),
         ))?;
-        let mut s = SseStream::open(&url(&broker, "topics=big.*"), &[])
-            .await?
-            .stream()?;
-        s.next().await?;
-        s.next().await?;
+        let mut s = subscribed(&broker, "topics=big.*", &[]).await?;
         broker.publish("big.one", json!("x".repeat(2000))).await?;
         if expect_end {
             let rest = s.until_end(Duration::from_secs(10)).await?;
@@ -421,11 +396,7 @@ async fn the_queue_bound_gives_lagged_or_ends_the_stream_with_4009() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_more_topics_than_its_id_holds_resets_every_pattern() -> Result<()> {
     let broker = Broker::start(&config("", ""))?;
-    let mut s = SseStream::open(&url(&broker, "topics=many.*,other.x"), &[])
-        .await?
-        .stream()?;
-    s.next().await?;
-    s.next().await?;
+    let mut s = subscribed(&broker, "topics=many.*,other.x", &[]).await?;
     // 60 topics: more than the 48 an id tracks.
     for i in 0..60 {
         broker.publish(&format!("many.t{i}"), json!(i)).await?;

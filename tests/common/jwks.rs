@@ -59,20 +59,7 @@ impl SigningKey {
     pub fn rsa(kid: &str) -> Result<SigningKey> {
         let dir = tempfile::tempdir()?;
         let pem_file = dir.path().join("rsa.pem");
-        let ok = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-            ])
-            .arg(&pem_file)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .context("openssl (Debian's openssl package) makes the RSA test key")?;
-        ensure!(ok.success(), "openssl genpkey failed");
+        rsa_private_key(&pem_file)?;
         let modulus = std::process::Command::new("openssl")
             .args(["rsa", "-noout", "-modulus", "-in"])
             .arg(&pem_file)
@@ -108,6 +95,26 @@ impl SigningKey {
     pub fn jwk(&self) -> &Value {
         &self.jwk
     }
+}
+
+/// Writes a new 2048-bit RSA private key (PKCS#8 PEM) to `path`. openssl makes it:
+/// ring cannot generate RSA keys.
+pub fn rsa_private_key(path: &std::path::Path) -> Result<()> {
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("openssl (Debian's openssl package) makes the RSA test key")?;
+    ensure!(ok.success(), "openssl genpkey failed");
+    Ok(())
 }
 
 /// What the server answers.

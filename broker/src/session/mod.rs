@@ -210,8 +210,8 @@ impl Session {
         let resumed = start.resumed.filter(|_| forgot.is_none());
         self.sse = Some(sse::Positions::new(&epoch, resumed.as_ref()));
         let resume = resumed.map(|l| crate::protocol::Resume {
+            topics: l.topics(),
             epoch: l.epoch,
-            topics: l.topics,
         });
         let last = if resume.is_some() || forgot.is_some() {
             None

@@ -49,11 +49,17 @@ struct Wire {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LastEventId {
     pub epoch: String,
-    pub topics: BTreeMap<String, u64>,
-    /// The same positions, most recently updated first, as the id listed them.
+    /// `(topic, seq)`, most recently updated first, as the id lists them.
     recency: Vec<(String, u64)>,
     /// The stream had received more topics than the id holds.
     pub overflow: bool,
+}
+
+impl LastEventId {
+    /// The positions, as a `resume` lists them.
+    pub(crate) fn topics(&self) -> BTreeMap<String, u64> {
+        self.recency.iter().cloned().collect()
+    }
 }
 
 /// Reads an id this module made; `Err` says why it is not one.
@@ -66,14 +72,11 @@ pub(crate) fn decode(id: &str) -> Result<LastEventId, &'static str> {
         .map_err(|_| "not an id Herald sent (not base64url)")?;
     let wire: Wire =
         serde_json::from_slice(&json).map_err(|_| "not an id Herald sent (not its JSON)")?;
-    let mut topics = BTreeMap::new();
-    for (topic, seq) in &wire.t {
+    for (topic, _) in &wire.t {
         herald_bridges::topic::validate_topic(topic).map_err(|_| "holds an invalid topic")?;
-        topics.insert(topic.clone(), *seq);
     }
     Ok(LastEventId {
         epoch: wire.e,
-        topics,
         recency: wire.t,
         overflow: wire.x,
     })
@@ -265,7 +268,7 @@ mod tests {
         let last = decode(&id.expect("an id")).expect("decodes");
         assert_eq!(last.epoch, "ep");
         assert_eq!(
-            last.topics,
+            last.topics(),
             BTreeMap::from([("a.x".into(), 4), ("a.y".into(), 9)])
         );
         assert!(!last.overflow);
@@ -296,9 +299,9 @@ mod tests {
         }
         let last = decode(&p.id()).expect("decodes");
         assert!(last.overflow);
-        assert!(last.topics.len() <= MAX_TOPICS);
+        assert!(last.topics().len() <= MAX_TOPICS);
         assert!(
-            last.topics
+            last.topics()
                 .contains_key(&format!("t999.{}", "x".repeat(200))),
             "the newest stays"
         );
@@ -307,7 +310,7 @@ mod tests {
         assert!(decode(&resumed.id()).expect("decodes").overflow);
         // Of another epoch: nothing carries over.
         let fresh = Positions::new("other", Some(&last));
-        assert_eq!(decode(&fresh.id()).expect("decodes").topics.len(), 0);
+        assert_eq!(decode(&fresh.id()).expect("decodes").topics().len(), 0);
     }
 
     #[test]
@@ -344,7 +347,7 @@ mod tests {
         for i in 0..MAX_TOPICS - 2 {
             resumed.note(&format!("n{i}"), 1);
         }
-        let kept = decode(&resumed.id()).expect("decodes").topics;
+        let kept = decode(&resumed.id()).expect("decodes").topics();
         assert!(
             !kept.contains_key("z") && kept.contains_key("a"),
             "{kept:?}"
