@@ -1805,6 +1805,14 @@ impl Nginx {
         })
     }
 
+    /// Values of directive `name` in the block that starts with `block`, as one
+    /// string per use.
+    fn values(&self, block: &str, name: &str) -> Vec<String> {
+        self.find(block, name)
+            .map(|(_, _, args)| args.join(" "))
+            .collect()
+    }
+
     fn server_port(&self) -> Result<u16> {
         let listen = self
             .find("server", "listen")
@@ -1829,13 +1837,8 @@ fn nginx_passes_websocket_upgrades_to_every_cluster_node() -> Result<()> {
         .map(|(blocks, _, _)| blocks.last().cloned().unwrap_or_default())
         .collect();
     ensure!(!locations.is_empty(), "nginx.conf proxies nothing");
-    // Values of a directive inside the WebSocket location (`location /`), as one
-    // string per use.
-    let values = |name: &str| -> Vec<String> {
-        conf.find("location /", name)
-            .map(|(_, _, args)| args.join(" "))
-            .collect()
-    };
+    // Values of a directive inside the WebSocket location (`location /`).
+    let values = |name: &str| conf.values("location /", name);
     ensure!(
         values("proxy_http_version") == ["1.1"],
         "WebSocket upgrades need proxy_http_version 1.1"
@@ -1888,11 +1891,7 @@ fn nginx_passes_websocket_upgrades_to_every_cluster_node() -> Result<()> {
 
     // Server-Sent Events: its own location, never buffered or cached, open longer
     // than Herald's ping interval, with a reusable (not upgraded) connection.
-    let sse = |name: &str| -> Vec<String> {
-        conf.find("location = /sse", name)
-            .map(|(_, _, args)| args.join(" "))
-            .collect()
-    };
+    let sse = |name: &str| conf.values("location = /sse", name);
     ensure!(
         sse("proxy_pass") == ["http://herald"],
         "nginx.conf has no `location = /sse`"
