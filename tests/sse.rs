@@ -48,6 +48,19 @@ fn positions(events: &[Value]) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// `text` with every byte but letters and digits percent-encoded, for a query.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -188,6 +201,81 @@ async fn a_resume_that_cannot_be_honoured_is_a_reset() -> Result<()> {
     Ok(())
 }
 
+/// `?resume=` as JSON: positions a client kept itself (the JS client's, after a
+/// WebSocket). With it, `last` replays the patterns no resumed topic matches; a
+/// stream of no pattern (`topics=`) is a welcome and pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumes_from_positions_in_the_query_and_last_fills_in_new_patterns() -> Result<()>
+{
+    let broker = Broker::start(&config("", ""))?;
+    for n in 1..=3 {
+        broker.publish("a.one", json!(n)).await?;
+    }
+    for n in 1..=2 {
+        broker.publish("b.one", json!(n)).await?;
+    }
+    let mut empty = SseStream::open(&url(&broker, "topics="), &[])
+        .await?
+        .stream()?;
+    let welcome = empty.next().await?;
+    ensure!(welcome["type"] == "welcome", "{welcome}");
+    let epoch = welcome["epoch"].as_str().unwrap_or_default().to_owned();
+    // No subscribed, no event: nothing was asked for.
+    match empty.next_any(Duration::from_millis(300)).await {
+        Err(e) if e.to_string().starts_with("no message within") => {}
+        other => anyhow::bail!("a stream of no pattern sent {other:?}"),
+    }
+
+    let query = |epoch: &str| {
+        let resume = json!({"epoch": epoch, "topics": {"a.one": 1}}).to_string();
+        format!("topics=a.*,b.*&last=5&resume={}", percent_encoded(&resume))
+    };
+    let mut s = subscribed(&broker, &query(&epoch), &[]).await?;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(s.event().await?);
+    }
+    assert!(got.iter().all(|e| e["replay"] == true), "{got:?}");
+    let mut got = positions(&got);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("a.one".into(), 2),
+            ("a.one".into(), 3),
+            ("b.one".into(), 1),
+            ("b.one".into(), 2)
+        ],
+        "a.one after its position, b.one's last 5"
+    );
+    // Resume ids carry on from the positions given.
+    broker.publish("a.one", json!(4)).await?;
+    s.event().await?;
+    let id = s.last_id.clone().expect("an id");
+    drop(s);
+    broker.publish("b.one", json!(3)).await?;
+    let mut s = resume(&broker, "topics=a.*,b.*", &id).await?;
+    assert_eq!(positions(&[s.event().await?]), [("b.one".into(), 3)]);
+
+    // Positions of another process: a reset for them; `last` for the other pattern.
+    let mut s = subscribed(&broker, &query("another-epoch"), &[]).await?;
+    assert_eq!(
+        s.next().await?,
+        json!({"type": "reset", "topic": "a.one", "reason": "epoch_changed"})
+    );
+    let mut got = vec![s.event().await?, s.event().await?, s.event().await?];
+    got.sort_by_key(|e| e["seq"].as_u64());
+    assert_eq!(
+        positions(&got),
+        [
+            ("b.one".into(), 1),
+            ("b.one".into(), 2),
+            ("b.one".into(), 3)
+        ]
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_flow_and_shutdown_ends_the_stream_with_a_close_message() -> Result<()> {
     let broker = Broker::start(&config(
@@ -225,7 +313,17 @@ async fn bad_requests_are_an_http_error_before_the_stream() -> Result<()> {
     ))?;
     for (query, status, code) in [
         ("", 400, "bad_request"),
-        ("topics=", 400, "bad_request"),
+        ("topics=a&resume=nope", 400, "bad_request"),
+        (
+            "topics=a&resume=%7B%22epoch%22%3A%22e%22%2C%22topics%22%3A%7B%22a..b%22%3A1%7D%7D",
+            400,
+            "invalid_topic",
+        ),
+        (
+            "topics=a&resume=%7B%22epoch%22%3A%22e%22%2C%22topics%22%3A%7B%7D%7D&last_event_id=x",
+            400,
+            "bad_request",
+        ),
         ("topics=a..b", 400, "invalid_topic"),
         ("topics=a,b,c", 400, "too_many_subscriptions"),
         ("topics=a&last=many", 400, "bad_request"),

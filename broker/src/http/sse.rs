@@ -29,6 +29,9 @@ struct SseQuery {
     topics: Option<String>,
     last: Option<u32>,
     last_event_id: Option<String>,
+    /// The `resume` object of `subscribe`, as JSON: positions a client kept itself
+    /// (one that moves from WebSocket to a stream, or builds its own).
+    resume: Option<String>,
 }
 
 fn bad_request(code: ErrorCode, message: impl Into<String>) -> ApiError {
@@ -43,20 +46,19 @@ pub(super) async fn sse(
     let query = web::Query::<SseQuery>::from_query(req.query_string())
         .map_err(|e| bad_request(ErrorCode::BadRequest, format!("bad query string: {e}")))?
         .into_inner();
-    let topics: Vec<String> = query
-        .topics
-        .as_deref()
-        .unwrap_or("")
+    // `topics=` (present, empty) is a stream of no subscription yet: welcome and
+    // pings, which tell a client the broker is there. A missing `topics` is a typo.
+    let Some(topics) = query.topics.as_deref() else {
+        return Err(bad_request(
+            ErrorCode::BadRequest,
+            "topics is required: comma-separated patterns, e.g. ?topics=orders.*,news.> (or topics= for none yet)",
+        ));
+    };
+    let topics: Vec<String> = topics
         .split(',')
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .collect();
-    if topics.is_empty() {
-        return Err(bad_request(
-            ErrorCode::BadRequest,
-            "topics is required: comma-separated patterns, e.g. ?topics=orders.*,news.>",
-        ));
-    }
     // A browser's own reconnect sends the header; a client resuming by hand, the
     // query parameter.
     let given = |id: &&str| !id.trim().is_empty();
@@ -66,10 +68,28 @@ pub(super) async fn sse(
         .and_then(|v| v.to_str().ok())
         .filter(given)
         .or(query.last_event_id.as_deref().filter(given));
-    let resumed = last_event_id
-        .map(sse::decode)
-        .transpose()
-        .map_err(|why| bad_request(ErrorCode::BadRequest, format!("Last-Event-ID {why}")))?;
+    let resumed =
+        match (last_event_id, query.resume.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(bad_request(
+                    ErrorCode::BadRequest,
+                    "resume and Last-Event-ID (or last_event_id) are exclusive: send one",
+                ))
+            }
+            (Some(id), None) => Some(sse::decode(id).map_err(|why| {
+                bad_request(ErrorCode::BadRequest, format!("Last-Event-ID {why}"))
+            })?),
+            (None, Some(json)) => Some(
+                sse::LastEventId::from_resume(serde_json::from_str(json).map_err(|e| {
+                    bad_request(
+                        ErrorCode::BadRequest,
+                        format!("resume is not {{\"epoch\":…,\"topics\":{{topic: seq}}}}: {e}"),
+                    )
+                })?)
+                .map_err(|why| bad_request(ErrorCode::InvalidTopic, format!("resume {why}")))?,
+            ),
+            (None, None) => None,
+        };
     let max = broker.config().session.max_subscriptions;
     let checked = |identity: &crate::auth::Identity| {
         check_patterns(identity, &topics, &BTreeSet::new(), max).map_err(|e| {

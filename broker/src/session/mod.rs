@@ -194,10 +194,12 @@ impl Session {
     }
 
     /// Subscribes an event stream as it opens: with `resume` from its
-    /// `Last-Event-ID` (then `last` does not apply: the client has seen events), or
-    /// `last`. An id that had to forget topics cannot say what those missed: then
-    /// nothing is replayed, every pattern gets a `reset` (the reset names the
-    /// pattern), and the stream's positions start afresh.
+    /// `Last-Event-ID` or `?resume=`, and `last` for the patterns of which it names no
+    /// topic (new to the stream, or quiet on it: their events were never delivered,
+    /// so history cannot duplicate any). An id that had to forget topics cannot say
+    /// what those missed: then nothing is replayed, every pattern gets a `reset` (the
+    /// reset names the pattern), and the stream's positions start afresh. A stream of
+    /// no pattern (`topics=`) subscribes to nothing: welcome and pings.
     fn start_stream(&mut self, start: StreamStart, ctx: &mut Context<Self>) {
         let epoch = self.broker.epoch().to_owned();
         let forgot = start.resumed.as_ref().filter(|l| l.overflow).map(|l| {
@@ -209,15 +211,14 @@ impl Session {
         });
         let resumed = start.resumed.filter(|_| forgot.is_none());
         self.sse = Some(sse::Positions::new(&epoch, resumed.as_ref()));
+        if start.topics.is_empty() {
+            return;
+        }
         let resume = resumed.map(|l| crate::protocol::Resume {
             topics: l.topics(),
             epoch: l.epoch,
         });
-        let last = if resume.is_some() || forgot.is_some() {
-            None
-        } else {
-            start.last
-        };
+        let last = if forgot.is_some() { None } else { start.last };
         if let Err(err) = self.subscribe(start.topics.clone(), last, resume, &None, ctx) {
             self.reply_error(&None, &err, ctx);
             return;

@@ -24,8 +24,9 @@ pub(super) struct Plan {
 /// A resume position belongs to the first new pattern that matches its topic, so
 /// overlapping patterns in one request answer it once (one replay or one `reset`,
 /// never two); positions no new pattern matches are ignored. `last` is capped at
-/// `history_size` and wins over `resume`. A resume topic that is not a valid topic
-/// name refuses the whole request.
+/// `history_size`. With both (only an event stream sends both: `subscribe` refuses
+/// it), `last` applies to the patterns the resume names no topic of. A resume topic
+/// that is not a valid topic name refuses the whole request.
 pub(super) fn plan(
     new: &[Pattern],
     last: Option<u32>,
@@ -33,37 +34,45 @@ pub(super) fn plan(
     epoch: &str,
     history_size: usize,
 ) -> Result<Plan, TopicError> {
-    let none = || vec![Replay::None; new.len()];
-    let (replays, resets) = match (last, resume) {
-        (Some(n), _) => {
-            let n = n.min(u32::try_from(history_size).unwrap_or(u32::MAX));
-            (vec![Replay::Last(n); new.len()], Vec::new())
-        }
-        (None, Some(resume)) => {
-            for name in resume.topics.keys() {
-                topic::validate_topic(name)?;
-            }
-            let mut per_pattern = vec![BTreeMap::new(); new.len()];
-            for (name, seq) in resume.topics {
-                if let Some(i) = new.iter().position(|p| p.matches(&name)) {
-                    per_pattern[i].insert(name, seq);
-                }
-            }
-            if resume.epoch == epoch {
-                (
-                    per_pattern.into_iter().map(Replay::Resume).collect(),
-                    Vec::new(),
-                )
-            } else {
-                let resets = per_pattern
-                    .into_iter()
-                    .flat_map(BTreeMap::into_keys)
-                    .collect();
-                (none(), resets)
-            }
-        }
-        (None, None) => (none(), Vec::new()),
+    let last = last.map(|n| Replay::Last(n.min(u32::try_from(history_size).unwrap_or(u32::MAX))));
+    let otherwise = || last.clone().unwrap_or(Replay::None);
+    let Some(resume) = resume else {
+        return Ok(Plan {
+            replays: vec![otherwise(); new.len()],
+            resets: Vec::new(),
+        });
     };
+    for name in resume.topics.keys() {
+        topic::validate_topic(name)?;
+    }
+    // A pattern that matches a resumed topic has delivered events, even where the
+    // position went to an earlier pattern: `last` would duplicate them.
+    let resumed: Vec<bool> = new
+        .iter()
+        .map(|p| resume.topics.keys().any(|t| p.matches(t)))
+        .collect();
+    let mut per_pattern = vec![BTreeMap::new(); new.len()];
+    for (name, seq) in resume.topics {
+        if let Some(i) = new.iter().position(|p| p.matches(&name)) {
+            per_pattern[i].insert(name, seq);
+        }
+    }
+    let same_epoch = resume.epoch == epoch;
+    let mut resets = Vec::new();
+    let replays = per_pattern
+        .into_iter()
+        .zip(resumed)
+        .map(|(positions, resumed)| {
+            if !resumed {
+                otherwise()
+            } else if same_epoch {
+                Replay::Resume(positions)
+            } else {
+                resets.extend(positions.into_keys());
+                Replay::None
+            }
+        })
+        .collect();
     Ok(Plan { replays, resets })
 }
 
@@ -96,13 +105,32 @@ mod tests {
     }
 
     #[test]
-    fn last_is_capped_at_the_history_size_and_wins_over_resume() {
-        let new = patterns(&["a.*"]);
-        let p = plan(&new, Some(500), None, "e1", 100).expect("plan");
+    fn last_is_capped_at_the_history_size() {
+        let p = plan(&patterns(&["a.*"]), Some(500), None, "e1", 100).expect("plan");
         assert_eq!(p.replays, [Replay::Last(100)]);
+    }
+
+    #[test]
+    fn with_resume_last_replays_only_the_patterns_no_resumed_topic_matches() {
+        let new = patterns(&["a.*", "b.*", "c.*", ">"]);
         let p = plan(&new, Some(3), resume("e1", &[("a.x", 1)]), "e1", 100).expect("plan");
-        assert_eq!(p.replays, [Replay::Last(3)]);
+        assert_eq!(
+            p.replays,
+            [
+                positions(&[("a.x", 1)]),
+                Replay::Last(3),
+                Replay::Last(3),
+                positions(&[]),
+            ],
+            "> delivered a.x too (through a.*): no history for it"
+        );
         assert!(p.resets.is_empty());
+        let p = plan(&new, Some(3), resume("old", &[("a.x", 1)]), "e1", 100).expect("plan");
+        assert_eq!(
+            p.replays,
+            [Replay::None, Replay::Last(3), Replay::Last(3), Replay::None]
+        );
+        assert_eq!(p.resets, ["a.x"]);
     }
 
     #[test]

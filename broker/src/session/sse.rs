@@ -56,6 +56,19 @@ pub(crate) struct LastEventId {
 }
 
 impl LastEventId {
+    /// A `resume` object given as such (`?resume=`), rather than an id this module
+    /// made: nothing forgotten, and no recency order to keep.
+    pub(crate) fn from_resume(resume: crate::protocol::Resume) -> Result<Self, &'static str> {
+        for topic in resume.topics.keys() {
+            herald_bridges::topic::validate_topic(topic).map_err(|_| "holds an invalid topic")?;
+        }
+        Ok(LastEventId {
+            epoch: resume.epoch,
+            recency: resume.topics.into_iter().collect(),
+            overflow: false,
+        })
+    }
+
     /// The positions, as a `resume` lists them.
     pub(crate) fn topics(&self) -> BTreeMap<String, u64> {
         self.recency.iter().cloned().collect()
