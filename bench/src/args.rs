@@ -31,7 +31,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Target::Herald, env = "HERALD_BENCH_TARGET")]
     pub target: Target,
 
-    /// WebSocket URL of the server under test (ws:// only).
+    /// WebSocket URL of the server under test (ws:// only). With `--target herald-sse`
+    /// the streams are `GET sse?topics=…` beside its path (`/ws` → `/sse`).
     #[arg(
         long,
         default_value = "ws://127.0.0.1:8080/ws",
@@ -208,8 +209,10 @@ impl Args {
         if self.connect_concurrency == 0 {
             return fail("--connect-concurrency must be at least 1");
         }
-        if self.publish == PublishVia::Http && self.target != Target::Herald {
-            return fail("--publish http works with --target herald only");
+        if self.publish == PublishVia::Http
+            && !matches!(self.target, Target::Herald | Target::HeraldSse)
+        {
+            return fail("--publish http works with --target herald or herald-sse only");
         }
         Ok(())
     }

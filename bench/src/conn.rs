@@ -1,5 +1,6 @@
 //! One client connection: bind a source address, connect, upgrade, subscribe, then
-//! read until the run ends.
+//! read until the run ends. An event stream (`herald-sse`) connects with its request
+//! instead of an upgrade, and its request subscribes.
 //!
 //! On one machine, a single source address runs out of ephemeral ports (about 28,000
 //! with Linux's default range) long before a server runs out of capacity, so each
@@ -22,6 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::clock;
 use crate::payload::Stamp;
+use crate::sse::{self, DecodeError};
 use crate::stats::{self, Counts, Stats};
 use crate::target::{Events, ProtocolError, Session, Target};
 use crate::ws::{self, opcode, FrameError, HandshakeError, WsUrl};
@@ -107,6 +109,12 @@ pub enum ConnError {
     Io(#[from] io::Error),
 }
 
+impl From<DecodeError> for ConnError {
+    fn from(e: DecodeError) -> Self {
+        ConnError::Protocol(e.into())
+    }
+}
+
 impl ConnError {
     /// A short label for the report (`refused`, `timeout`, `http_503`, `close_4009`).
     pub fn kind(&self) -> String {
@@ -129,6 +137,8 @@ impl ConnError {
             ConnError::Handshake(_) => "bad_upgrade".into(),
             ConnError::Timeout => "timeout".into(),
             ConnError::Refused(_) => "subscription_refused".into(),
+            ConnError::Protocol(ProtocolError::Closed(code)) => format!("close_{code}"),
+            ConnError::Protocol(ProtocolError::Stream(DecodeError::End)) => "eof".into(),
             ConnError::Frame(_) | ConnError::Protocol(_) => "protocol_error".into(),
             ConnError::Closed(Some(code)) => format!("close_{code}"),
             ConnError::Closed(None) => "close".into(),
@@ -145,7 +155,7 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, permit: OwnedSemaphorePermit) 
     let opened = tokio::time::timeout(shared.timeout, open(&spec, &shared))
         .await
         .unwrap_or(Err(ConnError::Timeout));
-    let (stream, leftover) = match opened {
+    let (stream, leftover, decoder) = match opened {
         Ok(ok) => ok,
         Err(e) => {
             stats.fail(e.kind(), e.to_string());
@@ -156,14 +166,16 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, permit: OwnedSemaphorePermit) 
     stats::lock(&stats.connect_latency).saturating_record(upgrade_us.max(1));
     stats.connected.fetch_add(1, Relaxed);
 
-    let mut conn = Conn::new(stream, leftover, &spec, &shared);
-    let (op, msg) = shared
+    let mut conn = Conn::new(stream, leftover, decoder, &spec, &shared);
+    let subscribe = shared
         .target
         .subscribe(&spec.topics, &shared.subject_prefix);
     let subscribing = async {
-        let mut frame = Vec::new();
-        ws::encode(op, &msg, &mut frame);
-        conn.stream.write_all(&frame).await?;
+        if let Some((op, msg)) = subscribe {
+            let mut frame = Vec::new();
+            ws::encode(op, &msg, &mut frame);
+            conn.stream.write_all(&frame).await?;
+        }
         // Frames that came with the upgrade response (Herald's `welcome`).
         conn.process().await?;
         while !conn.events.subscribed {
@@ -194,8 +206,12 @@ pub async fn run(spec: Spec, shared: Arc<Shared>, permit: OwnedSemaphorePermit) 
     stats.disconnect(err.kind(), err.to_string());
 }
 
-/// Binds, connects and upgrades.
-async fn open(spec: &Spec, shared: &Shared) -> Result<(TcpStream, Vec<u8>), ConnError> {
+/// Binds, connects and upgrades (or opens the stream). Returns the connection, what
+/// came after the response head, and the stream's body decoder.
+async fn open(
+    spec: &Spec,
+    shared: &Shared,
+) -> Result<(TcpStream, Vec<u8>, Option<sse::Decoder>), ConnError> {
     let socket = match shared.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -212,8 +228,13 @@ async fn open(spec: &Spec, shared: &Shared) -> Result<(TcpStream, Vec<u8>), Conn
         .await
         .map_err(ConnError::Connect)?;
     stream.set_nodelay(true)?;
+    if shared.target.is_stream() {
+        let (decoder, leftover) =
+            sse::open(&mut stream, &shared.url, &spec.topics, &shared.headers).await?;
+        return Ok((stream, leftover, Some(decoder)));
+    }
     let leftover = ws::handshake(&mut stream, &shared.url, &shared.headers).await?;
-    Ok((stream, leftover))
+    Ok((stream, leftover, None))
 }
 
 /// A connection after its upgrade.
@@ -223,18 +244,27 @@ struct Conn<'a> {
     buf: Vec<u8>,
     /// The fragments of a message so far (message-oriented targets only).
     fragments: Vec<u8>,
+    /// The body decoder of an event stream; `None` for a WebSocket.
+    decoder: Option<sse::Decoder>,
     session: Session,
     events: Received<'a>,
 }
 
 impl<'a> Conn<'a> {
-    fn new(stream: TcpStream, leftover: Vec<u8>, spec: &Spec, shared: &'a Shared) -> Conn<'a> {
+    fn new(
+        stream: TcpStream,
+        leftover: Vec<u8>,
+        decoder: Option<sse::Decoder>,
+        spec: &Spec,
+        shared: &'a Shared,
+    ) -> Conn<'a> {
         let mut buf = Vec::with_capacity(READ_CHUNK.max(leftover.len()));
         buf.extend_from_slice(&leftover);
         Conn {
             stream,
             buf,
             fragments: Vec::new(),
+            decoder,
             session: shared.target.session(),
             events: Received {
                 stats: &shared.stats,
@@ -271,13 +301,38 @@ impl<'a> Conn<'a> {
     async fn process(&mut self) -> Result<(), ConnError> {
         self.events.now_us = clock::now_us();
         self.events.window = self.events.stats.window();
-        let result = self.handle_frames();
+        let result = if self.decoder.is_some() {
+            self.handle_stream()
+        } else {
+            self.handle_frames()
+        };
         self.events.flush();
-        if !self.events.replies.is_empty() {
+        if self.decoder.is_some() {
+            // A stream cannot answer (its pings need no pong).
+            self.events.replies.clear();
+        } else if !self.events.replies.is_empty() {
             self.stream.write_all(&self.events.replies).await?;
             self.events.replies.clear();
         }
         result
+    }
+
+    /// Decodes the stream's body bytes in `buf` and handles every whole message.
+    fn handle_stream(&mut self) -> Result<(), ConnError> {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return Ok(());
+        };
+        let (session, events) = (&mut self.session, &mut self.events);
+        let used = decoder.feed(&self.buf, MAX_MESSAGE, |data| {
+            session.on_data(data, events).map_err(ConnError::from)
+        });
+        match used {
+            Ok(used) => {
+                self.buf.drain(..used);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Parses and handles the whole frames at the start of `buf`, and drops them.

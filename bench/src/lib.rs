@@ -1,6 +1,6 @@
 //! Herald's fan-out load tool (`herald-bench`) and the pieces it is made of.
 //!
-//! The tool opens many WebSocket connections to a server under test, subscribes them
+//! The tool opens many WebSocket connections (or Herald event streams) to a server under test, subscribes them
 //! across topics, publishes timestamped messages through NATS or Herald's HTTP API at a
 //! fixed rate, and measures what arrives: deliveries per second, loss, and the latency
 //! from publish to receipt. It speaks three protocols, so that Herald can be measured
@@ -17,8 +17,10 @@
 //! - [`ws`]: a minimal WebSocket client (upgrade request, frame parsing, masked
 //!   frames). Hand-written so the receiving side parses in place and allocates nothing
 //!   per message.
-//! - [`target`]: what each server's protocol needs from a client: Herald's JSON,
-//!   NATS over WebSocket, ws-broadcast's one-line subscribe.
+//! - [`sse`]: a minimal Server-Sent Events client (request, chunked body, messages),
+//!   for Herald's `GET /sse`.
+//! - [`target`]: what each server's protocol needs from a client: Herald's JSON
+//!   (over WebSocket or SSE), NATS over WebSocket, ws-broadcast's one-line subscribe.
 //! - [`nats_proto`]: a NATS protocol parser for byte streams split anywhere.
 //! - [`payload`]: the stamp (send time, sequence, topic) every message carries, and
 //!   how to find it again in whatever frame the server wraps it in.
@@ -39,6 +41,7 @@ pub mod procstat;
 pub mod publish;
 pub mod report;
 pub mod run;
+pub mod sse;
 pub mod stats;
 pub mod target;
 pub mod ws;

@@ -3,6 +3,7 @@
 //! | target | subscribe | a delivery | heartbeat |
 //! |---|---|---|---|
 //! | `herald` | `{"op":"subscribe","topics":["t3"]}`, answered `subscribed` | an `event` frame with the payload as `data` | `{"type":"ping"}` answered `{"op":"pong"}` |
+//! | `herald-sse` | `GET /sse?topics=t3`, answered `subscribed` in the stream | an `event` message | `{"type":"ping"}`, not answered (a stream is one-way) |
 //! | `nats-ws` | `CONNECT`, `SUB bench.t3 1`, `PING`, answered `PONG` | `MSG` (frames split anywhere) | `PING` answered `PONG` |
 //! | `ws-broadcast` | `sub t3`, answered `subscribed` | the payload itself | none |
 //!
@@ -21,6 +22,9 @@ use crate::ws::opcode;
 pub enum Target {
     /// Herald's protocol (`herald.v1.json`).
     Herald,
+    /// Herald's protocol over Server-Sent Events (`GET /sse`, beside the WebSocket
+    /// path of `--url`).
+    HeraldSse,
     /// The NATS client protocol over nats-server's WebSocket listener.
     NatsWs,
     /// The trivial protocol of `ws-broadcast`, the reference server.
@@ -33,9 +37,11 @@ pub fn topic_name(i: u32) -> String {
 }
 
 impl Target {
-    /// The frame (opcode and payload) that subscribes a connection to `topics`.
-    pub fn subscribe(self, topics: &[u32], subject_prefix: &str) -> (u8, Vec<u8>) {
-        match self {
+    /// The frame (opcode and payload) that subscribes a connection to `topics`; none
+    /// for a stream, whose request names them.
+    pub fn subscribe(self, topics: &[u32], subject_prefix: &str) -> Option<(u8, Vec<u8>)> {
+        Some(match self {
+            Target::HeraldSse => return None,
             Target::Herald => {
                 let names: Vec<String> = topics.iter().map(|&t| topic_name(t)).collect();
                 let msg = serde_json::json!({"op": "subscribe", "id": 1, "topics": names});
@@ -61,13 +67,18 @@ impl Target {
                     format!("sub {}", names.join(" ")).into_bytes(),
                 )
             }
-        }
+        })
+    }
+
+    /// Whether the connection is an event stream rather than a WebSocket.
+    pub fn is_stream(self) -> bool {
+        self == Target::HeraldSse
     }
 
     /// A new per-connection protocol state.
     pub fn session(self) -> Session {
         match self {
-            Target::Herald => Session::Herald,
+            Target::Herald | Target::HeraldSse => Session::Herald,
             Target::NatsWs => Session::Nats(nats_proto::Parser::default()),
             Target::WsBroadcast => Session::Broadcast,
         }
@@ -99,6 +110,13 @@ pub enum ProtocolError {
     /// The NATS stream could not be parsed.
     #[error("NATS protocol: {0}")]
     Nats(#[from] NatsError),
+    /// Herald ended an event stream with a `close` message (the code of the close
+    /// frame a WebSocket would have got).
+    #[error("closed by the server with code {0}")]
+    Closed(u16),
+    /// An event stream's body could not be read.
+    #[error("{0}")]
+    Stream(#[from] crate::sse::DecodeError),
 }
 
 /// Per-connection protocol state.
@@ -169,6 +187,10 @@ fn herald_message(data: &[u8], ev: &mut impl Events) -> Result<(), ProtocolError
         "ping" => ev.reply(opcode::TEXT, br#"{"op":"pong"}"#),
         "lagged" => ev.lagged(msg["dropped"].as_u64().unwrap_or(0)),
         "event" => ev.foreign(),
+        "close" => {
+            let code = msg["code"].as_u64().unwrap_or(0);
+            return Err(ProtocolError::Closed(u16::try_from(code).unwrap_or(0)));
+        }
         "error" => ev.server_error(format!(
             "{}: {}",
             msg["code"].as_str().unwrap_or("?"),
@@ -231,18 +253,23 @@ mod tests {
 
     #[test]
     fn subscribe_frames_name_the_topics() {
-        let (op, msg) = Target::Herald.subscribe(&[1, 2], "bench.");
+        let frame = |t: Target| t.subscribe(&[1, 2], "bench.").expect("a frame");
+        let (op, msg) = frame(Target::Herald);
         assert_eq!(op, opcode::TEXT);
         let v: serde_json::Value = serde_json::from_slice(&msg).expect("json");
         assert_eq!(v["op"], "subscribe");
         assert_eq!(v["topics"], serde_json::json!(["t1", "t2"]));
-        let (op, msg) = Target::NatsWs.subscribe(&[1, 2], "bench.");
+        let (op, msg) = frame(Target::NatsWs);
         assert_eq!(op, opcode::BINARY);
         let msg = String::from_utf8(msg).expect("utf8");
         assert!(msg.starts_with("CONNECT {"));
         assert!(msg.ends_with("\r\nSUB bench.t1 1\r\nSUB bench.t2 2\r\nPING\r\n"));
-        let (_, msg) = Target::WsBroadcast.subscribe(&[1, 2], "bench.");
+        let (_, msg) = frame(Target::WsBroadcast);
         assert_eq!(msg, b"sub t1 t2");
+        assert!(
+            Target::HeraldSse.subscribe(&[1], "bench.").is_none(),
+            "a stream's request names its topics"
+        );
     }
 
     #[test]
@@ -276,6 +303,15 @@ mod tests {
         );
         assert!(s.on_data(b"not json", &mut seen).is_err());
         assert!(s.on_data(b"[1]", &mut seen).is_err());
+        // An event stream's last message ends the connection with its code.
+        let closed = s.on_data(
+            br#"{"type":"close","code":4009,"reason":"slow"}"#,
+            &mut seen,
+        );
+        assert!(
+            matches!(closed, Err(ProtocolError::Closed(4009))),
+            "{closed:?}"
+        );
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl fmt::Display for WsUrl {
 
 impl WsUrl {
     /// The `Host` header value.
-    fn host_header(&self) -> String {
+    pub fn host_header(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -106,9 +106,10 @@ impl WsUrl {
 /// Why an upgrade failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    /// The server answered, but not with 101 (Herald: 503 past `max_connections`,
-    /// 401 for bad credentials, 400 for an unsupported subprotocol).
-    #[error("the server answered HTTP {status} instead of 101 Switching Protocols: {body}")]
+    /// The server answered, but not with 101 (or 200 for an event stream; Herald: 503
+    /// past `max_connections`, 401 for bad credentials, 400 for an unsupported
+    /// subprotocol).
+    #[error("the server answered HTTP {status} instead of accepting the connection: {body}")]
     Status {
         /// The HTTP status code.
         status: u16,
@@ -161,6 +162,54 @@ where
     stream
         .write_all(&upgrade_request(url, &key, headers))
         .await?;
+    let head = response_head(stream).await?;
+    if head.status != 101 {
+        return Err(head.refused());
+    }
+    let expected = derive_accept_key(key.as_bytes());
+    if head.header("sec-websocket-accept") != Some(expected.as_str()) {
+        return Err(HandshakeError::BadAccept);
+    }
+    Ok(head.rest)
+}
+
+/// An HTTP/1.1 response head, and what came after it in the same reads.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// The status code.
+    pub status: u16,
+    /// The head's text, status line included.
+    head: String,
+    /// The bytes after the head.
+    pub rest: Vec<u8>,
+}
+
+impl ResponseHead {
+    /// The value of the first header called `name` (any case), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.split("\r\n").skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The error for a status the client did not want, with the start of the body,
+    /// which is enough to say why.
+    pub fn refused(&self) -> HandshakeError {
+        let body = String::from_utf8_lossy(&self.rest);
+        let body: String = body.chars().take(200).collect();
+        HandshakeError::Status {
+            status: self.status,
+            body: body.trim().to_string(),
+        }
+    }
+}
+
+/// Reads a response head from `stream` (at most [`MAX_RESPONSE_HEAD`] bytes).
+pub async fn response_head<S>(stream: &mut S) -> Result<ResponseHead, HandshakeError>
+where
+    S: AsyncRead + Unpin,
+{
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
         if let Some(i) = memchr::memmem::find(&buf, b"\r\n\r\n") {
@@ -174,33 +223,19 @@ where
             return Err(HandshakeError::Closed);
         }
     };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| HandshakeError::Malformed)?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| HandshakeError::Malformed)?
+        .to_owned();
+    let status: u16 = head
+        .strip_prefix("HTTP/1.1 ")
         .and_then(|l| l.get(..3))
         .and_then(|c| c.parse().ok())
         .ok_or(HandshakeError::Malformed)?;
-    if status != 101 {
-        // Whatever part of the body arrived with the head is enough to say why.
-        let body = String::from_utf8_lossy(&buf[head_end..]);
-        let body: String = body.chars().take(200).collect();
-        return Err(HandshakeError::Status {
-            status,
-            body: body.trim().to_string(),
-        });
-    }
-    let expected = derive_accept_key(key.as_bytes());
-    let accepted = lines.any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == expected
-        })
-    });
-    if !accepted {
-        return Err(HandshakeError::BadAccept);
-    }
-    Ok(buf.split_off(head_end))
+    Ok(ResponseHead {
+        status,
+        head,
+        rest: buf.split_off(head_end),
+    })
 }
 
 /// A frame header, parsed from the start of a buffer.

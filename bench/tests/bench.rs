@@ -149,6 +149,25 @@ async fn herald_through_its_http_api_loses_nothing_at_a_tiny_load() -> Result<()
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn herald_over_server_sent_events_loses_nothing_at_a_tiny_load() -> Result<()> {
+    let nats = NatsServer::start_with(&[])?;
+    let broker = herald_with_bridge(&nats)?;
+    broker.wait_readyz(200).await?;
+    let pid = broker.pid().to_string();
+    let s = small_run(
+        "herald-sse",
+        &broker.ws_url(),
+        &["--nats-url", &nats.url(), "--pid", &pid],
+    )?;
+    assert_eq!(s["target"], "herald-sse");
+    let streams = broker
+        .metric(r#"herald_connections_accepted_total{transport="sse"}"#)
+        .await?;
+    assert_eq!(streams, 40.0, "the tool's connections were event streams");
+    Ok(())
+}
+
 /// A nats-server with a WebSocket listener; returns it and the WebSocket port.
 fn nats_with_websocket() -> Result<(NatsServer, u16)> {
     let ws_port = free_port()?;
@@ -279,7 +298,7 @@ fn a_server_that_is_not_there_is_named_in_the_error() -> Result<()> {
     }
     let (ok, _, stderr) = bench(&["--target", "nats-ws", "--publish", "http"])?;
     ensure!(
-        !ok && stderr.contains("--publish http works with --target herald only"),
+        !ok && stderr.contains("--publish http works with --target herald or herald-sse only"),
         "{stderr}"
     );
     Ok(())
