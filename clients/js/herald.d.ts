@@ -1,4 +1,5 @@
-// Type declarations for herald.js, the Herald WebSocket client (protocol herald.v1.json).
+// Type declarations for herald.js, the Herald client (protocol herald.v1.json, over
+// WebSocket or Server-Sent Events).
 
 /** The subprotocol offered on every upgrade. */
 export declare const PROTOCOL: "herald.v1.json";
@@ -8,6 +9,9 @@ export declare const PROTOCOL: "herald.v1.json";
  * not called yet.
  */
 export type State = "idle" | "connecting" | "open" | "reconnecting" | "closed" | "unauthorized";
+
+/** What carries the session: a WebSocket, or a Server-Sent Events stream (`GET /sse`). */
+export type Transport = "websocket" | "sse";
 
 /** The first message of every connection. */
 export interface Welcome {
@@ -88,8 +92,13 @@ export interface ClientEvents {
   lagged: (info: { dropped: number }) => void;
   reset: (info: ResetInfo) => void;
   gap: (info: GapInfo) => void;
-  /** A fresh token from the `token` function was accepted on the open connection. */
+  /**
+   * A fresh token from the `token` function was accepted on the open connection (on
+   * SSE: a stream opened with it replaced the old one).
+   */
   refresh: (info: RefreshInfo) => void;
+  /** With `transport: "auto"`: the client moved to the other transport. */
+  transport: (transport: Transport, prev: Transport) => void;
   /**
    * An error reply tied to no pending request, a resubscribe that failed, or an
    * in-place token refresh that failed (code `"refresh_failed"`, the reason in `cause`).
@@ -140,9 +149,16 @@ export type BrokerErrorCode =
  * `unsubscribed`: unsubscribed before the broker confirmed. `timeout`: no reply
  * within the request's timeout (the broker may still have acted on it).
  * `refresh_failed`: refreshing the token in place failed (an `error` event; `cause`
- * says why); the client retries while the current token lasts.
+ * says why); the client retries while the current token lasts. `not_supported`:
+ * `ping` over Server-Sent Events.
  */
-export type ClientErrorCode = "not_open" | "disconnected" | "unsubscribed" | "timeout" | "refresh_failed";
+export type ClientErrorCode =
+  | "not_open"
+  | "disconnected"
+  | "unsubscribed"
+  | "timeout"
+  | "refresh_failed"
+  | "not_supported";
 
 /**
  * An error reply of the broker, or one of the client's own. `code` may also be a code
@@ -166,6 +182,16 @@ export interface BackoffOptions {
   initialMs?: number;
   /** Largest cap, in ms (default 30000). */
   maxMs?: number;
+}
+
+/** A constructor compatible with the WHATWG EventSource (browsers, the `eventsource` package). */
+export type EventSourceConstructor = new (url: string) => EventSourceLike;
+
+export interface EventSourceLike {
+  readonly readyState: number;
+  close(): void;
+  onmessage: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
 }
 
 /** A constructor compatible with the WHATWG WebSocket (browsers, Node 22+, undici, `ws`). */
@@ -197,6 +223,22 @@ export interface ConnectOptions {
   getTicket?: () => string | Promise<string>;
   /** Defaults to globalThis.WebSocket, looked up when the client first connects. */
   WebSocket?: WebSocketConstructor;
+  /**
+   * Defaults to globalThis.EventSource (browsers; Node has none before 22: pass one,
+   * such as the `eventsource` package's).
+   */
+  EventSource?: EventSourceConstructor;
+  /**
+   * "websocket", "sse" (Server-Sent Events: `GET /sse` to receive, `POST /api/publish`
+   * to publish, no `ping`), or "auto" (default): WebSocket, and SSE after two failed
+   * upgrades in a row when an EventSource exists, back to WebSocket once a probe
+   * upgrade gets through (see `websocketRetryMs`).
+   */
+  transport?: "websocket" | "sse" | "auto";
+  /** With "auto" on SSE: how often to check whether WebSocket works again, in ms (default 60000). */
+  websocketRetryMs?: number;
+  /** The event stream's URL; default `sse` beside the WebSocket path (`/ws` → `/sse`). */
+  sseUrl?: string;
   backoff?: BackoffOptions;
   /** After close 1001, reconnect after a random delay below this, in ms (default 5000). */
   goingAwayMaxMs?: number;
@@ -280,6 +322,8 @@ export interface Subscription<T = unknown> extends AsyncIterable<HeraldEvent<T>>
 export declare class HeraldClient {
   constructor(url: string, options?: ConnectOptions);
   readonly state: State;
+  /** The transport of the current connection, or of the next attempt. */
+  readonly transport: Transport;
   on<K extends keyof ClientEvents>(name: K, fn: ClientEvents[K]): this;
   off<K extends keyof ClientEvents>(name: K, fn: ClientEvents[K]): this;
   /**
@@ -293,9 +337,12 @@ export declare class HeraldClient {
     handler?: (event: HeraldEvent<T>) => void,
   ): Subscription<T>;
   subscribe<T = unknown>(topics: string | string[], handler: (event: HeraldEvent<T>) => void): Subscription<T>;
-  /** Resolves when the broker accepted the event for fan-out (not when delivered). */
+  /**
+   * Resolves when the broker accepted the event for fan-out (not when delivered).
+   * Over SSE it is `POST /api/publish`, with the token as Bearer.
+   */
   publish(topic: string, data: unknown, extra?: PublishOptions): Promise<void>;
-  /** Resolves with the round trip to the broker and back, in ms. */
+  /** Resolves with the round trip to the broker and back, in ms (WebSocket only). */
   ping(options?: RequestOptions): Promise<number>;
   /** Closes with 1000 and ends every loop over a subscription; no reconnect until `connect()` or `reconnect()`. */
   close(): void;

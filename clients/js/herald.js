@@ -7,6 +7,13 @@
  * and noticing a dead connection, reconnecting without a retry storm, and refreshing a
  * token function's token on the open connection before it expires.
  *
+ * Two transports carry the same session: WebSocket, and Server-Sent Events
+ * (`GET /sse`, docs/protocol.md section 10) where a proxy refuses upgrades. Over SSE
+ * the subscriptions are in the stream's URL, so a change of them reopens the stream
+ * with the positions seen so far (`?resume=`), and `publish` is `POST /api/publish`.
+ * With `transport: "auto"` the client falls back to SSE after two failed upgrades in
+ * a row and tries WebSocket again later.
+ *
  * What it cannot hide: delivery is best-effort, at-most-once. Events can be lost, and
  * the client tells you whenever it can know (`gap`, `lagged`, `reset` events). It
  * never invents, repeats or reorders an event of a topic for one subscription.
@@ -41,6 +48,30 @@ const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 
 /** Events an iterator holds for a loop that has not caught up yet. */
 const DEFAULT_BUFFER_SIZE = 1_000;
+
+/**
+ * With `transport: "auto"`, how long the client stays on Server-Sent Events before it
+ * checks whether a WebSocket upgrade gets through again (`websocketRetryMs`).
+ */
+const DEFAULT_WEBSOCKET_RETRY_MS = 60_000;
+
+/**
+ * When a stream is replaced, how long the old one goes on delivering after the new
+ * one's subscriptions are in effect (see `#reopen`). Events published before that
+ * point can still be on their way on the old stream; a second is far more than a
+ * healthy path needs to bring them.
+ */
+const STREAM_OVERLAP_MS = 1_000;
+
+/** Failed attempts in a row, before any `welcome`, after which "auto" changes transport. */
+const FAILURES_BEFORE_SWITCH = 2;
+
+/**
+ * The most a stream URL's `resume` may take, as encoded. Proxies refuse longer request
+ * lines (nginx's default limit is 8 KB); positions past it cannot be carried, and
+ * their topics are reset instead.
+ */
+const MAX_RESUME_CHARS = 6_000;
 
 /** setTimeout fires at once for longer delays, so anything above counts as "never". */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -143,12 +174,51 @@ export class HeraldClient {
   #url = null;
   #options;
   #WebSocket = null;
+  #EventSource = null;
   #state = "connecting";
   /** @type {Map<string, Set<Function>>} */
   #listeners = new Map();
 
-  /** The current socket, or null while waiting to reconnect. */
+  /** The current socket, or null while waiting to reconnect (or on SSE). */
   #ws = null;
+  /**
+   * "websocket" | "sse": the transport of the current connection or attempt. With
+   * `transport: "auto"` it changes after failed attempts (see `#lost`).
+   */
+  #transport;
+  /** The current event stream (an EventSource), or null. */
+  #stream = null;
+  /** The patterns the current stream was opened with, in order. */
+  #streamTopics = [];
+  /** Whether the current connection got its `welcome` (an attempt that did not failed). */
+  #welcomed = false;
+  /** Attempts on the current transport that failed before a `welcome`, in a row. */
+  #failures = 0;
+  /**
+   * True while the stream is being replaced for a subscription change or a fresh
+   * token (or the transport switched back to WebSocket): the session goes on, so the
+   * state stays "open" and no `close` or `open` is emitted for it.
+   */
+  #quiet = false;
+  /** True while a quiet reopen carries a fresh token: its `welcome` emits `refresh`. */
+  #refreshing = false;
+  /**
+   * The stream being replaced, while it still delivers (see `#reopen`): the
+   * EventSource, its patterns, the new stream's events of those patterns held back
+   * meanwhile, and the timer that ends the overlap.
+   */
+  #draining = null;
+  /** A reopen planned for the end of the current task (several calls, one reopen). */
+  #reopenQueued = false;
+  /** A reopen asked for during an overlap, made when it ends (see `#queueReopen`). */
+  #reopenAfterDrain = false;
+  /** Unsubscribes over SSE, resolved once the stream without their patterns opened. */
+  #streamWaiters = [];
+  /** On SSE with "auto": the timer of the next WebSocket probe, and the probe itself. */
+  #probeTimer = null;
+  #probe = null;
+  /** The token this connection's credentials came from: Bearer for `POST /api/publish`. */
+  #httpToken = null;
   /**
    * Bumped when an attempt starts or is abandoned, so that an attempt still awaiting
    * its credentials, or code that just ran a listener (which may have called
@@ -201,7 +271,13 @@ export class HeraldClient {
       requestTimeoutMs: timeoutOption(options.requestTimeoutMs, "requestTimeoutMs") ?? DEFAULT_REQUEST_TIMEOUT_MS,
       refreshMarginMs: timeoutOption(options.refreshMarginMs, "refreshMarginMs") ?? DEFAULT_REFRESH_MARGIN_MS,
       WebSocket: options.WebSocket,
+      EventSource: options.EventSource,
+      transport: transportOption(options.transport),
+      websocketRetryMs:
+        timeoutOption(options.websocketRetryMs, "websocketRetryMs") ?? DEFAULT_WEBSOCKET_RETRY_MS,
+      sseUrl: options.sseUrl,
     };
+    this.#transport = this.#options.transport === "sse" ? "sse" : "websocket";
     this.#onlineTarget = options.onlineTarget === undefined ? browserGlobal() : options.onlineTarget;
     if (options.autoConnect ?? true) {
       this.#prepare();
@@ -221,6 +297,14 @@ export class HeraldClient {
    */
   get state() {
     return this.#state;
+  }
+
+  /**
+   * "websocket" | "sse": the transport of the current connection, or of the next
+   * attempt while there is none.
+   */
+  get transport() {
+    return this.#transport;
   }
 
   on(name, fn) {
@@ -302,9 +386,10 @@ export class HeraldClient {
   }
 
   /**
-   * Publishes over the WebSocket. Resolves on `ok` ("accepted for fan-out", not
-   * "delivered"); rejects with a HeraldError on an error reply, at once when not
-   * open, when the connection is lost before the reply, and after the timeout.
+   * Publishes over the WebSocket, or with `POST /api/publish` on SSE. Resolves on
+   * `ok` (or `202`: "accepted for fan-out", not "delivered"); rejects with a
+   * HeraldError on an error reply, at once when not open, when the connection is lost
+   * before the reply (over HTTP: when the request fails), and after the timeout.
    *
    * @param {string} topic
    * @param {unknown} data any JSON value
@@ -319,7 +404,12 @@ export class HeraldClient {
     const message = { op: "publish", topic, data };
     if (key !== undefined) message.key = key;
     if (headers !== undefined) message.headers = headers;
-    return this.#request(message, { drop: "reject", timeoutMs, what: `publish to ${topic}` });
+    const what = `publish to ${topic}`;
+    if (this.#transport === "sse") {
+      const { op: _, ...event } = message;
+      return this.#post("api/publish", event, { timeoutMs, what }).then(() => undefined);
+    }
+    return this.#request(message, { drop: "reject", timeoutMs, what });
   }
 
   /**
@@ -334,6 +424,10 @@ export class HeraldClient {
     const timeoutMs = timeoutOption(options?.timeoutMs, "timeoutMs");
     if (this.#state !== "open") {
       return Promise.reject(new HeraldError("not_open", `cannot ping while ${this.#state}`));
+    }
+    if (this.#transport === "sse") {
+      // A stream carries nothing from the client: there is no round trip to time.
+      return Promise.reject(new HeraldError("not_supported", "ping needs the WebSocket transport, not Server-Sent Events"));
     }
     const sentAt = performance.now();
     return this.#request({ op: "ping" }, { drop: "reject", timeoutMs, what: "ping" }).then(() => performance.now() - sentAt);
@@ -378,13 +472,20 @@ export class HeraldClient {
    */
   #prepare() {
     this.#url ??= websocketUrl(this.#rawUrl);
-    this.#WebSocket ??= this.#options.WebSocket ?? globalThis.WebSocket;
-    if (typeof this.#WebSocket !== "function") {
-      this.#WebSocket = null;
+    const WebSocketClass = this.#options.WebSocket ?? globalThis.WebSocket;
+    const EventSourceClass = this.#options.EventSource ?? globalThis.EventSource;
+    this.#WebSocket = typeof WebSocketClass === "function" ? WebSocketClass : null;
+    this.#EventSource = typeof EventSourceClass === "function" ? EventSourceClass : null;
+    const mode = this.#options.transport;
+    if (mode === "sse" && !this.#EventSource) {
+      throw new TypeError('herald: transport "sse" needs an EventSource implementation; pass { EventSource }');
+    }
+    if (mode !== "sse" && !this.#WebSocket && !(mode === "auto" && this.#EventSource)) {
       throw new TypeError(
         "herald: no WebSocket implementation; on Node 20 run with --experimental-websocket or pass { WebSocket }",
       );
     }
+    if (!this.#WebSocket) this.#setTransport("sse");
     if (this.#onlineTarget && !this.#onlineListening) {
       this.#onlineTarget.addEventListener("online", this.#onOnline);
       this.#onlineListening = true;
@@ -412,23 +513,37 @@ export class HeraldClient {
 
   async #open() {
     const generation = ++this.#generation;
-    let url = this.#url;
-    let token;
+    this.#welcomed = false;
+    const sse = this.#transport === "sse";
+    // No await when there is nothing to wait for: an attempt starts within the call
+    // that asked for it (an `online` event, `reconnect()`).
+    let credentials = this.#credentials(sse);
     try {
-      const { token: tokenOption, getTicket } = this.#options;
-      if (getTicket) {
-        const u = new URL(url);
-        u.searchParams.set("ticket", await this.#bounded(() => getTicket(), "getTicket"));
-        url = u.href;
-      }
-      token = typeof tokenOption === "function" ? await this.#bounded(() => tokenOption(), "token") : tokenOption;
+      if (credentials instanceof Promise) credentials = await credentials;
     } catch (err) {
       if (generation !== this.#generation) return;
-      // A credential we cannot get after a 4001 means the user must act; otherwise
-      // treat it like an unreachable broker (the token endpoint may be down too).
-      return this.#lost(this.#authRetry ? 4001 : 1006, `could not get credentials: ${err?.message ?? err}`);
+      // A credential we cannot get after a 4001 means the user must act, and so does
+      // a token the broker refused a ticket for; otherwise treat it like an
+      // unreachable broker (the token endpoint may be down too).
+      const refused = err instanceof HeraldError && err.code === "unauthorized";
+      return this.#lost(this.#authRetry || refused ? 4001 : 1006, `could not get credentials: ${err?.message ?? err}`);
     }
     if (generation !== this.#generation) return;
+    if (sse) {
+      // The stream's URL holds the subscriptions: those made in the same task as
+      // connect() or reconnect() go in the first one.
+      await null;
+      if (generation !== this.#generation) return;
+    }
+    const { ticket, token } = credentials;
+    this.#httpToken = token ?? null;
+    if (sse) return this.#openStream(generation, ticket, token);
+    let url = this.#url;
+    if (ticket !== undefined) {
+      const u = new URL(url);
+      u.searchParams.set("ticket", ticket);
+      url = u.href;
+    }
     let ws;
     try {
       ws = new this.#WebSocket(url, PROTOCOL);
@@ -437,18 +552,7 @@ export class HeraldClient {
     }
     this.#ws = ws;
     this.#connectionToken = typeof this.#options.token === "function" ? token : null;
-    this.#silenceMs = DEFAULT_SILENCE_MS;
-    this.#heard();
-    // The attempt, and the `auth` request that follows it, get the request timeout:
-    // a handshake that hangs (a blackholed address, a proxy that never answers)
-    // would otherwise hold the client in "connecting" for the 35 s of the watchdog.
-    const ms = this.#options.requestTimeoutMs;
-    if (ms <= MAX_TIMER_MS) {
-      this.#handshakeTimer = setTimeout(() => {
-        this.#dropSocket(4008, "handshake timeout");
-        this.#lost(4008, "handshake timeout");
-      }, ms);
-    }
+    this.#startHandshake();
     ws.onopen = () => {
       // Browsers cannot set headers on the upgrade, so the token is the first message.
       if (token) return this.#send({ op: "auth", token });
@@ -464,6 +568,245 @@ export class HeraldClient {
     // CONNECTING forever. Either way the attempt is over. Later errors are followed
     // by a close event, which carries the code.
     ws.onerror = () => ws.readyState === 0 && this.#lost(1006, "");
+  }
+
+  /**
+   * The credentials of one attempt: a ticket from `getTicket`, and the token (a
+   * string, or the token function's answer). A stream cannot carry a token (an
+   * `EventSource` sets no header, and a JWT never goes in a URL), so over SSE a token
+   * without `getTicket` is exchanged for a ticket with `POST /api/tickets`.
+   */
+  #credentials(sse) {
+    const { token: tokenOption, getTicket } = this.#options;
+    const wait = getTicket || typeof tokenOption === "function" || (sse && tokenOption);
+    return wait ? this.#fetchCredentials(sse) : { ticket: undefined, token: tokenOption };
+  }
+
+  async #fetchCredentials(sse) {
+    const { token: tokenOption, getTicket } = this.#options;
+    let ticket = getTicket ? await this.#bounded(() => getTicket(), "getTicket") : undefined;
+    const token = typeof tokenOption === "function" ? await this.#bounded(() => tokenOption(), "token") : tokenOption;
+    if (sse && ticket === undefined && token) {
+      const answer = await this.#post("api/tickets", undefined, { token, what: "POST /api/tickets" });
+      ticket = answer.ticket;
+    }
+    return { ticket, token };
+  }
+
+  /**
+   * Bounds an attempt until its `welcome`, with the request timeout: a handshake
+   * that hangs (a blackholed address, a proxy that never answers) would otherwise
+   * hold the client in "connecting" for the 35 s of the watchdog.
+   */
+  #startHandshake() {
+    this.#silenceMs = DEFAULT_SILENCE_MS;
+    this.#heard();
+    const ms = this.#options.requestTimeoutMs;
+    if (ms <= MAX_TIMER_MS) {
+      this.#handshakeTimer = setTimeout(() => {
+        this.#dropSocket(4008, "handshake timeout");
+        this.#lost(4008, "handshake timeout");
+      }, ms);
+    }
+  }
+
+  /**
+   * Opens the event stream of every subscription's patterns, resuming from the
+   * positions seen so far. Everything else (welcome, events, resets, pings) goes
+   * through the same handlers as over WebSocket; a `close` message ends it like a
+   * close frame.
+   */
+  #openStream(generation, ticket, token) {
+    const url = this.#streamUrl(ticket);
+    let es;
+    try {
+      es = new this.#EventSource(url);
+    } catch (err) {
+      return this.#lost(1006, `could not open an EventSource: ${err?.message ?? err}`);
+    }
+    this.#stream = es;
+    this.#connectionToken = typeof this.#options.token === "function" ? token : null;
+    this.#startHandshake();
+    es.onmessage = (e) => {
+      if (this.#stream !== es) return;
+      let msg;
+      try {
+        msg = JSON.parse(e.data);
+      } catch {
+        return this.#heard();
+      }
+      if (msg?.type === "close") return this.#lost(msg.code, msg.reason ?? "");
+      const d = this.#draining;
+      if (d && msg?.type === "event" && d.topics.some((p) => topicMatches(p, msg.topic))) {
+        // The old stream still delivers this topic: hold it until the overlap ends.
+        this.#heard();
+        d.queue.push(msg);
+        return;
+      }
+      this.#onMessage(e.data, msg);
+    };
+    es.onerror = () => {
+      if (this.#stream !== es) return;
+      // An EventSource reconnects by itself, with the same URL: its ticket is spent,
+      // and the backoff would not be ours. The client decides instead. A stream
+      // refused before it opened (an HTTP error: the EventSource gives up, CLOSED)
+      // says why only to a request that can read the answer.
+      if (this.#welcomed || es.readyState !== 2) return this.#lost(1006, "");
+      // Refused: a stream being replaced goes on delivering while the client finds
+      // out why.
+      this.#stream = null;
+      es.onmessage = es.onerror = null;
+      es.close();
+      clearTimeout(this.#handshakeTimer);
+      this.#handshakeTimer = null;
+      this.#diagnose(generation);
+    };
+  }
+
+  /** The URL of a stream of the current subscriptions, with `resume` and `last`. */
+  #streamUrl(ticket) {
+    const u = new URL(this.#options.sseUrl ?? "sse", httpUrl(this.#url));
+    const topics = [];
+    for (const s of this.#subs.values()) for (const t of s.topics) if (!topics.includes(t)) topics.push(t);
+    this.#streamTopics = topics;
+    u.searchParams.set("topics", topics.join(","));
+    const { resume, last } = this.#streamResume();
+    if (resume) u.searchParams.set("resume", JSON.stringify(resume));
+    if (last > 0) u.searchParams.set("last", String(last));
+    if (ticket !== undefined) u.searchParams.set("ticket", ticket);
+    return u.href;
+  }
+
+  /**
+   * One `resume` for the whole stream, from every subscription's positions (the
+   * lowest `seq` where two hold the same topic: each drops what it already had), and
+   * the stream's `last`: the largest of the subscriptions that want history. The
+   * broker replays `last` only for patterns no resumed topic matches, so a topic that
+   * such a subscription's patterns match is left out of the resume: it gets history
+   * (`replay`), and the subscriptions that hold a position in it take only what is
+   * new to them, or see the `gap`. Positions that do not fit in a URL are reset.
+   */
+  #streamResume() {
+    let last = 0;
+    const wanting = [];
+    for (const s of this.#subs.values()) {
+      s.resumed = new Set();
+      s.wantsReplay = s.seen.size === 0 && s.last > 0;
+      if (s.wantsReplay) {
+        last = Math.max(last, s.last);
+        wanting.push(...s.topics);
+      }
+    }
+    const topics = {};
+    const holders = new Map();
+    let epoch = null;
+    let size = 0;
+    for (const s of this.#subs.values()) {
+      const r = this.#resumeOf(s);
+      if (!r) continue;
+      if (epoch === null) epoch = r.epoch;
+      for (const [topic, seq] of Object.entries(r.topics)) {
+        if (wanting.some((p) => topicMatches(p, topic))) continue;
+        if (r.epoch !== epoch) {
+          this.#forget(s, topic, "epoch_changed");
+          continue;
+        }
+        if (!(topic in topics)) {
+          const cost = encodeURIComponent(JSON.stringify(topic)).length + 24;
+          if (size + cost > MAX_RESUME_CHARS) {
+            this.#forget(s, topic, "history_expired");
+            continue;
+          }
+          size += cost;
+          topics[topic] = seq;
+          holders.set(topic, []);
+        }
+        topics[topic] = Math.min(topics[topic], seq);
+        holders.get(topic).push(s);
+      }
+    }
+    for (const [topic, subs] of holders) for (const s of subs) s.resumed.add(topic);
+    return { resume: holders.size > 0 ? { epoch, topics } : null, last };
+  }
+
+  /** A position the client cannot resume: forgotten, and the subscription told. */
+  #forget(s, topic, reason) {
+    s.seen.delete(topic);
+    this.#emit("reset", { topic, reason });
+    s.emit("reset", { topic, reason });
+  }
+
+  /**
+   * A stream was refused before it opened. The EventSource cannot say why, so the
+   * same request is made once more with `fetch`, whose status and JSON body can be
+   * read (a stream that opens this time is closed at once): `401` counts as 4001, a
+   * `400` or `403` refuses the subscriptions not confirmed yet (the rest go on
+   * without them), and anything else is retried like a lost connection.
+   */
+  async #diagnose(generation) {
+    let status = 0;
+    let error = null;
+    try {
+      const { ticket } = await this.#fetchCredentials(true);
+      if (generation !== this.#generation) return;
+      const answer = await this.#fetch(this.#streamUrl(ticket), { method: "GET" }, undefined, "GET /sse");
+      status = answer.status;
+      error = answer.error;
+    } catch (err) {
+      error = { message: err?.message ?? String(err) };
+    }
+    if (generation !== this.#generation) return;
+    if (status === 401) return this.#lost(4001, error?.message ?? "unauthorized");
+    if ((status === 400 || status === 403) && error?.code) {
+      const err = new HeraldError(error.code, error.message);
+      const fresh = [...this.#subs].filter(([, s]) => !s.settled);
+      const named = fresh.filter(([, s]) => s.topics.some((t) => error.message?.includes(t)));
+      for (const [sub] of named.length > 0 ? named : fresh) this.#subscribeFailed(sub, err);
+      if (fresh.length > 0) return this.#open();
+      this.#emit("error", err);
+    }
+    this.#lost(status === 503 ? 1013 : 1006, error?.message ?? "");
+  }
+
+  /**
+   * POST `path` (relative to the broker's URL) with a JSON body, or none, and the
+   * token as Bearer; resolves with the JSON answer of a 2xx, rejects with a
+   * HeraldError: the broker's error, `timeout`, or `disconnected` when the request
+   * failed.
+   */
+  async #post(path, body, { token = this.#httpToken, timeoutMs, what }) {
+    const headers = {};
+    if (body !== undefined) headers["content-type"] = "application/json";
+    if (token) headers.authorization = `Bearer ${token}`;
+    const init = { method: "POST", headers, body: body === undefined ? undefined : JSON.stringify(body) };
+    const answer = await this.#fetch(new URL(path, httpUrl(this.#url)).href, init, timeoutMs, what);
+    if (answer.status >= 200 && answer.status < 300) return answer.body;
+    const error = answer.error ?? { code: "internal", message: `HTTP ${answer.status}` };
+    throw new HeraldError(error.code, `${what}: ${error.message}`);
+  }
+
+  /**
+   * One HTTP request, bounded by the request timeout: `{status, body, error}`, where
+   * `error` is the broker's `{code, message}`. The body of a stream is not read.
+   */
+  async #fetch(url, init, timeoutMs, what) {
+    const ms = timeoutMs ?? this.#options.requestTimeoutMs;
+    const abort = new AbortController();
+    const timer = ms > MAX_TIMER_MS ? null : setTimeout(() => abort.abort(), ms);
+    try {
+      const res = await fetch(url, { ...init, signal: abort.signal, credentials: "same-origin" });
+      if (res.headers.get("content-type")?.startsWith("text/event-stream")) {
+        abort.abort();
+        return { status: res.status, body: null, error: null };
+      }
+      const body = await res.json().catch(() => null);
+      return { status: res.status, body, error: body?.error ?? null };
+    } catch (err) {
+      if (abort.signal.aborted) throw new HeraldError("timeout", `${what}: no answer within ${ms} ms`);
+      throw new HeraldError("disconnected", `${what} failed: ${err?.message ?? err}`);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**
@@ -487,6 +830,17 @@ export class HeraldClient {
    */
   #lost(code, reason) {
     this.#dropSocket(null, "");
+    this.#quiet = false;
+    this.#refreshing = false;
+    // An attempt that got no answer at all: with "auto", the second in a row on one
+    // transport moves to the other (a proxy that refuses upgrades looks like this in
+    // a browser, and so does a broker that is down, where both fail in turn).
+    if (!this.#welcomed && (code === 1006 || code === 4008) && this.#canSwitch()) {
+      if (++this.#failures >= FAILURES_BEFORE_SWITCH) {
+        this.#failures = 0;
+        this.#setTransport(this.#transport === "sse" ? "websocket" : "sse");
+      }
+    }
     if (CLIENT_BUGS.has(code)) return this.#giveUp("closed", code, reason);
     if (code === 4001) {
       const { token, getTicket } = this.#options;
@@ -511,6 +865,18 @@ export class HeraldClient {
     this.#emit("close", { code, reason, willReconnect: true, delayMs });
     // A listener may have called close() or reconnect(): then that is the state.
     if (generation === this.#generation) this.#setState("reconnecting");
+  }
+
+  /** Whether `transport: "auto"` has both transports to move between. */
+  #canSwitch() {
+    return this.#options.transport === "auto" && this.#WebSocket !== null && this.#EventSource !== null;
+  }
+
+  #setTransport(transport) {
+    const prev = this.#transport;
+    if (transport === prev) return;
+    this.#transport = transport;
+    this.#emit("transport", transport, prev);
   }
 
   #giveUp(state, code, reason) {
@@ -539,6 +905,16 @@ export class HeraldClient {
   #dropSocket(code, reason) {
     const ws = this.#ws;
     this.#ws = null;
+    const stream = this.#stream;
+    this.#stream = null;
+    if (stream) {
+      stream.onmessage = stream.onerror = null;
+      stream.close();
+    }
+    this.#stopProbe();
+    this.#finishDrain(false);
+    // The stream's session ends with it, and so do the patterns it held.
+    for (const resolve of this.#streamWaiters.splice(0)) resolve();
     clearTimeout(this.#watchdog);
     this.#watchdog = null;
     clearTimeout(this.#handshakeTimer);
@@ -681,6 +1057,13 @@ export class HeraldClient {
    * the connection meanwhile wins: a refresh for a socket that is gone stops silently.
    */
   async #refresh() {
+    if (this.#transport === "sse") {
+      // A stream cannot take a token: a new one, with a ticket of the fresh token,
+      // replaces it and resumes where it stopped.
+      if (this.#stream === null || this.#state !== "open") return;
+      this.#refreshing = true;
+      return this.#reopen();
+    }
     const ws = this.#ws;
     if (ws === null || this.#state !== "open") return;
     let token;
@@ -729,14 +1112,16 @@ export class HeraldClient {
 
   // ---- messages from the server ---------------------------------------------------
 
-  #onMessage(data) {
+  /** A message from the server: `data` as received, or `msg` already parsed. */
+  #onMessage(data, msg) {
     this.#heard();
-    if (typeof data !== "string") return; // Herald sends text frames only
-    let msg;
-    try {
-      msg = JSON.parse(data);
-    } catch {
-      return;
+    if (msg === undefined) {
+      if (typeof data !== "string") return; // Herald sends text frames only
+      try {
+        msg = JSON.parse(data);
+      } catch {
+        return;
+      }
     }
     switch (msg.type) {
       case "event":
@@ -746,6 +1131,8 @@ export class HeraldClient {
       case "ping":
         return this.#send({ op: "pong" });
       case "subscribed":
+        if (msg.id === undefined) return this.#onStreamSubscribed(msg);
+      // falls through
       case "unsubscribed":
       case "ok":
       case "pong":
@@ -772,14 +1159,183 @@ export class HeraldClient {
     this.#attempt = 0;
     this.#authRetry = false;
     this.#refreshAttempt = 0;
+    this.#welcomed = true;
+    this.#failures = 0;
     this.#scheduleRefresh(this.#connectionToken);
+    // A quiet reopen replaced the stream (or the transport) of a session that went
+    // on: the application saw no close, so it gets no second `open`.
+    const quiet = this.#quiet;
+    const refreshed = this.#refreshing;
+    this.#quiet = this.#refreshing = false;
     // Snapshot first: a "state" or "open" handler that subscribes sends its own.
     const subs = [...this.#subs.keys()];
     const generation = this.#generation;
     this.#setState("open");
     if (generation !== this.#generation) return; // a listener closed or reconnected
-    for (const sub of subs) if (this.#subs.has(sub)) this.#sendSubscribe(sub);
-    this.#emit("open", welcome);
+    if (this.#transport === "sse") {
+      // The subscriptions are in the stream's URL; those made or dropped while it
+      // opened need another.
+      const wanted = new Set([...this.#subs.values()].flatMap((s) => s.topics));
+      const held = new Set(this.#streamTopics);
+      if (wanted.size !== held.size || [...wanted].some((t) => !held.has(t))) this.#queueReopen();
+      this.#armProbe();
+    } else {
+      for (const sub of subs) if (this.#subs.has(sub)) this.#sendSubscribe(sub);
+    }
+    if (refreshed) this.#emit("refresh", { exp: this.#expiresAt === null ? null : this.#expiresAt / 1000 });
+    if (!quiet) this.#emit("open", welcome);
+  }
+
+  /**
+   * A stream's `subscribed` (it has no id): the subscriptions whose patterns it
+   * holds are confirmed.
+   */
+  #onStreamSubscribed(msg) {
+    const held = new Set(msg.topics);
+    for (const s of this.#subs.values()) {
+      if (s.settled || !s.topics.every((t) => held.has(t))) continue;
+      s.settled = true;
+      s.settle.resolve();
+    }
+    const d = this.#draining;
+    if (d && d.timer === null) d.timer = setTimeout(() => this.#finishDrain(true), STREAM_OVERLAP_MS);
+  }
+
+  // ---- Server-Sent Events: reopening the stream, and trying WebSocket again -------
+
+  /**
+   * Reopens the stream at the end of the current task, once however often asked. A
+   * stream still overlapping with the one it replaces is not replaced before the
+   * overlap ends: changes made meanwhile wait for it, and then share one reopen.
+   */
+  #queueReopen() {
+    if (this.#reopenQueued) return;
+    this.#reopenQueued = true;
+    queueMicrotask(() => {
+      this.#reopenQueued = false;
+      if (this.#transport !== "sse" || this.#state !== "open" || this.#stream === null || !this.#welcomed) return;
+      if (this.#draining !== null) this.#reopenAfterDrain = true;
+      else this.#reopen();
+    });
+  }
+
+  /**
+   * Replaces the connection without ending the session for the application: a new
+   * stream (or a WebSocket, after a probe) with fresh credentials and the positions
+   * seen so far. If it fails, that is a lost connection like any other.
+   */
+  #reopen() {
+    // A stream still being replaced hands over now: what the current one held back
+    // comes first, in order, before the current one becomes the old one.
+    this.#finishDrain(true);
+    // Only a stream replaced by a stream overlaps; anything else is dropped here.
+    const old = this.#transport === "sse" && this.#welcomed ? this.#stream : null;
+    const topics = this.#streamTopics;
+    if (old) this.#stream = null;
+    this.#dropSocket(null, "");
+    if (old) this.#drain(old, topics);
+    this.#quiet = true;
+    this.#open();
+  }
+
+  /**
+   * Keeps a replaced stream delivering until the new one is subscribed and then
+   * `STREAM_OVERLAP_MS` longer. The two overlap, so that no event falls between
+   * them: not even one of a topic the client has no position in yet, which no
+   * `resume` could bring back. The new stream's events of the old one's patterns
+   * wait meanwhile, then go through the same handler, which drops what the old one
+   * already delivered (by `seq`).
+   */
+  #drain(es, topics) {
+    if (topics.length === 0) {
+      es.onmessage = es.onerror = null;
+      return es.close();
+    }
+    this.#draining = { es, topics, queue: [], timer: null };
+    es.onmessage = (e) => {
+      let msg;
+      try {
+        msg = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      if (msg?.type === "event") this.#onEvent(msg);
+      else if (msg?.type === "close") this.#finishDrain(true);
+    };
+    es.onerror = () => this.#finishDrain(true);
+    // A new stream of no pattern has no `subscribed` to wait for.
+    if (this.#subs.size === 0) this.#finishDrain(true);
+  }
+
+  /** Ends the overlap: closes the old stream, then delivers what the new one held. */
+  #finishDrain(deliver) {
+    const d = this.#draining;
+    if (d === null) return;
+    this.#draining = null;
+    clearTimeout(d.timer);
+    d.es.onmessage = d.es.onerror = null;
+    d.es.close();
+    const reopen = this.#reopenAfterDrain;
+    this.#reopenAfterDrain = false;
+    if (!deliver) return;
+    for (const ev of d.queue) this.#onEvent(ev);
+    if (reopen) this.#queueReopen();
+  }
+
+  /** With "auto" on SSE: check now and then whether a WebSocket gets through again. */
+  #armProbe() {
+    this.#stopProbe();
+    if (!this.#canSwitch()) return;
+    this.#probeTimer = setTimeout(() => this.#runProbe(), Math.min(this.#options.websocketRetryMs, MAX_TIMER_MS));
+  }
+
+  /**
+   * Opens a WebSocket that only checks the upgrade (no credentials, closed at once).
+   * If it opens, the session moves back to WebSocket (resuming as after any
+   * reconnect); if not, the next check comes after another `websocketRetryMs`.
+   */
+  #runProbe() {
+    this.#probeTimer = null;
+    let ws;
+    try {
+      ws = new this.#WebSocket(this.#url, PROTOCOL);
+    } catch {
+      return this.#armProbe();
+    }
+    this.#probe = ws;
+    const settle = (upgraded) => {
+      clearTimeout(timer);
+      ws.onopen = ws.onerror = ws.onclose = null;
+      this.#probe = null;
+      try {
+        ws.close(1000, "probe");
+      } catch {
+        // already closing
+      }
+      if (!upgraded) return this.#armProbe();
+      if (this.#transport !== "sse" || this.#state !== "open") return;
+      this.#setTransport("websocket");
+      this.#reopen();
+    };
+    const ms = Math.min(this.#options.requestTimeoutMs, MAX_TIMER_MS);
+    const timer = setTimeout(() => settle(false), ms);
+    ws.onopen = () => settle(true);
+    ws.onerror = ws.onclose = () => settle(false);
+  }
+
+  #stopProbe() {
+    clearTimeout(this.#probeTimer);
+    this.#probeTimer = null;
+    const ws = this.#probe;
+    this.#probe = null;
+    if (ws) {
+      ws.onopen = ws.onerror = ws.onclose = null;
+      try {
+        ws.close(1000, "probe");
+      } catch {
+        // already closing
+      }
+    }
   }
 
   #onReply(msg) {
@@ -891,6 +1447,7 @@ export class HeraldClient {
   // ---- subscriptions --------------------------------------------------------------
 
   #sendSubscribe(sub) {
+    if (this.#transport === "sse") return this.#queueReopen();
     const s = this.#subs.get(sub);
     const message = { op: "subscribe", topics: s.topics };
     const resume = this.#resumeOf(s);
@@ -948,6 +1505,12 @@ export class HeraldClient {
     for (const it of [...s.iterators]) it.end(null);
     const topics = this.#unused(s.topics);
     if (topics.length === 0 || this.#state !== "open") return Promise.resolve();
+    if (this.#transport === "sse") {
+      // The stream is reopened without them; its end ends their delivery.
+      const done = new Promise((resolve) => this.#streamWaiters.push(resolve));
+      this.#queueReopen();
+      return done;
+    }
     // Once the connection is gone, so is the broker's subscription: resolve then.
     const what = `unsubscribe from ${topics.join(", ")}`;
     const done = this.#request({ op: "unsubscribe", topics }, { drop: "resolve", timeoutMs, what });
@@ -1178,6 +1741,24 @@ function addListener(listeners, name, fn) {
 /** Calls every listener of `name`; a snapshot, so listeners may add or remove others. */
 function emitTo(listeners, name, args) {
   for (const fn of [...(listeners.get(name) ?? [])]) callSafely(fn, ...args);
+}
+
+/** Checks the `transport` option: "websocket", "sse" or "auto" (the default). */
+function transportOption(value) {
+  if (value === undefined) return "auto";
+  if (value !== "websocket" && value !== "sse" && value !== "auto") {
+    throw new TypeError(`herald: transport must be "websocket", "sse" or "auto", got ${value}`);
+  }
+  return value;
+}
+
+/** The http(s) URL of the broker behind a ws(s) URL, for `/sse` and `/api/…`. */
+function httpUrl(wsUrl) {
+  const u = new URL(wsUrl);
+  u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+  u.search = "";
+  u.hash = "";
+  return u.href;
 }
 
 /**

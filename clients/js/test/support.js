@@ -6,6 +6,7 @@
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -201,6 +202,78 @@ export class Proxy {
   }
 }
 
+/**
+ * An HTTP proxy in front of a broker, as corporate proxies are: it forwards plain
+ * requests (an event stream included, chunk by chunk) and, while `refuseUpgrades`,
+ * answers every WebSocket upgrade with 403. `upgrades` counts the upgrades asked for.
+ */
+export class UpgradeRefusingProxy {
+  refuseUpgrades = true;
+  upgrades = 0;
+  #target;
+  #sockets = new Set();
+  #server = http.createServer((req, res) => this.#forward(req, res));
+
+  constructor(targetPort) {
+    this.#target = targetPort;
+    this.#server.on("upgrade", (req, socket, head) => this.#upgrade(req, socket, head));
+    this.#server.on("connection", (socket) => {
+      this.#sockets.add(socket);
+      socket.on("close", () => this.#sockets.delete(socket));
+    });
+  }
+
+  async listen() {
+    await new Promise((resolve) => this.#server.listen(0, "127.0.0.1", resolve));
+    this.port = this.#server.address().port;
+    this.ws = `ws://127.0.0.1:${this.port}/ws`;
+    this.http = `http://127.0.0.1:${this.port}`;
+    return this;
+  }
+
+  #forward(req, res) {
+    const upstream = http.request(
+      { host: "127.0.0.1", port: this.#target, method: req.method, path: req.url, headers: req.headers },
+      (answer) => {
+        res.writeHead(answer.statusCode, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    upstream.on("error", () => res.destroy());
+    res.on("close", () => upstream.destroy());
+    req.pipe(upstream);
+  }
+
+  #upgrade(req, socket, head) {
+    this.upgrades++;
+    socket.on("error", () => {});
+    if (this.refuseUpgrades) {
+      socket.end("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+      return;
+    }
+    const upstream = net.connect(this.#target, "127.0.0.1", () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      upstream.write(`${lines.join("\r\n")}\r\n\r\n`);
+      upstream.write(head);
+      upstream.pipe(socket);
+      socket.pipe(upstream);
+    });
+    upstream.on("error", () => socket.destroy());
+    socket.on("close", () => upstream.destroy());
+  }
+
+  /** Drops every connection through the proxy, as a network failure would. */
+  cut() {
+    for (const socket of this.#sockets) socket.destroy();
+  }
+
+  async close() {
+    this.cut();
+    await new Promise((resolve) => this.#server.close(resolve));
+  }
+}
+
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls `cond` until it is truthy, failing with `what` after `timeoutMs`. */
@@ -217,11 +290,11 @@ export async function until(cond, what, timeoutMs = WAIT_MS) {
 /**
  * Records everything a client reports, with the time it happened: `log` holds
  * `{name, args, at}` in order. `closes`, `states`, `resets`, `gaps`, `lagged`,
- * `errors` and `refreshes` are shortcuts into it.
+ * `errors`, `refreshes` and `transports` are shortcuts into it.
  */
 export function record(client) {
   const rec = { log: [] };
-  for (const name of ["state", "open", "close", "lagged", "reset", "gap", "error", "refresh"]) {
+  for (const name of ["state", "open", "close", "lagged", "reset", "gap", "error", "refresh", "transport"]) {
     client.on(name, (...args) => rec.log.push({ name, args, at: performance.now() }));
   }
   const of = (name) => rec.log.filter((e) => e.name === name);
@@ -234,6 +307,7 @@ export function record(client) {
     lagged: { get: () => of("lagged").map((e) => e.args[0]) },
     errors: { get: () => of("error").map((e) => e.args[0]) },
     refreshes: { get: () => of("refresh").map((e) => ({ ...e.args[0], at: e.at })) },
+    transports: { get: () => of("transport").map((e) => e.args[0]) },
   });
   return rec;
 }

@@ -16,6 +16,7 @@ import herald, {
   type State,
   type Subscription,
   type SubscriptionLagged,
+  type Transport,
   type Welcome,
 } from "../herald.js";
 
@@ -35,6 +36,12 @@ connect("/ws", { onlineTarget: new EventTarget(), requestTimeoutMs: Infinity });
 connect("/ws", { onlineTarget: null });
 const fakeOnline: OnlineTarget = { addEventListener() {}, removeEventListener() {} };
 connect("/ws", { onlineTarget: fakeOnline });
+// Server-Sent Events: the DOM EventSource fits the option.
+const overSse = connect("/ws", { transport: "sse", EventSource, sseUrl: "/sse", websocketRetryMs: 30_000 });
+const now: Transport = overSse.transport;
+overSse.on("transport", (to: Transport, from: Transport) => console.log(now, to, from));
+// @ts-expect-error not a transport
+connect("/ws", { transport: "polling" });
 const same = herald.connect("ws://x/ws", { token: "jwt" });
 same.close();
 
