@@ -63,6 +63,9 @@ const DEFAULT_WEBSOCKET_RETRY_MS = 60_000;
  */
 const STREAM_OVERLAP_MS = 1_000;
 
+/** The most events a new stream holds back during an overlap; past it, it ends early. */
+const MAX_HELD_EVENTS = 10_000;
+
 /** Failed attempts in a row, before any `welcome`, after which "auto" changes transport. */
 const FAILURES_BEFORE_SWITCH = 2;
 
@@ -641,6 +644,7 @@ export class HeraldClient {
         // The old stream still delivers this topic: hold it until the overlap ends.
         this.#heard();
         d.queue.push(msg);
+        if (d.queue.length >= MAX_HELD_EVENTS) this.#finishDrain(true);
         return;
       }
       this.#onMessage(e.data, msg);

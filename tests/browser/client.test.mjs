@@ -1,6 +1,7 @@
 // The JavaScript client (clients/js/herald.js) in a real headless Chromium against a
 // real herald process: `for await` over a subscription with its own gap and lagged
-// events, and reconnecting at once when the browser comes back online. Every test
+// events, reconnecting at once when the browser comes back online, and Server-Sent
+// Events through the browser's own EventSource behind a proxy that refuses upgrades. Every test
 // fails on a console error or an uncaught exception in the page, except the
 // browser's own reports of the connection failures a test provokes.
 //
@@ -15,12 +16,15 @@ import { readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { test } from "node:test";
+import { UpgradeRefusingProxy } from "../../clients/js/test/support.js";
 import { ROOT, WAIT_MS, browserTests, eventually } from "./harness.mjs";
 
 const TEST_TIMEOUT = 240_000;
 const CLIENT = path.join(ROOT, "clients/js/herald.js");
 /** The browser's own console errors when a WebSocket cannot connect. */
 const CONNECTION_ERRORS = /WebSocket connection to .* failed|net::ERR_(CONNECTION_REFUSED|CONNECTION_RESET|CONNECTION_CLOSED|EMPTY_RESPONSE|INTERNET_DISCONNECTED)/;
+/** The browser's own console error when a proxy answers an upgrade with 403. */
+const REFUSED_UPGRADE = /WebSocket connection to .* failed: Error during WebSocket handshake: Unexpected response code: 403/;
 
 // One Chromium for the file; each test's pages and brokers go away when it ends.
 const { browser, cleanup, herald } = browserTests();
@@ -214,5 +218,55 @@ test("when the browser comes back online, a client waiting to reconnect connects
   await page.waitForTimeout(500);
   assert.equal(await page.evaluate(() => window.log.filter((e) => e.name === "open").length), 2);
   assert.equal(await page.evaluate(() => window.h.state), "closed");
+  assert.deepEqual(problems, []);
+});
+
+test("behind a proxy that refuses upgrades the client falls back to EventSource, and moves back once upgrades pass", { timeout: TEST_TIMEOUT }, async () => {
+  const broker = await herald();
+  const proxy = await new UpgradeRefusingProxy(broker.port).listen();
+  cleanup(() => proxy.close());
+  // The page comes through the proxy too, as a corporate network would serve it.
+  const { page, problems, allow } = await clientPage({ url: `${proxy.http}/` });
+  allow(REFUSED_UPGRADE);
+  await broker.publish([1, 2, 3].map((n) => ({ topic: "fb.a", data: n })));
+
+  await page.evaluate(() => {
+    // The default transport, "auto"; a probe upgrade every second once on SSE.
+    const h = window.herald.connect("/ws", { websocketRetryMs: 1_000, backoff: { initialMs: 50, maxMs: 100 } });
+    window.h = h;
+    window.log = [];
+    window.got = [];
+    for (const name of ["transport", "close", "gap", "reset"]) h.on(name, (...args) => window.log.push([name, ...args]));
+    return h.subscribe("fb.*", { last: 2 }, (ev) => window.got.push([ev.topic, ev.seq, ev.replay === true])).ready;
+  });
+  assert.equal(await page.evaluate(() => window.h.transport), "sse");
+  assert.equal(proxy.upgrades, 2, "two upgrades refused, then the stream");
+  await page.waitForFunction(() => window.got.length === 2);
+  // Publishing goes through POST /api/publish; a ping cannot go over a stream.
+  await page.evaluate(() => window.h.publish("fb.b", { via: "http" }));
+  await page.waitForFunction(() => window.got.length === 3);
+  assert.equal(await page.evaluate(() => window.h.ping().catch((err) => err.code)), "not_supported");
+  // Another subscription reopens the stream, with the positions seen so far.
+  await page.evaluate(() => window.h.subscribe("fb2.*", (ev) => window.got.push([ev.topic, ev.seq, ev.replay === true])).ready);
+  await broker.publish([{ topic: "fb.a", data: 4 }, { topic: "fb2.x", data: 5 }]);
+  await page.waitForFunction(() => window.got.length === 5);
+
+  proxy.refuseUpgrades = false;
+  await page.waitForFunction(() => window.h.transport === "websocket" && window.h.state === "open");
+  await broker.publish({ topic: "fb.a", data: 6 });
+  await page.waitForFunction(() => window.got.length === 6);
+  // Every event once, in order per topic, across the fallback, a reopen and the move back.
+  const got = await page.evaluate(() => window.got);
+  const of = (topic) => got.filter(([t]) => t === topic).map(([, seq, replay]) => [seq, replay]);
+  assert.deepEqual(of("fb.a").slice(0, 3), [[2, true], [3, true], [4, false]]);
+  // Live, or from history if it came before the WebSocket's resubscribe.
+  assert.deepEqual(of("fb.a")[3]?.[0], 5);
+  assert.deepEqual(of("fb.b"), [[1, false]]);
+  assert.deepEqual(of("fb2.x"), [[1, false]]);
+  const log = await page.evaluate(() => window.log);
+  assert.deepEqual(log.filter(([name]) => name === "transport").map(([, to]) => to), ["sse", "websocket"]);
+  assert.deepEqual(log.filter(([name]) => name === "close").map(([, c]) => c.code), [1006, 1006]);
+  assert.deepEqual(log.filter(([name]) => name === "gap" || name === "reset"), []);
+  assert.equal(await page.evaluate(() => window.h.ping().then((ms) => ms >= 0)), true);
   assert.deepEqual(problems, []);
 });

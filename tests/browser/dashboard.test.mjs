@@ -1,13 +1,15 @@
 // The live dashboard (GET /) in a real headless Chromium against a real herald
 // process: connection badge, subscriptions, the event stream with filter and pause,
 // the topics table, the rate chart, loss notices (lagged, gap, reset after a
-// restart) and the token flow. Every test fails on a console error or an uncaught
-// exception in the page. Run by scripts/browser-test (`node --test`).
+// restart), the token flow, and Server-Sent Events (behind a proxy that refuses
+// upgrades, or asked for in the page's URL). Every test fails on a console error or
+// an uncaught exception in the page. Run by scripts/browser-test (`node --test`).
 
 import assert from "node:assert/strict";
 import { copyFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
+import { UpgradeRefusingProxy } from "../../clients/js/test/support.js";
 import {
   ROOT, artifactPath, browserTests, eventually, expectState, freePort, hs256, openDashboard,
   sleep,
@@ -288,6 +290,40 @@ test("a broker restart shows the close, the reconnect and a reset notice", { tim
   });
   assert.deepEqual(await notices(page, "gap"), []);
   assertNoProblems(dash);
+});
+
+test("behind a proxy that refuses upgrades the dashboard streams over Server-Sent Events", { timeout: TEST_TIMEOUT }, async () => {
+  const broker = await herald();
+  const proxy = await new UpgradeRefusingProxy(broker.port).listen();
+  cleanup(() => proxy.close());
+  const dash = await openDashboard(browser(), `${proxy.http}/`);
+  cleanup(() => dash.close());
+  dash.allow(/WebSocket connection to .* failed: Error during WebSocket handshake: Unexpected response code: 403/);
+  const { page } = dash;
+  await expectState(page, "open");
+  await eventually(async () => assert.equal(await page.textContent("#transport"), "SSE"));
+  assert.ok((await notices(page, "open")).some((t) => t.includes("Switched to Server-Sent Events")));
+  await subscribe(page, "sse.>");
+  await broker.publish({ topic: "sse.a", data: { over: "sse" } });
+  await eventually(async () => {
+    const [top] = await eventRows(page);
+    assert.deepEqual([top?.topic, top?.seq, top?.data], ["sse.a", 1, '{"over":"sse"}']);
+  });
+  // A second pattern reopens the stream; the first one loses nothing meanwhile.
+  await subscribe(page, "other.*");
+  await broker.publish([{ topic: "sse.a", data: 2 }, { topic: "other.x", data: 3 }]);
+  await eventually(async () => assert.equal((await eventRows(page)).length, 3));
+  assert.deepEqual(await notices(page, "gap"), []);
+  assert.equal(proxy.upgrades, 2, "no upgrade after the two refused ones (the next probe is a minute away)");
+  assertNoProblems(dash);
+
+  // ?transport=sse asks for it directly, without trying WebSocket first.
+  const direct = await dashboard(broker);
+  await direct.page.goto(`${broker.url}?transport=sse`);
+  await expectState(direct.page, "open");
+  assert.equal(await direct.page.textContent("#transport"), "SSE");
+  assert.deepEqual(await notices(direct.page, "close"), []);
+  assertNoProblems(direct);
 });
 
 test("a broker with auth asks for a token and connects with it", { timeout: TEST_TIMEOUT }, async () => {
