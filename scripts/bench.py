@@ -2,7 +2,7 @@
 """Fan-out benchmarks: Herald side by side with nats-server's WebSocket listener and the
 ws-broadcast reference server (docs/benchmarks.md).
 
-    scripts/bench.py                 # the full run (about 45 minutes on 2 cores), writes docs/
+    scripts/bench.py                 # the full run (about an hour on 2 cores), writes docs/
     scripts/bench.py --quick         # a smoke run in a few minutes: small numbers, 1 run
     scripts/bench.py --runs 5 --scenarios a,c
     scripts/bench.py --servers herald --scenarios a --out target/bench/try
@@ -18,7 +18,8 @@ What it does:
 - starts a "feed" nats-server on core 0 that Herald's NATS bridge and ws-broadcast
   subscribe to (subjects bench.>);
 - for every scenario, run and server: starts the server under test fresh on core 1
-  (`taskset -c 1`): Herald (release, NATS bridge on bench.>), nats-server with a
+  (`taskset -c 1`): Herald (release, NATS bridge on bench.>; its clients over
+  WebSocket, or over Server-Sent Events as `herald-sse`), nats-server with a
   WebSocket listener, or ws-broadcast; runs `herald-bench` on core 0 (`taskset -c 0`)
   against it; stops it;
 - writes docs/benchmarks.md (machine, versions, method, tables of medians, ratios
@@ -56,9 +57,10 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVERS = ["herald", "nats-ws", "ws-broadcast"]
-LABELS = {"herald": "Herald", "nats-ws": "nats-server (WebSocket)", "ws-broadcast": "ws-broadcast (reference)"}
-COLORS = {"herald": "#d62728", "nats-ws": "#1f77b4", "ws-broadcast": "#2ca02c"}
+SERVERS = ["herald", "herald-sse", "nats-ws", "ws-broadcast"]
+LABELS = {"herald": "Herald", "herald-sse": "Herald (SSE)", "nats-ws": "nats-server (WebSocket)",
+          "ws-broadcast": "ws-broadcast (reference)"}
+COLORS = {"herald": "#d62728", "herald-sse": "#ff7f0e", "nats-ws": "#1f77b4", "ws-broadcast": "#2ca02c"}
 
 # The project's performance targets, against nats-server's WebSocket listener in the same run.
 TARGET_THROUGHPUT_RATIO = 2.0
@@ -195,7 +197,7 @@ class Bench:
         """Starts server `name` fresh; returns (process, ws url, nats url to publish to)."""
         logp = os.path.join(self.work, f"{tag}.{name}.log")
         port = free_port()
-        if name == "herald" or name.startswith("herald@"):
+        if name in ("herald", "herald-sse") or name.startswith("herald@"):
             conf = os.path.join(self.work, "herald.toml")
             with open(conf, "w") as f:
                 f.write(herald_config(port, self.feed_port))
@@ -252,7 +254,7 @@ class Bench:
             return None
         with open(out) as f:
             summary = json.load(f)
-        if server.partition("@")[0] == "herald":
+        if server.partition("@")[0] in ("herald", "herald-sse"):
             summary["herald_metrics"] = herald_metrics(url)
         return summary
 
@@ -586,7 +588,7 @@ class Report:
             with open(notes) as f:
                 md.append(f.read().strip() + "\n")
         md.append("## Rerunning\n")
-        md.append("```sh\nscripts/bench.py            # everything, 3 runs (about 45 minutes on 2 cores)\n"
+        md.append("```sh\nscripts/bench.py            # everything, 3 runs (about an hour on 2 cores)\n"
                   "scripts/bench.py --quick    # a smoke run of every code path\n"
                   "scripts/bench.py --report-only   # rewrite this page from target/bench/results.json\n"
                   "scripts/bench.py --help\n```\n")
@@ -609,7 +611,10 @@ class Report:
             "## Method\n",
             f"- {pin} Each server is started fresh for every measurement and stopped after it.",
             ("- Servers under test: **Herald** (release build; a NATS bridge on `bench.>` with "
-             "`strip_prefix = \"bench.\"`; otherwise the defaults, no admission limits); **nats-server** with "
+             "`strip_prefix = \"bench.\"`; otherwise the defaults, no admission limits); **Herald (SSE)**, the "
+             "same server with every client on `GET /sse?topics=…` instead of a WebSocket (`--target "
+             "herald-sse`: the same JSON messages as `data:` lines, each event with its resume `id:`); "
+             "**nats-server** with "
              "its WebSocket listener (`no_tls`), clients speaking the NATS protocol over WebSocket; "
              "**ws-broadcast**, a minimal tokio-tungstenite server that forwards each NATS message's payload "
              "unchanged to the clients subscribed to its topic (no envelope, no sequence, no history, no "
