@@ -124,9 +124,7 @@ impl Decoder {
         while let Some(end) = memchr::memmem::find(&self.text[start..], b"\n\n") {
             let block = start..start + end;
             start += end + 2;
-            let data = message_data(&self.text[block], &mut self.joined);
-            if let Some(data) = data {
-                let data: &[u8] = if data.is_empty() { &self.joined } else { data };
+            if let Some(data) = message_data(&self.text[block], &mut self.joined) {
                 message(data)?;
             }
         }
@@ -187,9 +185,9 @@ impl Decoder {
 }
 
 /// The data of one message (its lines, without the blank line that ends it): the
-/// one `data:` line as it lies, or an empty slice when the lines were joined into
-/// `joined`; `None` for a message without data (a comment).
-fn message_data<'a>(block: &'a [u8], joined: &mut Vec<u8>) -> Option<&'a [u8]> {
+/// one `data:` line where it lies, or several joined with `\n` in `joined`; `None`
+/// for a message without data (a comment).
+fn message_data<'a>(block: &'a [u8], joined: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     let mut lines = block
         .split(|&b| b == b'\n')
         .filter_map(|line| line.strip_prefix(b"data:"))
@@ -204,7 +202,7 @@ fn message_data<'a>(block: &'a [u8], joined: &mut Vec<u8>) -> Option<&'a [u8]> {
         joined.push(b'\n');
         joined.extend_from_slice(line);
     }
-    Some(&[])
+    Some(joined)
 }
 
 #[cfg(test)]
@@ -263,11 +261,12 @@ mod tests {
     fn messages_come_whole_however_chunks_and_reads_split_them() {
         let stream =
             "data: {\"type\":\"welcome\"}\n\nid: abc\ndata: {\"type\":\"event\",\"seq\":1}\n\n\
-                      data: {\"a\":\ndata: 1}\n\n: comment\n\n";
+                      data: {\"a\":\ndata: 1}\n\n: comment\n\ndata:\n\n";
         let want = [
             "{\"type\":\"welcome\"}",
             "{\"type\":\"event\",\"seq\":1}",
             "{\"a\":\n1}",
+            "",
         ];
         let (a, b) = stream.split_at(30);
         let body = chunked(&[a, b]);
