@@ -38,6 +38,40 @@ fn bad_request(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError::protocol(StatusCode::BAD_REQUEST, code, message)
 }
 
+/// Where the request resumes from: its id (the `Last-Event-ID` header, which a
+/// browser's own reconnect sends, else `?last_event_id=`), or `?resume=`; not both.
+fn resumed(req: &HttpRequest, query: &SseQuery) -> Result<Option<sse::LastEventId>, ApiError> {
+    let given = |id: &&str| !id.trim().is_empty();
+    let id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(given)
+        .or(query.last_event_id.as_deref().filter(given));
+    let resumed = match (id, query.resume.as_deref()) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(bad_request(
+                ErrorCode::BadRequest,
+                "resume and Last-Event-ID (or last_event_id) are exclusive: send one",
+            ))
+        }
+        (Some(id), None) => sse::decode(id)
+            .map_err(|why| bad_request(ErrorCode::BadRequest, format!("Last-Event-ID {why}")))?,
+        (None, Some(json)) => {
+            let resume = serde_json::from_str(json).map_err(|e| {
+                bad_request(
+                    ErrorCode::BadRequest,
+                    format!("resume is not {{\"epoch\":…,\"topics\":{{topic: seq}}}}: {e}"),
+                )
+            })?;
+            sse::LastEventId::from_resume(resume)
+                .map_err(|why| bad_request(ErrorCode::InvalidTopic, format!("resume {why}")))?
+        }
+    };
+    Ok(Some(resumed))
+}
+
 pub(super) async fn sse(
     req: HttpRequest,
     broker: web::Data<Broker>,
@@ -59,37 +93,7 @@ pub(super) async fn sse(
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .collect();
-    // A browser's own reconnect sends the header; a client resuming by hand, the
-    // query parameter.
-    let given = |id: &&str| !id.trim().is_empty();
-    let last_event_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(given)
-        .or(query.last_event_id.as_deref().filter(given));
-    let resumed =
-        match (last_event_id, query.resume.as_deref()) {
-            (Some(_), Some(_)) => {
-                return Err(bad_request(
-                    ErrorCode::BadRequest,
-                    "resume and Last-Event-ID (or last_event_id) are exclusive: send one",
-                ))
-            }
-            (Some(id), None) => Some(sse::decode(id).map_err(|why| {
-                bad_request(ErrorCode::BadRequest, format!("Last-Event-ID {why}"))
-            })?),
-            (None, Some(json)) => Some(
-                sse::LastEventId::from_resume(serde_json::from_str(json).map_err(|e| {
-                    bad_request(
-                        ErrorCode::BadRequest,
-                        format!("resume is not {{\"epoch\":…,\"topics\":{{topic: seq}}}}: {e}"),
-                    )
-                })?)
-                .map_err(|why| bad_request(ErrorCode::InvalidTopic, format!("resume {why}")))?,
-            ),
-            (None, None) => None,
-        };
+    let resumed = resumed(&req, &query)?;
     let max = broker.config().session.max_subscriptions;
     let checked = |identity: &crate::auth::Identity| {
         check_patterns(identity, &topics, &BTreeSet::new(), max).map_err(|e| {

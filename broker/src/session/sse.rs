@@ -56,17 +56,26 @@ pub(crate) struct LastEventId {
 }
 
 impl LastEventId {
-    /// A `resume` object given as such (`?resume=`), rather than an id this module
-    /// made: nothing forgotten, and no recency order to keep.
-    pub(crate) fn from_resume(resume: crate::protocol::Resume) -> Result<Self, &'static str> {
-        for topic in resume.topics.keys() {
+    /// Positions read back from a client, once every topic name is valid.
+    fn new(
+        epoch: String,
+        recency: Vec<(String, u64)>,
+        overflow: bool,
+    ) -> Result<Self, &'static str> {
+        for (topic, _) in &recency {
             herald_bridges::topic::validate_topic(topic).map_err(|_| "holds an invalid topic")?;
         }
         Ok(LastEventId {
-            epoch: resume.epoch,
-            recency: resume.topics.into_iter().collect(),
-            overflow: false,
+            epoch,
+            recency,
+            overflow,
         })
+    }
+
+    /// A `resume` object given as such (`?resume=`), rather than an id this module
+    /// made: nothing forgotten, and no recency order to keep.
+    pub(crate) fn from_resume(resume: crate::protocol::Resume) -> Result<Self, &'static str> {
+        Self::new(resume.epoch, resume.topics.into_iter().collect(), false)
     }
 
     /// The positions, as a `resume` lists them.
@@ -85,14 +94,7 @@ pub(crate) fn decode(id: &str) -> Result<LastEventId, &'static str> {
         .map_err(|_| "not an id Herald sent (not base64url)")?;
     let wire: Wire =
         serde_json::from_slice(&json).map_err(|_| "not an id Herald sent (not its JSON)")?;
-    for (topic, _) in &wire.t {
-        herald_bridges::topic::validate_topic(topic).map_err(|_| "holds an invalid topic")?;
-    }
-    Ok(LastEventId {
-        epoch: wire.e,
-        recency: wire.t,
-        overflow: wire.x,
-    })
+    LastEventId::new(wire.e, wire.t, wire.x)
 }
 
 /// What a stream has delivered, per topic: the source of its ids.
