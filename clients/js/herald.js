@@ -215,9 +215,15 @@ export class HeraldClient {
   #reopenQueued = false;
   /** A reopen asked for during an overlap, made when it ends (see `#queueReopen`). */
   #reopenAfterDrain = false;
-  /** Unsubscribes over SSE, resolved once the stream without their patterns opened. */
+  /**
+   * Unsubscribes over SSE, resolved when the stream that held their patterns is let
+   * go (replaced, or lost): from then on it delivers nothing to the application.
+   */
   #streamWaiters = [];
-  /** On SSE with "auto": the timer of the next WebSocket probe, and the probe itself. */
+  /**
+   * On SSE with "auto": the WebSocket probe under way, and the timer of the next one
+   * (or, while one runs, of giving up on it).
+   */
   #probeTimer = null;
   #probe = null;
   /** The token this connection's credentials came from: Bearer for `POST /api/publish`. */
@@ -632,12 +638,8 @@ export class HeraldClient {
     this.#startHandshake();
     es.onmessage = (e) => {
       if (this.#stream !== es) return;
-      let msg;
-      try {
-        msg = JSON.parse(e.data);
-      } catch {
-        return this.#heard();
-      }
+      const msg = parseJson(e.data);
+      if (msg === undefined) return this.#heard();
       if (msg?.type === "close") return this.#lost(msg.code, msg.reason ?? "");
       const d = this.#draining;
       if (d && msg?.type === "event" && d.topics.some((p) => topicMatches(p, msg.topic))) {
@@ -659,8 +661,7 @@ export class HeraldClient {
       // Refused: a stream being replaced goes on delivering while the client finds
       // out why.
       this.#stream = null;
-      es.onmessage = es.onerror = null;
-      es.close();
+      closeQuietly(es);
       clearTimeout(this.#handshakeTimer);
       this.#handshakeTimer = null;
       this.#diagnose(generation);
@@ -909,12 +910,8 @@ export class HeraldClient {
   #dropSocket(code, reason) {
     const ws = this.#ws;
     this.#ws = null;
-    const stream = this.#stream;
+    if (this.#stream) closeQuietly(this.#stream);
     this.#stream = null;
-    if (stream) {
-      stream.onmessage = stream.onerror = null;
-      stream.close();
-    }
     this.#stopProbe();
     this.#finishDrain(false);
     // The stream's session ends with it, and so do the patterns it held.
@@ -927,16 +924,8 @@ export class HeraldClient {
     this.#refreshTimer = null;
     this.#connectionToken = null;
     this.#expiresAt = null;
-    if (ws) {
-      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      if (code !== null) {
-        try {
-          ws.close(code, reason);
-        } catch {
-          // already closing
-        }
-      }
-    }
+    if (ws && code === null) detach(ws);
+    else if (ws) closeQuietly(ws, code, reason);
     // close() and reconnect() drop the socket with 1000; anything else lost it.
     const why =
       code === 1000
@@ -1119,14 +1108,9 @@ export class HeraldClient {
   /** A message from the server: `data` as received, or `msg` already parsed. */
   #onMessage(data, msg) {
     this.#heard();
-    if (msg === undefined) {
-      if (typeof data !== "string") return; // Herald sends text frames only
-      try {
-        msg = JSON.parse(data);
-      } catch {
-        return;
-      }
-    }
+    // Herald sends text frames only.
+    msg ??= typeof data === "string" ? parseJson(data) : undefined;
+    if (msg == null) return;
     switch (msg.type) {
       case "event":
         return this.#onEvent(msg);
@@ -1251,18 +1235,10 @@ export class HeraldClient {
    * already delivered (by `seq`).
    */
   #drain(es, topics) {
-    if (topics.length === 0) {
-      es.onmessage = es.onerror = null;
-      return es.close();
-    }
+    if (topics.length === 0) return closeQuietly(es);
     this.#draining = { es, topics, queue: [], timer: null };
     es.onmessage = (e) => {
-      let msg;
-      try {
-        msg = JSON.parse(e.data);
-      } catch {
-        return;
-      }
+      const msg = parseJson(e.data);
       if (msg?.type === "event") this.#onEvent(msg);
       else if (msg?.type === "close") this.#finishDrain(true);
     };
@@ -1277,8 +1253,7 @@ export class HeraldClient {
     if (d === null) return;
     this.#draining = null;
     clearTimeout(d.timer);
-    d.es.onmessage = d.es.onerror = null;
-    d.es.close();
+    closeQuietly(d.es);
     const reopen = this.#reopenAfterDrain;
     this.#reopenAfterDrain = false;
     if (!deliver) return;
@@ -1308,38 +1283,24 @@ export class HeraldClient {
     }
     this.#probe = ws;
     const settle = (upgraded) => {
-      clearTimeout(timer);
-      ws.onopen = ws.onerror = ws.onclose = null;
-      this.#probe = null;
-      try {
-        ws.close(1000, "probe");
-      } catch {
-        // already closing
-      }
+      this.#stopProbe();
       if (!upgraded) return this.#armProbe();
       if (this.#transport !== "sse" || this.#state !== "open") return;
       this.#setTransport("websocket");
       this.#reopen();
     };
-    const ms = Math.min(this.#options.requestTimeoutMs, MAX_TIMER_MS);
-    const timer = setTimeout(() => settle(false), ms);
+    // While a probe runs, its timer is the one that gives up on it.
+    this.#probeTimer = setTimeout(() => settle(false), Math.min(this.#options.requestTimeoutMs, MAX_TIMER_MS));
     ws.onopen = () => settle(true);
     ws.onerror = ws.onclose = () => settle(false);
   }
 
+  /** Cancels the next probe, or gives up on the one under way. */
   #stopProbe() {
     clearTimeout(this.#probeTimer);
     this.#probeTimer = null;
-    const ws = this.#probe;
+    if (this.#probe) closeQuietly(this.#probe, 1000, "probe");
     this.#probe = null;
-    if (ws) {
-      ws.onopen = ws.onerror = ws.onclose = null;
-      try {
-        ws.close(1000, "probe");
-      } catch {
-        // already closing
-      }
-    }
   }
 
   #onReply(msg) {
@@ -1745,6 +1706,30 @@ function addListener(listeners, name, fn) {
 /** Calls every listener of `name`; a snapshot, so listeners may add or remove others. */
 function emitTo(listeners, name, args) {
   for (const fn of [...(listeners.get(name) ?? [])]) callSafely(fn, ...args);
+}
+
+/** The value of a JSON text, or undefined when it is not JSON. */
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Stops listening to a WebSocket or an EventSource: its late events are ignored. */
+function detach(conn) {
+  conn.onopen = conn.onmessage = conn.onclose = conn.onerror = null;
+}
+
+/** Detaches and closes a WebSocket (with `code`) or an EventSource, closing or not. */
+function closeQuietly(conn, code, reason) {
+  detach(conn);
+  try {
+    conn.close(code, reason);
+  } catch {
+    // already closing
+  }
 }
 
 /** Checks the `transport` option: "websocket", "sse" or "auto" (the default). */
