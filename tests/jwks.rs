@@ -76,6 +76,21 @@ async fn refused(broker: &Broker, token: &str) -> Result<(u16, Value, String)> {
     }
 }
 
+/// Checks that the upgrade with `token` is refused with 401 and a message saying
+/// `why`.
+async fn refused_because(broker: &Broker, token: &str, why: &str) -> Result<()> {
+    let (status, body, _) = refused(broker, token).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(why),
+        "{why:?} in {body}"
+    );
+    Ok(())
+}
+
 /// `POST /api/tickets` as the holder of `token`: status and body.
 async fn ticket(broker: &Broker, token: &str) -> Result<(u16, Value)> {
     let res = reqwest::Client::new()
@@ -138,36 +153,21 @@ async fn rs256_es256_and_eddsa_keys_from_a_jwks_over_https_verify_tokens() -> Re
 
     // A key the provider never published, under a published kid: bad signature.
     let impostor = SigningKey::p256("e1")?;
-    let (status, body, _) = refused(&broker, &impostor.sign(&claims("eve"))).await?;
-    assert_eq!(status, 401, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("bad signature"),
-        "{body}"
-    );
+    refused_because(&broker, &impostor.sign(&claims("eve")), "bad signature").await?;
     // A published kid with another algorithm: the key decides, not the token.
-    let (status, body, _) = refused(&broker, &SigningKey::p256("r1")?.sign(&claims("eve"))).await?;
-    assert_eq!(status, 401, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("does not match"),
-        "{body}"
-    );
+    refused_because(
+        &broker,
+        &SigningKey::p256("r1")?.sign(&claims("eve")),
+        "does not match",
+    )
+    .await?;
     // A kid nobody published.
-    let (status, body, _) =
-        refused(&broker, &SigningKey::ed25519("zz")?.sign(&claims("eve"))).await?;
-    assert_eq!(status, 401, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("does not know"),
-        "{body}"
-    );
+    refused_because(
+        &broker,
+        &SigningKey::ed25519("zz")?.sign(&claims("eve")),
+        "does not know",
+    )
+    .await?;
 
     assert_eq!(broker.metric("herald_jwks_keys").await?, 3.0);
     assert_eq!(broker.metric("herald_jwks_stale").await?, 0.0);
@@ -201,15 +201,7 @@ async fn rs256_es256_and_eddsa_keys_from_a_jwks_over_https_verify_tokens() -> Re
     // An HMAC token cannot be for a JWKS: refused without a fetch.
     let requests = jwks.requests();
     let hs = herald_e2e::hs256("0123456789abcdef0123456789abcdef", &claims("eve"));
-    let (status, body, _) = refused(&broker, &hs).await?;
-    assert_eq!(status, 401, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("not accepted"),
-        "{body}"
-    );
+    refused_because(&broker, &hs, "not accepted").await?;
     assert_eq!(jwks.requests(), requests, "no fetch for an HMAC token");
     Ok(())
 }

@@ -117,18 +117,26 @@ fn herald_with_bridge(nats: &NatsServer) -> Result<Broker> {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn herald_through_its_nats_bridge_loses_nothing_at_a_tiny_load() -> Result<()> {
+/// A tiny run of `target` against a Herald whose NATS bridge the tool publishes
+/// through, with the server's figures (`--pid`). Returns the summary, and the broker
+/// and its NATS server, still running.
+async fn bridged_run(target: &str) -> Result<(Value, Broker, NatsServer)> {
     let nats = NatsServer::start_with(&[])?;
     let broker = herald_with_bridge(&nats)?;
     broker.wait_readyz(200).await?;
     let pid = broker.pid().to_string();
     let s = small_run(
-        "herald",
+        target,
         &broker.ws_url(),
         &["--nats-url", &nats.url(), "--pid", &pid],
     )?;
-    assert_eq!(s["target"], "herald");
+    assert_eq!(s["target"], target);
+    Ok((s, broker, nats))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn herald_through_its_nats_bridge_loses_nothing_at_a_tiny_load() -> Result<()> {
+    let (s, broker, _nats) = bridged_run("herald").await?;
     let server = &s["server"];
     assert_eq!(server["pid"].as_u64(), Some(u64::from(broker.pid())));
     assert!(server["rss_kib_before"].as_u64() > Some(0), "{server}");
@@ -151,16 +159,7 @@ async fn herald_through_its_http_api_loses_nothing_at_a_tiny_load() -> Result<()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn herald_over_server_sent_events_loses_nothing_at_a_tiny_load() -> Result<()> {
-    let nats = NatsServer::start_with(&[])?;
-    let broker = herald_with_bridge(&nats)?;
-    broker.wait_readyz(200).await?;
-    let pid = broker.pid().to_string();
-    let s = small_run(
-        "herald-sse",
-        &broker.ws_url(),
-        &["--nats-url", &nats.url(), "--pid", &pid],
-    )?;
-    assert_eq!(s["target"], "herald-sse");
+    let (_, broker, _nats) = bridged_run("herald-sse").await?;
     let streams = broker
         .metric(r#"herald_connections_accepted_total{transport="sse"}"#)
         .await?;

@@ -34,6 +34,36 @@ const opened = (h) => new Promise((resolve) => h.on("open", resolve));
 const startPinging = () =>
   startHerald({ env: { HERALD_SESSION__HEARTBEAT_INTERVAL_MS: "1000", HERALD_SESSION__HEARTBEAT_TIMEOUT_MS: "1000" } });
 
+/** A client over SSE (`options` added) that the test closes when it ends. */
+function sseClient(t, url, options) {
+  const h = connect(url, { transport: "sse", EventSource, ...options });
+  t.after(() => h.close());
+  return h;
+}
+
+/**
+ * Publishes to `topic` without pause (one request at a time, `pauseMs` apart) until
+ * `stop()`, which resolves with how many were sent: events flow through whatever the
+ * test does meanwhile.
+ */
+function keepPublishing(broker, topic, pauseMs) {
+  let sent = 0;
+  let publishing = true;
+  const done = (async () => {
+    while (publishing) {
+      await httpPublish(broker, { topic, data: ++sent });
+      await sleep(pauseMs);
+    }
+  })();
+  return {
+    async stop() {
+      publishing = false;
+      await done;
+      return sent;
+    },
+  };
+}
+
 /** A gauge of the broker's /metrics, e.g. `herald_connections{transport="sse"}`. */
 async function metric(broker, sample) {
   const text = await (await fetch(`${broker.http}/metrics`)).text();
@@ -54,8 +84,7 @@ test("over SSE: history, live events, publish over HTTP, no ping, one stream on 
     { topic: "s.a", data: 1 },
     { topic: "s.a", data: 2 },
   ]);
-  const h = connect(broker.ws, { transport: "sse", EventSource });
-  t.after(() => h.close());
+  const h = sseClient(t, broker.ws);
   const rec = record(h);
   assert.equal(h.transport, "sse");
   const events = [];
@@ -88,20 +117,12 @@ test("over SSE: history, live events, publish over HTTP, no ping, one stream on 
 test("over SSE, subscribing and unsubscribing reopen the stream quietly, with no event lost or repeated", { timeout: 60_000 }, async (t) => {
   const broker = await startPinging();
   t.after(() => broker.kill());
-  const h = connect(broker.ws, { transport: "sse", EventSource });
-  t.after(() => h.close());
+  const h = sseClient(t, broker.ws);
   const rec = record(h);
   const a = [];
   await h.subscribe("q.a", (ev) => a.push(ev)).ready;
-  // A publisher that never pauses, so that every reopen happens while events flow.
-  let sent = 0;
-  let publishing = true;
-  const publisher = (async () => {
-    while (publishing) {
-      await httpPublish(broker, { topic: "q.a", data: ++sent });
-      await sleep(2);
-    }
-  })();
+  // Every reopen happens while events flow.
+  const publisher = keepPublishing(broker, "q.a", 2);
   const b = [];
   const subB = h.subscribe("q.b", { last: 3 }, (ev) => b.push(ev));
   await subB.ready;
@@ -112,8 +133,7 @@ test("over SSE, subscribing and unsubscribing reopen the stream quietly, with no
   await subB.unsubscribe();
   await httpPublish(broker, { topic: "q.b", data: "after unsubscribe" });
   await sleep(100);
-  publishing = false;
-  await publisher;
+  const sent = await publisher.stop();
   await until(() => a.length === sent, `all ${sent} events of q.a`);
   assert.deepEqual(seqs(a, "q.a"), upTo(sent), "every event once, in order, across four reopens");
   assert.deepEqual(b, [], "q.b had no history and nothing was published to it while subscribed");
@@ -127,8 +147,7 @@ test("over SSE, subscribing and unsubscribing reopen the stream quietly, with no
 test("over SSE, a subscription added to a running stream gets its history (last), the others only what is new", { timeout: 60_000 }, async (t) => {
   const broker = await startHerald();
   t.after(() => broker.kill());
-  const h = connect(broker.ws, { transport: "sse", EventSource });
-  t.after(() => h.close());
+  const h = sseClient(t, broker.ws);
   const rec = record(h);
   const x = [];
   await h.subscribe("l.x", (ev) => x.push(ev)).ready;
@@ -163,8 +182,7 @@ test("over SSE, a dropped stream reconnects and resumes exactly; a broker restar
   t.after(() => broker.kill());
   const proxy = await new Proxy(broker.port).listen();
   t.after(() => proxy.close());
-  const h = connect(proxy.ws, { transport: "sse", EventSource, backoff: { initialMs: 100, maxMs: 300 } });
-  t.after(() => h.close());
+  const h = sseClient(t, proxy.ws, { backoff: { initialMs: 100, maxMs: 300 } });
   const rec = record(h);
   const events = [];
   await h.subscribe("d.*", (ev) => events.push(ev)).ready;
@@ -198,8 +216,7 @@ test("over SSE, shutdown's close message (1001) and the new epoch after a restar
   const port = await freePort();
   let broker = await startHerald({ port });
   t.after(() => broker.kill());
-  const h = connect(broker.ws, { transport: "sse", EventSource, goingAwayMaxMs: 200, backoff: { initialMs: 100, maxMs: 300 } });
-  t.after(() => h.close());
+  const h = sseClient(t, broker.ws, { goingAwayMaxMs: 200, backoff: { initialMs: 100, maxMs: 300 } });
   const rec = record(h);
   const events = [];
   await h.subscribe("r.*", (ev) => events.push(ev)).ready;
@@ -227,8 +244,7 @@ test("over SSE with tokens: a ticket for every stream, publish with the token, r
       herald: { subscribe: ["t.>"], publish: ["t.>"] },
     });
   };
-  const h = connect(broker.ws, { transport: "sse", EventSource, token, refreshMarginMs: 2_000 });
-  t.after(() => h.close());
+  const h = sseClient(t, broker.ws, { token, refreshMarginMs: 2_000 });
   const rec = record(h);
   const events = [];
   await h.subscribe("t.*", (ev) => events.push(ev)).ready;
@@ -250,8 +266,7 @@ test("over SSE, a stream the broker refuses is explained: 403 and 400 reject the
   const broker = await startJwtHerald(secret);
   t.after(() => broker.kill());
   const token = signJwt(secret, { sub: "bob", exp: Math.floor(Date.now() / 1000) + 600, herald: { subscribe: ["ok.>"] } });
-  const h = connect(broker.ws, { transport: "sse", EventSource, token });
-  t.after(() => h.close());
+  const h = sseClient(t, broker.ws, { token });
   const rec = record(h);
   const events = [];
   await h.subscribe("ok.*", (ev) => events.push(ev)).ready;
@@ -261,8 +276,7 @@ test("over SSE, a stream the broker refuses is explained: 403 and 400 reject the
   await httpPublish(broker, { topic: "ok.a", data: 1 }, signJwt(secret, { sub: "p", exp: Math.floor(Date.now() / 1000) + 60, herald: { publish: [">"] } }));
   await until(() => events.length === 1, "the granted subscription still receives");
 
-  const stranger = connect(broker.ws, { transport: "sse", EventSource, token: signJwt("another secret", { sub: "x" }), backoff: { initialMs: 50, maxMs: 100 } });
-  t.after(() => stranger.close());
+  const stranger = sseClient(t, broker.ws, { token: signJwt("another secret", { sub: "x" }), backoff: { initialMs: 50, maxMs: 100 } });
   const strangerRec = record(stranger);
   stranger.subscribe("ok.*");
   await until(() => stranger.state === "unauthorized", "unauthorized: a 401 is a 4001");
@@ -290,14 +304,7 @@ test("auto: two refused upgrades move the client to SSE; once upgrades get throu
     [1006, 1006],
   );
 
-  let sent = 0;
-  let publishing = true;
-  const publisher = (async () => {
-    while (publishing) {
-      await httpPublish(broker, { topic: "f.a", data: ++sent });
-      await sleep(5);
-    }
-  })();
+  const publisher = keepPublishing(broker, "f.a", 5);
   await sleep(300);
   // Probes while upgrades are refused change nothing.
   await until(() => proxy.upgrades >= 3, "a probe");
@@ -305,8 +312,7 @@ test("auto: two refused upgrades move the client to SSE; once upgrades get throu
   proxy.refuseUpgrades = false;
   await until(() => h.transport === "websocket" && h.state === "open", "back on WebSocket");
   await sleep(300);
-  publishing = false;
-  await publisher;
+  const sent = await publisher.stop();
   await until(() => events.length === sent, `all ${sent} events`);
   assert.deepEqual(seqs(events, "f.a"), upTo(sent), "every event once, in order, across both switches");
   assert.deepEqual(rec.transports, ["sse", "websocket"]);
