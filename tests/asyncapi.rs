@@ -1102,11 +1102,18 @@ fn the_document_covers_every_protocol_type() -> Result<()> {
         (&[0xff, 0x00, 0x10], None, &BTreeMap::new()),
         (b"null", None, &BTreeMap::new()),
     ] {
-        for source in herald::Source::ALL {
+        // Single node; cluster history (a stream event, a node-local one).
+        let kinds = [(None, false), (Some(40), false), (None, true)];
+        for (source, (prev, local)) in herald::Source::ALL
+            .into_iter()
+            .flat_map(|s| kinds.map(|k| (s, k)))
+        {
             let live = herald::protocol::event::render(
                 herald::protocol::event::EventMeta {
                     topic: "orders.eu",
                     seq: 42,
+                    prev,
+                    local,
                     ts: 1_763_800_000_123,
                     source,
                     key,

@@ -84,6 +84,11 @@ pub struct JetStreamStart {
     /// What to replay at start. Default `last_per_subject`.
     #[serde(default)]
     pub deliver: JetStreamDeliver,
+    /// Hand each message's stream position to the sink
+    /// ([`crate::BridgeEvent::position`]). Not a configuration key: the broker sets it
+    /// on the backplane bridge when it reads the cluster history stream.
+    #[serde(skip)]
+    pub positions: bool,
 }
 
 /// Where a JetStream start begins.

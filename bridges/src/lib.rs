@@ -97,6 +97,23 @@ pub struct BridgeEvent {
     pub headers: BTreeMap<String, String>,
     /// Where the event came from.
     pub source: Source,
+    /// Its place in the cluster history stream, when it was read from there
+    /// (`cluster.history = "jetstream"`); `None` for every other event.
+    pub position: Option<StreamPosition>,
+}
+
+/// Where an event read from the cluster history stream sits in it: the same on
+/// every node that reads the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// The stream sequence.
+    pub seq: u64,
+    /// When the stream stored it, in milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// Read while the consumer was still catching up on what the stream held when
+    /// it started (the last message of each subject): such an event may have
+    /// earlier events of its topic in the stream that this node never read.
+    pub catching_up: bool,
 }
 
 impl BridgeEvent {
@@ -108,6 +125,7 @@ impl BridgeEvent {
             key: None,
             headers: BTreeMap::new(),
             source,
+            position: None,
         }
     }
 }

@@ -63,9 +63,17 @@ impl SessionDirectory {
 #[derive(Debug, Default)]
 pub(crate) struct Readiness {
     bridges: Mutex<BTreeMap<String, BridgeStatus>>,
+    /// With cluster history: why its stream is not usable, if it is not.
+    history: Mutex<Option<String>>,
 }
 
 impl Readiness {
+    /// Records whether the cluster history stream is usable (`None`) or why not.
+    #[cfg(feature = "nats")]
+    pub(crate) fn set_history(&self, why_not: Option<String>) {
+        *self.history.lock().unwrap_or_else(|p| p.into_inner()) = why_not;
+    }
+
     /// Records a bridge's status (bridges call this as their state changes).
     #[cfg(any(feature = "nats", feature = "kafka"))]
     pub(crate) fn set(&self, bridge: &str, status: BridgeStatus) {
@@ -104,6 +112,10 @@ impl Readiness {
                 BridgeStatus::Ready => format!("bridge {name}: ready"),
             })
             .collect();
+        let mut reasons = reasons;
+        if let Some(why) = &*self.history.lock().unwrap_or_else(|p| p.into_inner()) {
+            reasons.push(why.clone());
+        }
         (reasons.is_empty(), reasons)
     }
 }
@@ -163,7 +175,12 @@ impl Components {
 struct Inner {
     config: Config,
     publisher: Publisher,
+    /// This process's epoch (without cluster history).
     epoch: String,
+    /// With `cluster.history = "jetstream"`: the stream, whose epoch is the one
+    /// clients see.
+    #[cfg(feature = "nats")]
+    history: Option<Arc<crate::history::ClusterHistory>>,
     node: String,
     auth: Arc<dyn Authenticator>,
     /// `auth.jwks_url`, and the task that keeps it fresh (stopped with the node).
@@ -242,12 +259,18 @@ impl Broker {
         } else {
             config.server.shards
         };
+        #[allow(clippy::let_unit_value)] // `()` without the `nats` feature
+        let backplane_slot = crate::publish::bridges::BackplaneSlot::default();
+        #[cfg(feature = "nats")]
+        let history = crate::history::ClusterHistory::new(&config, backplane_slot.clone());
         let registry = Registry::start(
             shards,
             TopicSettings {
                 history_size: config.history.size,
                 history_ttl_ms: config.history.ttl_ms,
                 mailbox_capacity: config.server.ingest_capacity,
+                #[cfg(feature = "nats")]
+                cluster: history.clone(),
             },
         );
         let node = if config.server.node_id.is_empty() {
@@ -261,15 +284,28 @@ impl Broker {
             config.server.max_upgrades_per_s,
         );
         let readiness = Arc::new(Readiness::default());
-        let bridges = Bridges::start(components.bridges, &config, &node, &registry, &readiness);
+        let bridges = Bridges::start(
+            components.bridges,
+            &config,
+            &node,
+            &registry,
+            &readiness,
+            backplane_slot,
+        );
+        #[cfg(feature = "nats")]
+        if let Some(history) = &history {
+            actix_rt::spawn(history.clone().run(readiness.clone()));
+        }
         let publisher = Publisher::new(registry, &bridges, &config.cluster.subject_prefix);
         let tickets = ticket_store(&config, &bridges);
         let broker = Broker {
             inner: Arc::new(Inner {
                 publisher,
                 // Time-ordered, so a later start has a later epoch; clients treat it
-                // as opaque.
+                // as opaque. With cluster history, the stream's.
                 epoch: uuid::Uuid::now_v7().simple().to_string(),
+                #[cfg(feature = "nats")]
+                history,
                 node,
                 auth: components.auth,
                 jwks: components
@@ -323,9 +359,30 @@ impl Broker {
         &self.inner.config
     }
 
-    /// This process's history epoch (new on every start; opaque to clients).
+    /// The epoch of the positions this node gives (opaque to clients): new on every
+    /// start, or with cluster history the stream's (empty until it is known; no
+    /// session is let in before, see [`Broker::history_unready`]).
     pub fn epoch(&self) -> &str {
+        #[cfg(feature = "nats")]
+        if let Some(history) = &self.inner.history {
+            return history.epoch().unwrap_or_default();
+        }
         &self.inner.epoch
+    }
+
+    /// With cluster history, why no session can be let in yet: the stream is not
+    /// set up, so there is no epoch to give.
+    pub(crate) fn history_unready(&self) -> Option<String> {
+        #[cfg(feature = "nats")]
+        if let Some(history) = &self.inner.history {
+            if history.epoch().is_none() {
+                return Some(format!(
+                    "the cluster history stream {} is not set up yet; connect again shortly",
+                    history.stream_name()
+                ));
+            }
+        }
+        None
     }
 
     /// This node's name.

@@ -13,6 +13,8 @@
 //!   every node; each bridge runs as a task with a sink straight into the registry.
 //!   (The bridges themselves, and the topic grammar, are in the `herald-bridges`
 //!   crate.)
+//! - `history/`: cluster history on JetStream (`cluster.history = "jetstream"`):
+//!   the stream every node reads, its epoch, and reading events back by position.
 //! - `topics/`: the topic layer: the sharded registry (topic name → topic actor,
 //!   wildcard subscriptions), the topic actors (seq, history ring, fan-out of one
 //!   rendered frame) and the messages between them.
@@ -53,6 +55,8 @@ mod clock;
 #[cfg(feature = "nats")]
 mod cluster;
 pub mod config;
+#[cfg(feature = "nats")]
+mod history;
 mod http;
 mod metrics;
 pub mod protocol;

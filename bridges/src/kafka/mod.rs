@@ -149,6 +149,7 @@ pub fn event_for(template: &Template, m: &BorrowedMessage<'_>) -> BridgeEvent {
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         headers,
         source: Source::Kafka,
+        position: None,
     }
 }
 

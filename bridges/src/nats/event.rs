@@ -62,10 +62,21 @@ fn all() -> Pattern {
 /// (set by a Herald node publishing through the backplane) restore the event's
 /// source and key; other headers pass through, multiple values joined by `,`.
 pub fn event_for(s: &NatsSettings, msg: async_nats::Message) -> BridgeEvent {
+    event_from(s, msg.subject.as_str(), msg.headers.as_ref(), msg.payload)
+}
+
+/// [`event_for`] from a message's parts: also for a message read back from a
+/// JetStream stream by sequence.
+pub fn event_from(
+    s: &NatsSettings,
+    subject: &str,
+    message_headers: Option<&async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+) -> BridgeEvent {
     let mut headers = BTreeMap::new();
     let mut source = Source::Nats;
     let mut key = None;
-    if let Some(h) = &msg.headers {
+    if let Some(h) = message_headers {
         for (name, values) in h.iter() {
             let joined: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
             let value = joined.join(",");
@@ -86,11 +97,12 @@ pub fn event_for(s: &NatsSettings, msg: async_nats::Message) -> BridgeEvent {
         }
     }
     BridgeEvent {
-        topic: topic_for(msg.subject.as_str(), &s.strip_prefix, &s.topic_prefix),
-        payload: msg.payload,
+        topic: topic_for(subject, &s.strip_prefix, &s.topic_prefix),
+        payload,
         key,
         headers,
         source,
+        position: None,
     }
 }
 

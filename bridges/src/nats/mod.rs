@@ -30,7 +30,9 @@ use crate::{BridgeContext, BridgeStatus};
 
 pub use crate::config::{JetStreamDeliver, JetStreamStart, NatsSettings};
 pub use connect::server_addrs;
-pub use event::{event_for, is_system_subject, topic_for, topic_range, KEY_HEADER, SOURCE_HEADER};
+pub use event::{
+    event_for, event_from, is_system_subject, topic_for, topic_range, KEY_HEADER, SOURCE_HEADER,
+};
 
 mod connect;
 mod event;
@@ -183,6 +185,9 @@ impl NatsBridge {
         let (subscribed, slot) = (&shared.subscribed, &shared.slot);
         let client = connect::connect_with_retry(s, &self.addrs, shared).await?;
         if let Some(start) = &s.jetstream {
+            // The connection is usable before the consumer exists: what waits for the
+            // stream may be what makes it (the cluster history).
+            let _ = slot.set(client.clone());
             let mut messages =
                 jetstream::jetstream_consumer_with_retry(s, start, &client, status).await;
             // The ordered consumer recreates itself after a lost connection, so a later
@@ -191,10 +196,31 @@ impl NatsBridge {
             counters.connected.store(true, Ordering::Relaxed);
             status(BridgeStatus::Ready);
             info!(bridge = %s.name, stream = %start.stream, "nats bridge consuming from JetStream");
-            let _ = slot.set(client);
+            // Until the consumer has nothing pending, it is still delivering what the
+            // stream held when it started (`StreamPosition::catching_up`).
+            let mut caught_up = false;
             while let Some(msg) = messages.next().await {
                 match msg {
-                    Ok(msg) => context.forward(event_for(s, msg.message)),
+                    Ok(msg) => {
+                        let position = match (start.positions, msg.info()) {
+                            (true, Ok(info)) => {
+                                let position = crate::StreamPosition {
+                                    seq: info.stream_sequence,
+                                    ts_ms: u64::try_from(
+                                        info.published.unix_timestamp_nanos() / 1_000_000,
+                                    )
+                                    .unwrap_or(0),
+                                    catching_up: !caught_up,
+                                };
+                                caught_up |= info.pending == 0;
+                                Some(position)
+                            }
+                            _ => None,
+                        };
+                        let mut event = event_for(s, msg.message);
+                        event.position = position;
+                        context.forward(event);
+                    }
                     // The ordered consumer recreates itself after a gap or a lost
                     // connection; an error here is reported and the stream goes on.
                     Err(e) => warn!(bridge = %s.name, error = %e, "jetstream consumer"),

@@ -296,6 +296,14 @@ pub struct ClusterConfig {
     /// Nodes of one cluster share it; two clusters on one NATS need two names.
     /// Default `herald`.
     pub name: String,
+    /// Where positions and history live: `local` (each node's own, default) or
+    /// `jetstream` (one stream on the backplane's NATS: positions the same on every
+    /// node, resume on any node and across restarts).
+    pub history: HistoryMode,
+    /// With `history = "jetstream"`: the stream's name. Default `HERALD`.
+    pub history_stream: String,
+    /// With `history = "jetstream"`: the stream's replicas (1 to 5). Default 1.
+    pub replicas: usize,
 }
 
 impl Default for ClusterConfig {
@@ -305,8 +313,23 @@ impl Default for ClusterConfig {
             subject_prefix: String::new(),
             tickets_bucket: "HERALD_TICKETS".into(),
             name: "herald".into(),
+            history: HistoryMode::Local,
+            history_stream: "HERALD".into(),
+            replicas: 1,
         }
     }
+}
+
+/// `cluster.history`: whose positions an event's `seq` counts in
+/// (docs/protocol.md#cluster-history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryMode {
+    /// This node's: `seq` counts per topic on this node, history is this node's ring.
+    Local,
+    /// The cluster's: `seq` is the position in one JetStream stream that every node
+    /// reads, so it is the same on every node and outlives restarts.
+    Jetstream,
 }
 
 /// `[bridge]`: the `[[bridge.nats]]` and `[[bridge.kafka]]` lists.

@@ -196,6 +196,13 @@ impl Config {
         }
         if !self.cluster.backplane.is_empty() {
             self.validate_backplane()?;
+            self.validate_cluster_history()?;
+        } else if self.cluster.history == super::HistoryMode::Jetstream {
+            return Err(invalid(
+                "cluster.history",
+                "jetstream",
+                "`local` unless cluster.backplane is set (the stream lives on the backplane's NATS)",
+            ));
         } else if !self.cluster.subject_prefix.is_empty() {
             return Err(invalid(
                 "cluster.subject_prefix",
@@ -475,6 +482,56 @@ impl Config {
                 &format!(
                     "the backplane bridge `{}` to have strip_prefix = \"{}\" and no topic_prefix, so subjects map back to the same topics",
                     b.name, c.subject_prefix
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// With `cluster.history = "jetstream"`: a stream Herald can name and size, and
+    /// a backplane bridge that reads nothing but the backplane's subjects (it reads
+    /// them from the stream, so other subjects would be lost).
+    fn validate_cluster_history(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.history != super::HistoryMode::Jetstream {
+            return Ok(());
+        }
+        if !is_name(&c.history_stream) || c.history_stream.len() > 32 {
+            return Err(invalid(
+                "cluster.history_stream",
+                &c.history_stream,
+                "a JetStream stream name of at most 32 letters, digits, `_` and `-`",
+            ));
+        }
+        if !(1..=5).contains(&c.replicas) {
+            return Err(invalid(
+                "cluster.replicas",
+                c.replicas.to_string().as_str(),
+                "1 to 5 (JetStream's limit)",
+            ));
+        }
+        if c.subject_prefix.is_empty() {
+            return Err(invalid(
+                "cluster.subject_prefix",
+                "",
+                "a prefix like `herald.` with cluster.history = \"jetstream\" (the stream holds the subjects under it)",
+            ));
+        }
+        if self.history.size == 0 {
+            return Err(invalid(
+                "history.size",
+                "0",
+                "at least 1 with cluster.history = \"jetstream\" (each subject keeps that many events in the stream)",
+            ));
+        }
+        let all = format!("{}>", c.subject_prefix);
+        let bridge = self.bridge.nats.iter().find(|b| b.name == c.backplane);
+        if let Some(b) = bridge.filter(|b| b.subjects != [all.clone()] || b.jetstream.is_some()) {
+            return Err(invalid(
+                "cluster.backplane",
+                &b.name,
+                &format!(
+                    "with cluster.history = \"jetstream\", a bridge whose subjects are exactly [\"{all}\"] and that has no jetstream start of its own (it reads the history stream)"
                 ),
             ));
         }

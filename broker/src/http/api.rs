@@ -246,6 +246,7 @@ pub(super) async fn publish(
             key: item.key,
             headers: item.headers.unwrap_or_default(),
             source: Source::Http,
+            position: None,
         });
     }
     let total = events.len();

@@ -15,7 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::upgrade::{admit, refuse_if_shutting_down, Admitted};
+use super::upgrade::{admit, refuse_if_unavailable, Admitted};
 use super::ApiError;
 use crate::broker::Broker;
 use crate::metrics::{RefusedReason, METRICS};
@@ -76,7 +76,7 @@ pub(super) async fn sse(
     req: HttpRequest,
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
-    refuse_if_shutting_down(&broker)?;
+    refuse_if_unavailable(&broker)?;
     let query = web::Query::<SseQuery>::from_query(req.query_string())
         .map_err(|e| bad_request(ErrorCode::BadRequest, format!("bad query string: {e}")))?
         .into_inner();

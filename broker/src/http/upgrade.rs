@@ -39,7 +39,7 @@ pub(super) async fn upgrade(
     body: web::Payload,
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
-    refuse_if_shutting_down(&broker)?;
+    refuse_if_unavailable(&broker)?;
     let subprotocol = admission::subprotocol(req.headers());
     if subprotocol == Subprotocol::Unsupported {
         METRICS.refused(RefusedReason::Subprotocol);
@@ -82,14 +82,16 @@ pub(super) async fn upgrade(
     Ok(response)
 }
 
-/// 503 while the node shuts down: a new session would be closed at once.
-pub(super) fn refuse_if_shutting_down(broker: &Broker) -> Result<(), ApiError> {
-    if broker.is_shutting_down() {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the server is shutting down; connect again (to another node)",
-        );
+/// 503 while the node shuts down (a new session would be closed at once), and
+/// with cluster history before its stream is set up (no epoch to give yet).
+pub(super) fn refuse_if_unavailable(broker: &Broker) -> Result<(), ApiError> {
+    let why = if broker.is_shutting_down() {
+        Some("the server is shutting down; connect again (to another node)".to_owned())
+    } else {
+        broker.history_unready()
+    };
+    if let Some(why) = why {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
         e.retry_after = Some(super::RETRY_AFTER_S);
         return Err(e);
     }

@@ -25,6 +25,10 @@ struct EventFrame<'a> {
     kind: &'static str,
     topic: &'a str,
     seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    local: bool,
     ts: u64,
     source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,6 +53,11 @@ enum Data<'a> {
 pub struct EventMeta<'a> {
     pub topic: &'a str,
     pub seq: u64,
+    /// Cluster history: the topic's previous position, when known.
+    pub prev: Option<u64>,
+    /// Cluster history: an event that did not come from the stream (a bridge's),
+    /// whose `seq` counts on this node only.
+    pub local: bool,
     pub ts: u64,
     pub source: Source,
     pub key: Option<&'a str>,
@@ -76,6 +85,8 @@ pub fn render(meta: EventMeta<'_>, payload: &[u8]) -> Frame {
         kind: "event",
         topic: meta.topic,
         seq: meta.seq,
+        prev: meta.prev,
+        local: meta.local,
         ts: meta.ts,
         source: meta.source.as_str(),
         data,
@@ -109,6 +120,8 @@ mod tests {
         EventMeta {
             topic: "orders.eu",
             seq: 42,
+            prev: None,
+            local: false,
             ts: 1_763_800_000_123,
             source: Source::Kafka,
             key,
@@ -145,6 +158,32 @@ mod tests {
         // Two JSON values in a row are not one JSON payload: sent as text.
         let v = json(&render(meta(&h, None), b"1 2"));
         assert_eq!(v["data"], "1 2");
+    }
+
+    #[test]
+    fn cluster_fields_follow_seq_and_are_absent_otherwise() {
+        let h = BTreeMap::new();
+        let plain = render(meta(&h, None), b"1");
+        assert!(plain.starts_with(r#"{"type":"event","topic":"orders.eu","seq":42,"ts":"#));
+        let with_prev = render(
+            EventMeta {
+                prev: Some(40),
+                ..meta(&h, None)
+            },
+            b"1",
+        );
+        assert!(with_prev
+            .starts_with(r#"{"type":"event","topic":"orders.eu","seq":42,"prev":40,"ts":"#));
+        let local = render(
+            EventMeta {
+                local: true,
+                ..meta(&h, None)
+            },
+            b"1",
+        );
+        assert!(
+            local.starts_with(r#"{"type":"event","topic":"orders.eu","seq":42,"local":true,"ts":"#)
+        );
     }
 
     #[test]

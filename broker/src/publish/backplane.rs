@@ -6,6 +6,11 @@
 //!
 //! While the bridge is disconnected, publishes fail at once (HTTP 503, `internal`
 //! error reply) instead of being buffered by the NATS client and maybe lost later.
+//!
+//! With cluster history (`cluster.history = "jetstream"`) the subjects belong to the
+//! history stream: a publish is stored there and `Ok` waits for the stream's
+//! acknowledgement, so an accepted event has its position. Nodes read it back from
+//! the stream ([`crate::history`]).
 
 use std::str::FromStr as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +36,8 @@ pub(crate) struct Backplane {
     /// Set once the node stops its bridges (shutdown): publishes are refused from
     /// then on, as a draining client may drop them after this node said `202`.
     pub(crate) stopping: Arc<AtomicBool>,
+    /// Publishes are stored in the cluster history stream, acknowledged.
+    pub(crate) stored: bool,
 }
 
 /// An event made ready for NATS: subject, headers and payload, built once.
@@ -113,7 +120,18 @@ impl Backplane {
     /// Publishes a prepared event to NATS. `Ok` means handed to a connected NATS
     /// client.
     pub(crate) async fn send(&self, out: Outgoing) -> Result<(), PublishError> {
-        self.connection()?
+        let client = self.connection()?;
+        if self.stored {
+            let ack = async_nats::jetstream::new(client.clone())
+                .publish_with_headers(out.subject, out.headers, out.payload)
+                .await
+                .map_err(|e| self.down(format!("history stream: {e}")))?;
+            return ack
+                .await
+                .map(drop)
+                .map_err(|e| self.down(format!("history stream: {e}")));
+        }
+        client
             .publish_with_headers(out.subject, out.headers, out.payload)
             .await
             .map_err(|e| self.down(e.to_string()))

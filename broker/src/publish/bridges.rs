@@ -40,6 +40,18 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedBridge>, ConfigErro
     let mut bridges = Vec::new();
     #[cfg(feature = "nats")]
     for (i, b) in config.bridge.nats.iter().enumerate() {
+        let mut b = b.clone();
+        if config.cluster.history == crate::config::HistoryMode::Jetstream
+            && b.name == config.cluster.backplane
+        {
+            // The backplane's subjects are read from the history stream, in stream
+            // order and with their positions, instead of from core subscriptions.
+            b.jetstream = Some(herald_bridges::nats::JetStreamStart {
+                stream: config.cluster.history_stream.clone(),
+                deliver: herald_bridges::nats::JetStreamDeliver::LastPerSubject,
+                positions: true,
+            });
+        }
         let bridge = herald_bridges::nats::NatsBridge::new(b.clone()).map_err(|why| {
             ConfigError::invalid(
                 &format!("bridge.nats[{i}].url"),
@@ -79,7 +91,17 @@ pub(crate) struct Bridges {
         herald_bridges::nats::ClientSlot,
         Arc<BridgeCounters>,
     )>,
+    /// `cluster.history = "jetstream"`: backplane publishes are stored in the stream.
+    #[cfg(feature = "nats")]
+    stored: bool,
 }
+
+/// The backplane's connection, once made: made before the bridges start, so that
+/// what talks over it (the cluster history) can be built before them.
+#[cfg(feature = "nats")]
+pub(crate) type BackplaneSlot = herald_bridges::nats::ClientSlot;
+#[cfg(not(feature = "nats"))]
+pub(crate) type BackplaneSlot = ();
 
 /// What a bridge hands its events to: the registry, through a validated topic.
 struct TopicSink {
@@ -114,6 +136,7 @@ impl Bridges {
         node: &str,
         registry: &Registry,
         readiness: &Arc<Readiness>,
+        backplane_slot: BackplaneSlot,
     ) -> Bridges {
         let sink: Arc<dyn EventSink> = Arc::new(TopicSink {
             registry: registry.clone(),
@@ -126,6 +149,8 @@ impl Bridges {
             stopping: Arc::default(),
             #[cfg(feature = "nats")]
             backplane: None,
+            #[cfg(feature = "nats")]
+            stored: config.cluster.history == crate::config::HistoryMode::Jetstream,
         };
         #[allow(unused_mut)]
         let mut tasks = Vec::new();
@@ -156,10 +181,12 @@ impl Bridges {
             let task = match bridge {
                 #[cfg(feature = "nats")]
                 PreparedBridge::Nats(b) => {
-                    let slot = herald_bridges::nats::ClientSlot::default();
-                    if config.cluster.backplane == name {
-                        bridges.backplane = Some((name.clone(), slot.clone(), counters));
-                    }
+                    let slot = if config.cluster.backplane == name {
+                        bridges.backplane = Some((name.clone(), backplane_slot.clone(), counters));
+                        backplane_slot.clone()
+                    } else {
+                        herald_bridges::nats::ClientSlot::default()
+                    };
                     actix_rt::spawn(b.run(context, slot))
                 }
                 #[cfg(feature = "kafka")]
@@ -168,7 +195,7 @@ impl Bridges {
             tasks.push((name, task));
         }
         #[cfg(not(feature = "nats"))]
-        let _ = config;
+        let _ = (config, backplane_slot);
         bridges.tasks = Mutex::new(tasks);
         bridges
     }
@@ -194,6 +221,7 @@ impl Bridges {
             counters,
             prefix: prefix.to_owned(),
             stopping: self.stopping.clone(),
+            stored: self.stored,
         })
     }
 

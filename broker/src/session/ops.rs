@@ -98,6 +98,7 @@ impl Session {
                     key,
                     headers,
                     source: Source::Ws,
+                    position: None,
                 };
                 // Through the backplane this waits on NATS; the reply follows once
                 // the event is accepted (or refused), without blocking the session.

@@ -179,6 +179,10 @@ fn event_position(frame: &str) -> Option<(&str, u64)> {
         .take_while(u8::is_ascii_digit)
         .count();
     let seq = frame[seq_at..seq_at + digits].parse().ok()?;
+    // A node-local event under cluster history is no position to resume from.
+    if frame[seq_at + digits..].starts_with(r#","local":true"#) {
+        return None;
+    }
     Some((topic, seq))
 }
 

@@ -37,6 +37,20 @@ pub(crate) struct Ingest {
     /// the topic (a full mailbox, a source's lost connection): the topic skips that
     /// many seqs, so every subscriber sees the gap where the loss happened.
     pub missed: u64,
+    /// With cluster history, for an event read from the stream: its position, set
+    /// by the topic's shard.
+    pub positioned: Option<Positioned>,
+}
+
+/// An event's place in the cluster history stream, as its topic renders it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Positioned {
+    /// The stream sequence: the event's `seq`.
+    pub seq: u64,
+    /// The topic's previous position (`prev`), when this node knows of one.
+    pub prev: Option<u64>,
+    /// Known to be the topic's first event in the stream (no `prev` to know of).
+    pub first: bool,
 }
 
 /// Registry → every shard: the events of the topics matching `patterns` may have

@@ -27,6 +27,8 @@ pub(crate) struct Event {
     pub headers: BTreeMap<String, String>,
     /// Where the event entered Herald.
     pub source: Source,
+    /// Its place in the cluster history stream, when it was read from there.
+    pub position: Option<herald_bridges::StreamPosition>,
 }
 
 impl TryFrom<BridgeEvent> for Event {
@@ -40,6 +42,7 @@ impl TryFrom<BridgeEvent> for Event {
             key: e.key,
             headers: e.headers,
             source: e.source,
+            position: e.position,
         })
     }
 }

@@ -21,8 +21,9 @@ use crate::protocol::{Replay, ResetReason};
 use crate::publish::PublishError;
 use crate::topic::Pattern;
 use crate::topics::message::{
-    AddSubscriber, Deliver, Ingest, Interrupted, ListTopics, PatternInfo, Reason, RemoveSubscriber,
-    StopTopic, Subscribe, Subscriber, TopicIdle, TopicInfo, TopicReplay, TopicStats, Unsubscribe,
+    AddSubscriber, Deliver, Ingest, Interrupted, ListTopics, PatternInfo, Positioned, Reason,
+    RemoveSubscriber, StopTopic, Subscribe, Subscriber, TopicIdle, TopicInfo, TopicReplay,
+    TopicStats, Unsubscribe,
 };
 use crate::topics::topic::{Topic, TopicSettings};
 use crate::topics::Event;
@@ -34,6 +35,9 @@ struct Slot {
     /// Events of this topic lost since the last one the topic took: told to the
     /// topic with its next event ([`Ingest::missed`]).
     missed: u64,
+    /// Cluster history: the topic's last position in the stream (0: none known),
+    /// the `prev` of its next event.
+    last: u64,
 }
 
 impl Slot {
@@ -69,6 +73,11 @@ pub(crate) struct Shard {
     forgotten_overflow: bool,
     /// Topics whose events [`Registry::publish`] could not hand to this shard.
     refused: Arc<Refused>,
+    /// Cluster history: the last stream position of topics this shard forgot (no
+    /// subscribers, no history left), so that their next event still gets its
+    /// `prev`. Bounded by [`FORGOTTEN_CAP`]; past it, such a topic's next event has
+    /// no `prev`, which a client takes as a possible gap.
+    positions: HashMap<String, u64>,
 }
 
 /// Events [`Registry::publish`] could not hand to a shard (its mailbox was full), by
@@ -152,18 +161,23 @@ impl Shard {
                     }
                 }
             }
-            let reborn = self.forgotten.remove(name) || self.forgotten_overflow;
+            // Stream positions never restart: a topic is reborn only locally.
+            let clustered = self.settings.clustered();
+            let reborn = !clustered && (self.forgotten.remove(name) || self.forgotten_overflow);
+            let last = self.positions.remove(name).unwrap_or(0);
             let topic = Topic::new(
                 name.to_owned(),
                 self.settings.clone(),
                 ctx.address(),
                 first.into_values().collect(),
                 reborn,
+                last,
             );
             let mut slot = Slot {
                 addr: topic.start(),
                 sent: 0,
                 missed: 0,
+                last,
             };
             for s in extra {
                 slot.send(AddSubscriber {
@@ -203,7 +217,26 @@ impl Handler<Ingest> for Shard {
 
     fn handle(&mut self, mut msg: Ingest, ctx: &mut Self::Context) {
         self.refused_overflow();
+        let unsure_of_first = self.forgotten_overflow;
         let slot = self.topic(&msg.event.topic, ctx);
+        if let Some(p) = msg.event.position {
+            // Stream order: an event at or before the last position is one this node
+            // already read (a consumer that started again from an earlier point).
+            if p.seq <= slot.last {
+                return;
+            }
+            // An event of this topic refused on its way here (`missed`) had a
+            // position this shard never learnt: no `prev` then, which a client
+            // takes as a gap (a stream position never directly follows the one
+            // before the lost event).
+            let known = slot.last > 0 && msg.missed == 0;
+            msg.positioned = Some(Positioned {
+                seq: p.seq,
+                prev: known.then_some(slot.last),
+                first: slot.last == 0 && msg.missed == 0 && !p.catching_up && !unsure_of_first,
+            });
+            slot.last = p.seq;
+        }
         // Lost on the way to this shard (carried by the event), and on the way from
         // this shard to the topic since its last event got in.
         let carried = msg.missed;
@@ -242,6 +275,18 @@ impl Handler<Subscribe> for Shard {
             pattern,
             replay,
         } = msg;
+        if self.settings.clustered() {
+            // A resumed topic this node does not hold may still be in the stream
+            // (this node forgot it, or has not read that far): its topic reads it
+            // back, or resets.
+            if let Replay::Resume(seqs) = &*replay {
+                for topic in seqs.keys() {
+                    if pattern.matches(topic) && self.owns(topic) {
+                        self.topic(topic, ctx);
+                    }
+                }
+            }
+        }
         if !pattern.is_wildcard() {
             let replay = replay_for(&replay, pattern.as_str());
             self.topic(pattern.as_str(), ctx).send(AddSubscriber {
@@ -255,6 +300,7 @@ impl Handler<Subscribe> for Shard {
         // history is gone, so a position above 0 can only be answered with `reset`.
         if let Replay::Resume(seqs) = &*replay {
             for (topic, seq) in seqs {
+                // (With cluster history every such topic was made above.)
                 if *seq > 0
                     && pattern.matches(topic)
                     && self.owns(topic)
@@ -329,7 +375,17 @@ impl Handler<TopicIdle> for Shard {
             if let Some(slot) = self.topics.remove(&msg.topic) {
                 slot.addr.do_send(StopTopic);
                 METRICS.topics_changed(-1);
-                if self.forgotten.len() < FORGOTTEN_CAP {
+                if self.settings.clustered() {
+                    if self.positions.len() < FORGOTTEN_CAP {
+                        if slot.last > 0 {
+                            self.positions.insert(msg.topic, slot.last);
+                        }
+                    } else {
+                        // A topic seen again may now look new: none is taken for
+                        // its topic's first event from then on.
+                        self.forgotten_overflow = true;
+                    }
+                } else if self.forgotten.len() < FORGOTTEN_CAP {
                     self.forgotten.insert(msg.topic);
                 } else {
                     self.forgotten_overflow = true;
@@ -415,6 +471,7 @@ impl Registry {
                     forgotten: Default::default(),
                     forgotten_overflow: false,
                     refused,
+                    positions: HashMap::new(),
                 })
             })
             .collect();
@@ -437,11 +494,19 @@ impl Registry {
     /// and says so; the topic's next event then carries the gap.
     pub(crate) fn publish(&self, event: Event) -> Result<(), PublishError> {
         METRICS.event_in(event.source);
-        let ts = crate::clock::now_ms();
+        // A stream event's time is when the stream stored it: the same on every node.
+        let ts = event
+            .position
+            .map_or_else(crate::clock::now_ms, |p| p.ts_ms);
         let index = self.shard_index(&event.topic);
         let missed = self.refused[index].take(&event.topic);
         self.shards[index]
-            .try_send(Ingest { event, ts, missed })
+            .try_send(Ingest {
+                event,
+                ts,
+                missed,
+                positioned: None,
+            })
             .map_err(|e| {
                 let (SendError::Full(refused) | SendError::Closed(refused)) = e;
                 self.refused[index].add(&refused.event.topic, refused.missed + 1);

@@ -7,6 +7,13 @@
 //! requests and events reach the topic through the same mailbox, a replay and the
 //! live stream join without a gap or a duplicate: the replay is sent (into the
 //! subscriber's inbox) before any live event that follows it.
+//!
+//! With cluster history (`cluster.history = "jetstream"`), an event read from the
+//! history stream carries its position: the topic renders it with that `seq` and the
+//! `prev` its shard worked out, and a resume or a `last` the ring cannot answer is
+//! read back from the stream ([`crate::history`]). Meanwhile the subscriber is
+//! pending: the live events of the topic are held for it, and once the replay is
+//! sent, it gets the held events the replay did not cover, then joins live.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -33,9 +40,20 @@ pub(crate) struct TopicSettings {
     pub history_ttl_ms: u64,
     /// Mailbox bound for incoming events.
     pub mailbox_capacity: usize,
+    /// With cluster history: the stream, to read back what the ring lacks.
+    #[cfg(feature = "nats")]
+    pub cluster: Option<Arc<crate::history::ClusterHistory>>,
 }
 
 impl TopicSettings {
+    /// Whether positions are the cluster's (`cluster.history = "jetstream"`).
+    pub(crate) fn clustered(&self) -> bool {
+        #[cfg(feature = "nats")]
+        return self.cluster.is_some();
+        #[cfg(not(feature = "nats"))]
+        false
+    }
+
     /// How often a topic evicts expired history and checks whether it is idle.
     fn tick(&self) -> Duration {
         Duration::from_millis(self.history_ttl_ms.clamp(100, 10_000))
@@ -48,6 +66,10 @@ struct Kept {
     seq: u64,
     ts: u64,
     frame: Frame,
+    /// With cluster history: a position in the stream (not a node-local event), and
+    /// whether it is known to be its topic's first in the stream.
+    positioned: bool,
+    first: bool,
 }
 
 /// The bounded replay ring: at most `size` events, none older than `ttl_ms`.
@@ -109,6 +131,42 @@ impl History {
         )
     }
 
+    /// Cluster history: the stream events after position `seq` when the ring holds
+    /// the event at `seq` (so every later one of the topic); `None` otherwise.
+    fn after_position(&self, seq: u64) -> Option<Vec<Frame>> {
+        let at = self
+            .events
+            .iter()
+            .position(|k| k.positioned && k.seq == seq)?;
+        Some(
+            self.events
+                .iter()
+                .skip(at + 1)
+                .filter(|k| k.positioned)
+                .map(|k| event::replay_of(&k.frame))
+                .collect(),
+        )
+    }
+
+    /// Cluster history: whether the ring holds its topic's every event still in
+    /// the stream (its oldest is the topic's first), or at least `n` of them.
+    fn answers_last(&self, n: usize) -> bool {
+        let mut positioned = self.events.iter().filter(|k| k.positioned).peekable();
+        positioned.peek().is_some_and(|k| k.first) || positioned.count() >= n
+    }
+
+    /// Every stream event in the ring, when it holds the topic's first one.
+    fn whole_topic(&self) -> Option<Vec<Frame>> {
+        let first = self.events.iter().find(|k| k.positioned)?;
+        first.first.then(|| {
+            self.events
+                .iter()
+                .filter(|k| k.positioned)
+                .map(|k| event::replay_of(&k.frame))
+                .collect()
+        })
+    }
+
     fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
@@ -121,6 +179,60 @@ struct Entry {
     exact: bool,
     /// Wildcard patterns of this connection that match the topic.
     patterns: u32,
+    /// Cluster history: stream events up to this position were replayed to it from
+    /// the stream before this node read them; they are not sent again live.
+    skip_upto: u64,
+}
+
+impl Entry {
+    fn new(subscriber: Subscriber, reason: Reason) -> Self {
+        Entry {
+            subscriber,
+            exact: reason == Reason::Exact,
+            patterns: u32::from(reason == Reason::Pattern),
+            skip_upto: 0,
+        }
+    }
+
+    fn add(&mut self, reason: Reason) {
+        match reason {
+            Reason::Exact => self.exact = true,
+            Reason::Pattern => self.patterns += 1,
+        }
+    }
+
+    /// Takes one reason away; `true` when none is left.
+    fn remove(&mut self, reason: Reason) -> bool {
+        match reason {
+            Reason::Exact => self.exact = false,
+            Reason::Pattern => self.patterns = self.patterns.saturating_sub(1),
+        }
+        !self.exact && self.patterns == 0
+    }
+}
+
+/// Cluster history: a subscriber whose replay is being read back from the stream,
+/// and the live events held for it meanwhile (stream position, when it has one).
+#[derive(Debug)]
+struct Pending {
+    entry: Entry,
+    held: Vec<(Option<u64>, Frame)>,
+}
+
+/// What the stream is asked for.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+enum ReadBack {
+    /// The events after this position.
+    After(u64),
+    /// The newest N events.
+    Last(usize),
+}
+
+/// Whether a subscriber can join live now, or waits for a read from the stream.
+enum Joining {
+    Now,
+    ReadBack(ReadBack),
 }
 
 /// The topic actor.
@@ -141,6 +253,10 @@ pub(crate) struct Topic {
     /// at 1, so a resume position may belong to the earlier life and cannot be
     /// trusted. Every resume with a position above 0 gets `reset`.
     reborn: bool,
+    /// Cluster history: the topic's last position in the stream (0: none known).
+    position: u64,
+    /// Cluster history: subscribers waiting for a read from the stream, by id.
+    pending: HashMap<u64, Pending>,
 }
 
 impl Topic {
@@ -151,18 +267,11 @@ impl Topic {
         shard: Addr<Shard>,
         pattern_subscribers: Vec<Subscriber>,
         reborn: bool,
+        position: u64,
     ) -> Self {
         let subscribers = pattern_subscribers
             .into_iter()
-            .map(|s| {
-                let id = s.id;
-                let entry = Entry {
-                    subscriber: s,
-                    exact: false,
-                    patterns: 1,
-                };
-                (id, entry)
-            })
+            .map(|s| (s.id, Entry::new(s, Reason::Pattern)))
             .collect();
         Topic {
             name,
@@ -175,20 +284,69 @@ impl Topic {
             handled: 0,
             reported_idle: false,
             reborn,
+            position,
+            pending: HashMap::new(),
         }
     }
 
-    fn replay_to(&self, subscriber: &Subscriber, replay: TopicReplay) {
+    fn reset(&self, subscriber: &Subscriber) {
+        subscriber.send(Deliver::Reset {
+            topic: self.name.clone(),
+            reason: ResetReason::HistoryExpired,
+        });
+    }
+
+    /// Sends what `replay` asks for from the ring, or says that the stream must be
+    /// read first.
+    fn replay_to(&self, subscriber: &Subscriber, replay: TopicReplay) -> Joining {
+        if self.settings.clustered() {
+            return self.replay_clustered(subscriber, replay);
+        }
+        self.replay_local(subscriber, replay);
+        Joining::Now
+    }
+
+    /// Cluster history: positions are stream sequences, not contiguous; what the
+    /// ring cannot answer is read back from the stream.
+    fn replay_clustered(&self, subscriber: &Subscriber, replay: TopicReplay) -> Joining {
+        let frames = match replay {
+            TopicReplay::None => return Joining::Now,
+            TopicReplay::Last(n) => {
+                let n = n as usize;
+                if n > 0 && self.position > 0 && !self.history.answers_last(n) {
+                    return Joining::ReadBack(ReadBack::Last(n));
+                }
+                self.history.last(n)
+            }
+            TopicReplay::After(seq) if seq == self.position => return Joining::Now,
+            // Nothing seen of the topic: everything the stream keeps of it, which
+            // the ring holds only when it holds the topic's first event.
+            TopicReplay::After(0) => match self.history.whole_topic() {
+                Some(frames) => frames,
+                None => {
+                    self.reset(subscriber);
+                    return Joining::Now;
+                }
+            },
+            TopicReplay::After(seq) => match self.history.after_position(seq) {
+                Some(frames) => frames,
+                None => return Joining::ReadBack(ReadBack::After(seq)),
+            },
+        };
+        if !frames.is_empty() {
+            subscriber.send(Deliver::Replay(frames));
+        }
+        Joining::Now
+    }
+
+    fn replay_local(&self, subscriber: &Subscriber, replay: TopicReplay) {
         let frames = match replay {
             TopicReplay::None => return,
             TopicReplay::Last(n) => self.history.last(n as usize),
             TopicReplay::After(seq) => match self.history.after(seq, self.seq) {
                 Some(frames) if !(self.reborn && seq > 0) => frames,
                 _ => {
-                    subscriber.send(Deliver::Reset {
-                        topic: self.name.clone(),
-                        reason: ResetReason::HistoryExpired,
-                    });
+                    self.reset(subscriber);
                     return;
                 }
             },
@@ -198,10 +356,136 @@ impl Topic {
         }
     }
 
+    /// Adds a subscriber that is not yet subscribed, replaying first.
+    fn join(&mut self, entry: Entry, replay: TopicReplay, ctx: &mut Context<Self>) {
+        match self.replay_to(&entry.subscriber, replay) {
+            Joining::Now => {
+                self.subscribers.insert(entry.subscriber.id, entry);
+            }
+            Joining::ReadBack(what) => self.read_back(entry, what, ctx),
+        }
+    }
+
+    /// Reads the replay of a joining subscriber from the stream; it is pending
+    /// until the answer comes.
+    #[cfg(feature = "nats")]
+    fn read_back(&mut self, entry: Entry, what: ReadBack, ctx: &mut Context<Self>) {
+        let Some(history) = self.settings.cluster.clone() else {
+            self.reset(&entry.subscriber);
+            self.subscribers.insert(entry.subscriber.id, entry);
+            return;
+        };
+        let id = entry.subscriber.id;
+        self.pending.insert(
+            id,
+            Pending {
+                entry,
+                held: Vec::new(),
+            },
+        );
+        let topic = self.name.clone();
+        // The stream keeps at most `history.size` events per topic.
+        let max = self.settings.history_size;
+        let read = async move {
+            match what {
+                ReadBack::After(seq) => history.after(&topic, seq, max).await,
+                ReadBack::Last(_) => history.kept(&topic, max).await.map(Some),
+            }
+        };
+        ctx.spawn(
+            read.into_actor(self)
+                .map(move |result, topic, _| topic.read_back_done(id, what, result)),
+        );
+    }
+
+    #[cfg(not(feature = "nats"))]
+    fn read_back(&mut self, entry: Entry, _what: ReadBack, _ctx: &mut Context<Self>) {
+        self.reset(&entry.subscriber);
+        self.subscribers.insert(entry.subscriber.id, entry);
+    }
+
+    /// The stream answered (or failed to) for pending subscriber `id`: its replay,
+    /// then the held events the replay did not cover, then live.
+    #[cfg(feature = "nats")]
+    fn read_back_done(
+        &mut self,
+        id: u64,
+        what: ReadBack,
+        result: Result<Option<Vec<crate::history::Stored>>, crate::history::HistoryError>,
+    ) {
+        let Some(Pending { mut entry, held }) = self.pending.remove(&id) else {
+            // Unsubscribed meanwhile.
+            return;
+        };
+        let subscriber = &entry.subscriber;
+        // The newest stream position the replay covers.
+        let mut covered = 0;
+        match result {
+            Ok(Some(stored)) => {
+                let (mut prev, keep_from) = match what {
+                    ReadBack::After(seq) => {
+                        covered = seq;
+                        (Some(seq), 0)
+                    }
+                    ReadBack::Last(n) => (None, stored.len().saturating_sub(n)),
+                };
+                let mut frames = Vec::with_capacity(stored.len() - keep_from);
+                for (i, s) in stored.iter().enumerate() {
+                    if i >= keep_from {
+                        frames.push(event::replay_of(&self.render_stored(s, prev)));
+                    }
+                    prev = Some(s.seq);
+                    covered = covered.max(s.seq);
+                }
+                if !frames.is_empty() {
+                    subscriber.send(Deliver::Replay(frames));
+                }
+            }
+            Ok(None) => self.reset(subscriber),
+            Err(e) => {
+                tracing::warn!(topic = %self.name, error = %e, "cluster history: reading back from the stream failed; the subscriber gets a reset");
+                self.reset(subscriber);
+            }
+        }
+        let mut dropped = 0;
+        for (position, frame) in held {
+            if position.is_some_and(|p| p <= covered) {
+                continue;
+            }
+            if let Offer::Dropped = subscriber.offer(&frame) {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            METRICS.dropped(DropReason::QueueFull, dropped);
+        }
+        // Stream events this node has not read yet were in the replay.
+        entry.skip_upto = if covered > self.position { covered } else { 0 };
+        self.subscribers.insert(id, entry);
+    }
+
+    /// A stored event rendered as every node renders it live.
+    #[cfg(feature = "nats")]
+    fn render_stored(&self, s: &crate::history::Stored, prev: Option<u64>) -> Frame {
+        event::render(
+            EventMeta {
+                topic: &self.name,
+                seq: s.seq,
+                prev,
+                local: false,
+                ts: s.ts_ms,
+                source: s.event.source,
+                key: s.event.key.as_deref(),
+                headers: &s.event.headers,
+            },
+            &s.event.payload,
+        )
+    }
+
     fn tick(&mut self, _ctx: &mut Context<Self>) {
         self.history
             .expire(crate::clock::now_ms(), self.settings.history_ttl_ms);
-        if self.subscribers.is_empty() && self.history.is_empty() {
+        if self.subscribers.is_empty() && self.pending.is_empty() && self.history.is_empty() {
             if !self.reported_idle {
                 self.reported_idle = true;
                 self.shard.do_send(TopicIdle {
@@ -234,15 +518,29 @@ impl Handler<Ingest> for Topic {
 
     fn handle(&mut self, msg: Ingest, _ctx: &mut Self::Context) {
         self.handled_one();
-        // Lost events keep their seqs: the gap tells subscribers (and a later
-        // resume, whose replay has the same gap) that something is missing.
-        self.seq += msg.missed + 1;
+        let (seq, prev, first) = match msg.positioned {
+            Some(p) => {
+                self.position = p.seq;
+                (p.seq, p.prev, p.first)
+            }
+            None => {
+                // Lost events keep their seqs: the gap tells subscribers (and a later
+                // resume, whose replay has the same gap) that something is missing.
+                self.seq += msg.missed + 1;
+                (self.seq, None, false)
+            }
+        };
+        let positioned = msg.positioned.is_some();
         self.last_event_ms = Some(msg.ts);
         let ev = &msg.event;
         let frame = event::render(
             EventMeta {
                 topic: &self.name,
-                seq: self.seq,
+                seq,
+                prev,
+                // With cluster history, an event that did not come from the stream
+                // counts on this node only.
+                local: !positioned && self.settings.clustered(),
                 ts: msg.ts,
                 source: ev.source,
                 key: ev.key.as_deref(),
@@ -253,10 +551,23 @@ impl Handler<Ingest> for Topic {
         let mut gone = Vec::new();
         let mut dropped = 0;
         for (id, entry) in &self.subscribers {
+            if positioned && seq <= entry.skip_upto {
+                continue;
+            }
             match entry.subscriber.offer(&frame) {
                 Offer::Queued => {}
                 Offer::Dropped => dropped += 1,
                 Offer::Closed => gone.push(*id),
+            }
+        }
+        for pending in self.pending.values_mut() {
+            if pending.held.len() < self.settings.history_size.max(1) {
+                pending
+                    .held
+                    .push((positioned.then_some(seq), frame.clone()));
+            } else {
+                // Its `prev` shows the subscriber the gap.
+                dropped += 1;
             }
         }
         if dropped > 0 {
@@ -267,9 +578,11 @@ impl Handler<Ingest> for Topic {
         }
         self.history.push(
             Kept {
-                seq: self.seq,
+                seq,
                 ts: msg.ts,
                 frame,
+                positioned,
+                first,
             },
             self.settings.history_size,
         );
@@ -279,26 +592,18 @@ impl Handler<Ingest> for Topic {
 impl Handler<AddSubscriber> for Topic {
     type Result = ();
 
-    fn handle(&mut self, msg: AddSubscriber, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: AddSubscriber, ctx: &mut Self::Context) {
         self.handled_one();
         self.history
             .expire(crate::clock::now_ms(), self.settings.history_ttl_ms);
         let id = msg.subscriber.id;
-        match self.subscribers.get_mut(&id) {
-            // Already receiving this topic live: a replay would duplicate events.
-            Some(entry) => match msg.reason {
-                Reason::Exact => entry.exact = true,
-                Reason::Pattern => entry.patterns += 1,
-            },
-            None => {
-                self.replay_to(&msg.subscriber, msg.replay);
-                let entry = Entry {
-                    subscriber: msg.subscriber,
-                    exact: msg.reason == Reason::Exact,
-                    patterns: u32::from(msg.reason == Reason::Pattern),
-                };
-                self.subscribers.insert(id, entry);
-            }
+        // Already receiving this topic (or about to): a replay would duplicate events.
+        if let Some(entry) = self.subscribers.get_mut(&id) {
+            entry.add(msg.reason);
+        } else if let Some(pending) = self.pending.get_mut(&id) {
+            pending.entry.add(msg.reason);
+        } else {
+            self.join(Entry::new(msg.subscriber, msg.reason), msg.replay, ctx);
         }
     }
 }
@@ -308,13 +613,14 @@ impl Handler<RemoveSubscriber> for Topic {
 
     fn handle(&mut self, msg: RemoveSubscriber, _ctx: &mut Self::Context) {
         self.handled_one();
-        if let Some(entry) = self.subscribers.get_mut(&msg.subscriber) {
-            match msg.reason {
-                Reason::Exact => entry.exact = false,
-                Reason::Pattern => entry.patterns = entry.patterns.saturating_sub(1),
+        let id = msg.subscriber;
+        if let Some(entry) = self.subscribers.get_mut(&id) {
+            if entry.remove(msg.reason) {
+                self.subscribers.remove(&id);
             }
-            if !entry.exact && entry.patterns == 0 {
-                self.subscribers.remove(&msg.subscriber);
+        } else if let Some(pending) = self.pending.get_mut(&id) {
+            if pending.entry.remove(msg.reason) {
+                self.pending.remove(&id);
             }
         }
     }
@@ -329,7 +635,7 @@ impl Handler<TopicStats> for Topic {
             topic: self.name.clone(),
             subscribers: self.subscribers.len(),
             exact: self.subscribers.values().filter(|e| e.exact).count(),
-            seq: self.seq,
+            seq: self.seq.max(self.position),
             last_event_ms: self.last_event_ms,
         })
     }
@@ -352,7 +658,53 @@ mod tests {
             seq,
             ts,
             frame: format!(r#"{{"type":"event","seq":{seq}}}"#).into(),
+            positioned: false,
+            first: false,
         }
+    }
+
+    fn stream_event(seq: u64, first: bool) -> Kept {
+        Kept {
+            positioned: true,
+            first,
+            ..kept(seq, 0)
+        }
+    }
+
+    #[test]
+    fn cluster_positions_replay_after_a_kept_position_or_ask_the_stream() {
+        let mut h = History::default();
+        // A node-local event between stream events is not part of their chain.
+        for k in [
+            stream_event(4, false),
+            stream_event(9, false),
+            kept(1, 0),
+            stream_event(17, false),
+        ] {
+            h.push(k, 10);
+        }
+        assert_eq!(h.after_position(4).map(|f| seqs(&f)), Some(vec![9, 17]));
+        assert_eq!(h.after_position(17).map(|f| seqs(&f)), Some(vec![]));
+        assert!(
+            h.after_position(5).is_none(),
+            "5 is not an event of this topic here"
+        );
+        assert!(
+            h.after_position(1).is_none(),
+            "1 is a node-local seq, not a position"
+        );
+        assert!(
+            h.after_position(3).is_none(),
+            "before the ring: read the stream"
+        );
+        // `last`: the ring answers when it holds enough, or the topic's first event.
+        assert!(h.answers_last(3) && !h.answers_last(4));
+        assert!(h.whole_topic().is_none());
+        let mut whole = History::default();
+        whole.push(stream_event(7, true), 10);
+        whole.push(stream_event(8, false), 10);
+        assert!(whole.answers_last(100));
+        assert_eq!(whole.whole_topic().map(|f| seqs(&f)), Some(vec![7, 8]));
     }
 
     fn seqs(frames: &[Frame]) -> Vec<u64> {
