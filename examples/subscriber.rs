@@ -299,11 +299,16 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// What the client remembers across connections: the epoch of the broker process its
-/// positions belong to, and the last `seq` seen per topic.
+/// positions belong to (with cluster history, of the stream: the same on every node),
+/// and the last `seq` seen per topic.
 #[derive(Debug, Default)]
 struct Positions {
     epoch: Option<String>,
     seqs: BTreeMap<String, u64>,
+    /// Cluster history: the last `seq` of `local` events per topic. They count on the
+    /// node of this connection only: compared among themselves, never resumed, and
+    /// forgotten with the connection.
+    local: BTreeMap<String, u64>,
 }
 
 /// What an event's `seq` says about the events before it.
@@ -318,18 +323,32 @@ enum Observed {
 }
 
 impl Positions {
-    /// Records an event of `topic` with `seq`.
-    fn observe(&mut self, topic: &str, seq: u64) -> Observed {
-        let last = self.seqs.insert(topic.to_owned(), seq);
+    /// Records an event of `topic` with `seq`, its `prev` (cluster history: the
+    /// position before it, positions not being contiguous), and whether it is
+    /// `local`. The rule: a gap is `prev` (when present, else `seq - 1`) differing
+    /// from the last `seq` seen of the topic.
+    fn observe(&mut self, topic: &str, seq: u64, prev: Option<u64>, local: bool) -> Observed {
+        let seen = if local {
+            &mut self.local
+        } else {
+            &mut self.seqs
+        };
+        let last = seen.insert(topic.to_owned(), seq);
+        let before = prev.unwrap_or(seq.saturating_sub(1));
         match last {
             None => Observed::InOrder,
-            Some(last) if seq == last + 1 => Observed::InOrder,
-            Some(last) if seq > last + 1 => Observed::Gap {
+            Some(last) if seq <= last => Observed::Restarted { last },
+            Some(last) if before == last => Observed::InOrder,
+            Some(last) => Observed::Gap {
                 from: last + 1,
-                to: seq - 1,
+                to: before.max(last + 1),
             },
-            Some(last) => Observed::Restarted { last },
         }
+    }
+
+    /// A new connection: `local` positions belonged to the previous one's node.
+    fn connected(&mut self) {
+        self.local.clear();
     }
 
     /// Forgets a topic after `reset`: its next event starts a new count.
@@ -463,6 +482,7 @@ async fn session(args: &Args, positions: &mut Positions, progress: &mut Progress
         return End::Retry("the first message was not a welcome".into());
     };
     progress.connected = true;
+    positions.connected();
     let epoch = welcome["epoch"].as_str().unwrap_or_default().to_owned();
     notice(&format!(
         "connected to {}: node {}, epoch {epoch}",
@@ -628,8 +648,13 @@ fn closed(
 fn print_event(v: &Value, positions: &mut Positions) {
     let topic = v["topic"].as_str().unwrap_or_default();
     let seq = v["seq"].as_u64().unwrap_or_default();
-    match positions.observe(topic, seq) {
+    let prev = v["prev"].as_u64();
+    match positions.observe(topic, seq, prev, v["local"] == true) {
         Observed::InOrder => {}
+        // Cluster positions are not contiguous: no count, the range they fell in.
+        Observed::Gap { from, to } if prev.is_some() => notice(&format!(
+            "gap: {topic} missed events (positions #{from} to #{to}, the last #{to})"
+        )),
         Observed::Gap { from, to } => notice(&format!(
             "gap: {topic} missed {} events (#{from} to #{to})",
             to - from + 1
@@ -733,22 +758,55 @@ mod tests {
     #[test]
     fn seq_jumps_are_gaps_and_going_back_is_a_restart() {
         let mut p = Positions::default();
-        assert_eq!(p.observe("a", 4), Observed::InOrder);
-        assert_eq!(p.observe("a", 5), Observed::InOrder);
-        assert_eq!(p.observe("a", 9), Observed::Gap { from: 6, to: 8 });
-        assert_eq!(p.observe("b", 1), Observed::InOrder);
-        assert_eq!(p.observe("a", 1), Observed::Restarted { last: 9 });
+        assert_eq!(p.observe("a", 4, None, false), Observed::InOrder);
+        assert_eq!(p.observe("a", 5, None, false), Observed::InOrder);
+        assert_eq!(
+            p.observe("a", 9, None, false),
+            Observed::Gap { from: 6, to: 8 }
+        );
+        assert_eq!(p.observe("b", 1, None, false), Observed::InOrder);
+        assert_eq!(
+            p.observe("a", 1, None, false),
+            Observed::Restarted { last: 9 }
+        );
         p.reset("a");
-        assert_eq!(p.observe("a", 7), Observed::InOrder);
+        assert_eq!(p.observe("a", 7, None, false), Observed::InOrder);
+    }
+
+    #[test]
+    fn cluster_positions_are_checked_by_prev_and_local_ones_apart() {
+        let mut p = Positions::default();
+        assert_eq!(p.observe("a", 10, None, false), Observed::InOrder);
+        // Not contiguous, yet nothing missed: prev names the last one seen.
+        assert_eq!(p.observe("a", 14, Some(10), false), Observed::InOrder);
+        assert_eq!(
+            p.observe("a", 30, Some(21), false),
+            Observed::Gap { from: 15, to: 21 }
+        );
+        // A node-local seq 2 is no restart of the stream positions.
+        assert_eq!(p.observe("a", 1, None, true), Observed::InOrder);
+        assert_eq!(
+            p.observe("a", 3, None, true),
+            Observed::Gap { from: 2, to: 2 }
+        );
+        assert_eq!(p.observe("a", 31, Some(30), false), Observed::InOrder);
+        p.connected();
+        assert_eq!(p.observe("a", 1, None, true), Observed::InOrder);
+        p.epoch = Some("HIST-1".into());
+        assert_eq!(
+            p.resume(),
+            Some(json!({"epoch": "HIST-1", "topics": {"a": 31}})),
+            "local positions are never resumed"
+        );
     }
 
     #[test]
     fn resume_lists_every_topic_seen_in_the_epoch() {
         let mut p = Positions::default();
-        p.observe("orders.eu", 41);
+        p.observe("orders.eu", 41, None, false);
         assert_eq!(p.resume(), None, "no epoch yet: nothing to resume");
         p.epoch = Some("E1".into());
-        p.observe("orders.us", 7);
+        p.observe("orders.us", 7, None, false);
         assert_eq!(
             p.resume(),
             Some(json!({"epoch": "E1", "topics": {"orders.eu": 41, "orders.us": 7}}))

@@ -303,6 +303,50 @@ async fn prev_shows_every_gap_and_no_other_with_publishers_on_every_node() -> Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_node_lets_sessions_in_once_it_has_caught_up_and_never_replays_the_past_live(
+) -> Result<()> {
+    let nats = NatsServer::start()?;
+    let config = node_config(&nats.url(), 100, "");
+    let first = nodes(&config, 1).await?;
+    for t in 0..50 {
+        first[0]
+            .publish(&format!("past.t{t}"), json!({ "n": t }))
+            .await?;
+    }
+    let late = Broker::start(&config)?;
+    // Until it has read the stream's last event of every topic, it says so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut c = loop {
+        match late.client().await {
+            Ok(c) => break c,
+            Err(_) => {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{}",
+                    late.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let (reply, early) = c
+        .request(json!({"op":"subscribe","topics":["past.*"]}))
+        .await?;
+    ensure!(
+        reply["type"] == "subscribed" && early.is_empty(),
+        "{reply} {early:?}"
+    );
+    c.expect_silence(Duration::from_millis(500)).await?;
+    // What it read is history: `last` has it, from the ring.
+    let (_, last) = subscribe(&late, &["past.t7"], json!({"last": 1})).await?;
+    ensure!(
+        chain(&last).iter().map(|e| e.0).collect::<Vec<_>>() == [7],
+        "{last:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridged_events_are_marked_local_and_resume_skips_them() -> Result<()> {
     let nats = NatsServer::start()?;
     let other = format!(

@@ -804,6 +804,11 @@ fn cluster_nodes_add_only_the_nats_backplane_to_herald_toml() -> Result<()> {
         let backplane = get_str(&config, "cluster.backplane")?.to_owned();
         ensure!(!backplane.is_empty(), "{name} has no cluster.backplane");
         ensure!(
+            get_str(&config, "cluster.history")? == "jetstream",
+            "{name}: the cluster keeps its history in JetStream, so clients resume on \
+             any node (tests/examples.rs rides a rolling restart on these settings)"
+        );
+        ensure!(
             !get_str(&config, "cluster.subject_prefix")?.is_empty(),
             "{name}: use a subject_prefix, so the backplane bridge does not subscribe to \
              every subject (docs/nats.md)"

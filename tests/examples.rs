@@ -8,7 +8,9 @@
 //!   restart (new epoch), and stops on 4001 and on a refused token. A TCP proxy
 //!   between it and the broker cuts, stalls and re-points the connection. With a
 //!   token file it refreshes its session in place across several expiries, reports
-//!   a refused refresh, and reconnects after the 4001 that follows;
+//!   a refused refresh, and reconnects after the 4001 that follows. On the compose
+//!   `cluster` profile's settings (cluster history on JetStream) it rides a rolling
+//!   restart of both nodes with every event once, and no reset or gap;
 //! - `nats_publisher` and `kafka_producer`: wait for a server that is not up yet,
 //!   publish well-formed samples and keyed order events, and stop after `--count`.
 //!
@@ -401,6 +403,114 @@ async fn subscriber_resumes_after_a_cut_and_reports_reset_after_a_restart() -> R
             .iter()
             .any(|l| l.contains("-- gap") || l.contains("counts from")),
         "after a reset, #1 is expected:\n{}",
+        sub.output()
+    );
+    Ok(())
+}
+
+/// The environment the compose `cluster` profile gives its Herald nodes
+/// (`x-cluster-env` in docker/compose.yaml), with NATS at `nats_url` instead of the
+/// stack's `nats` service.
+fn compose_cluster_env(nats_url: &str) -> Result<Vec<(String, String)>> {
+    let compose: Value = yaml_serde::from_str(&herald_e2e::read("docker/compose.yaml")?)?;
+    let env = compose["x-cluster-env"]
+        .as_object()
+        .ok_or_else(|| anyhow!("docker/compose.yaml has no x-cluster-env"))?;
+    Ok(env
+        .iter()
+        .map(|(k, v)| {
+            let v = v.as_str().unwrap_or_default();
+            (k.clone(), v.replace("nats://nats:4222", nats_url))
+        })
+        .collect())
+}
+
+/// A node of the compose `cluster` profile: docker/herald.toml and the profile's
+/// environment (its Kafka, which this test does not start, stays unreachable).
+fn compose_node(env: &[(String, String)], id: &str) -> Result<Broker> {
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("HERALD_SERVER__NODE_ID", id));
+    Broker::start_with_env(&herald_e2e::read("docker/herald.toml")?, &env)
+}
+
+/// Waits until `node` lets sessions in (its history stream is set up).
+async fn serving(node: &Broker) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while node.client().await.is_err() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no session let in; it logged:\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_rides_a_rolling_restart_of_the_compose_cluster_without_a_reset() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let env = compose_cluster_env(&nats.url())?;
+    let mut nodes = [
+        compose_node(&env, "herald-1")?,
+        compose_node(&env, "herald-2")?,
+    ];
+    for node in &nodes {
+        serving(node).await?;
+    }
+    // nginx: the subscriber's connection goes to one node, and after a restart to
+    // whichever the load balancer picks.
+    let proxy = Proxy::start(&nodes[0].addr).await?;
+    let sub = Example::start("subscriber", &[&proxy.ws_url(), "roll.>"], &[])?;
+    let (at, _) = sub.wait_line(0, "-- subscribed: roll.>").await?;
+    let mut n = 0;
+    let mut at = at;
+    for round in 0..2 {
+        for _ in 0..3 {
+            n += 1;
+            nodes[1 - round]
+                .publish("roll.a", json!({ "n": n }))
+                .await?;
+        }
+        at = sub.wait_line(at, &format!(r#"{{"n":{n}}}"#)).await?.0;
+        // Restart the node the subscriber is on; publish through the other meanwhile.
+        proxy.point_at(&nodes[1 - round].addr);
+        nodes[round].terminate(Duration::from_secs(20))?;
+        at = sub.wait_line(at, "-- disconnected").await?.0;
+        for _ in 0..3 {
+            n += 1;
+            nodes[1 - round]
+                .publish("roll.a", json!({ "n": n }))
+                .await?;
+        }
+        nodes[round] = compose_node(&env, &format!("herald-{}", round + 1))?;
+        serving(&nodes[round]).await?;
+        at = sub.wait_line(at, &format!(r#"{{"n":{n}}}"#)).await?.0;
+    }
+    let lines = sub.lines();
+    ensure!(
+        !lines
+            .iter()
+            .any(|l| l.contains("-- reset") || l.contains("-- gap")),
+        "positions are the cluster's: nothing to reset, nothing missed:\n{}",
+        sub.output()
+    );
+    for k in 1..=n {
+        let needle = format!(r#"{{"n":{k}}}"#);
+        let times = lines.iter().filter(|l| l.ends_with(&needle)).count();
+        ensure!(
+            times == 1,
+            "event {k} printed {times} times:\n{}",
+            sub.output()
+        );
+    }
+    ensure!(
+        lines
+            .iter()
+            .filter(|l| l.contains("-- resuming epoch HERALD-"))
+            .count()
+            == 2,
+        "resumed twice, on the stream's epoch:\n{}",
         sub.output()
     );
     Ok(())

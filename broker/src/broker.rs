@@ -65,6 +65,9 @@ pub(crate) struct Readiness {
     bridges: Mutex<BTreeMap<String, BridgeStatus>>,
     /// With cluster history: why its stream is not usable, if it is not.
     history: Mutex<Option<String>>,
+    /// Bridges that have been ready at least once.
+    #[cfg(feature = "nats")]
+    was_ready: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Readiness {
@@ -77,10 +80,26 @@ impl Readiness {
     /// Records a bridge's status (bridges call this as their state changes).
     #[cfg(any(feature = "nats", feature = "kafka"))]
     pub(crate) fn set(&self, bridge: &str, status: BridgeStatus) {
+        #[cfg(feature = "nats")]
+        if status.is_ready() {
+            self.was_ready
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(bridge.to_owned());
+        }
         self.bridges
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(bridge.to_owned(), status);
+    }
+
+    /// Whether `bridge` has been ready at least once.
+    #[cfg(feature = "nats")]
+    pub(crate) fn was_ready(&self, bridge: &str) -> bool {
+        self.was_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(bridge)
     }
 
     /// Every bridge's status: `"ready"`, `"starting"`, or why it is down.
@@ -371,13 +390,16 @@ impl Broker {
     }
 
     /// With cluster history, why no session can be let in yet: the stream is not
-    /// set up, so there is no epoch to give.
+    /// set up (no epoch to give), or this node has not caught up with it (its live
+    /// events would be the stream's past, and what was published meanwhile would
+    /// reach a subscriber only as the last event of its topic).
     pub(crate) fn history_unready(&self) -> Option<String> {
         #[cfg(feature = "nats")]
         if let Some(history) = &self.inner.history {
-            if history.epoch().is_none() {
+            let backplane = &self.inner.config.cluster.backplane;
+            if history.epoch().is_none() || !self.inner.readiness.was_ready(backplane) {
                 return Some(format!(
-                    "the cluster history stream {} is not set up yet; connect again shortly",
+                    "this node has not caught up with the cluster history stream {} yet; connect again shortly",
                     history.stream_name()
                 ));
             }

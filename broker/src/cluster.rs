@@ -231,7 +231,8 @@ async fn ask(client: &async_nats::Client, subject: &str) -> Vec<Answer> {
     answers
 }
 
-/// Topics merged by name (`subscribers` and `exact` summed, the highest `seq`, the
+/// Topics merged by name (`subscribers` and `exact` summed, the highest `seq` and
+/// `events`, the
 /// latest `last_event_ms`), patterns merged by pattern, and every known node that did
 /// not answer listed as missing.
 fn merge(answers: Vec<Answer>, known: &[String]) -> View {
@@ -246,6 +247,7 @@ fn merge(answers: Vec<Answer>, known: &[String]) -> View {
                     row.subscribers += t.subscribers;
                     row.exact += t.exact;
                     row.seq = row.seq.max(t.seq);
+                    row.events = row.events.max(t.events);
                     row.last_event_ms = row.last_event_ms.max(t.last_event_ms);
                 }
                 None => {
@@ -306,6 +308,7 @@ mod tests {
             exact,
             seq,
             last_event_ms: last,
+            events: None,
         }
     }
 

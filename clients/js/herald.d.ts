@@ -30,9 +30,23 @@ export interface Welcome {
 export interface HeraldEvent<T = unknown> {
   type: "event";
   topic: string;
-  /** Per-topic sequence on the broker node, +1 per event, starting at 1. */
+  /**
+   * The event's position in its topic: +1 per event from 1 on a single node; with
+   * cluster history (`cluster.history = "jetstream"`), the history stream's
+   * sequence, the same on every node, with `prev` naming the one before.
+   */
   seq: number;
-  /** Milliseconds since the Unix epoch when the broker received the event. */
+  /**
+   * Cluster history: the `seq` of the topic's previous event. A gap is `prev` (when
+   * present, else `seq - 1`) differing from the last `seq` seen of the topic.
+   */
+  prev?: number;
+  /**
+   * Cluster history: an event that did not come through the history stream (a
+   * bridge's); its `seq` counts on the connection's node only and is never resumed.
+   */
+  local?: true;
+  /** Milliseconds since the Unix epoch when the broker received (or stored) the event. */
   ts: number;
   source: "nats" | "kafka" | "http" | "ws";
   /** The payload as JSON (or a string); absent when the payload is binary. */
@@ -68,11 +82,15 @@ export interface ResetInfo {
 /**
  * A `seq` jump: events `expected` to `got - 1` of `topic` never arrived (dropped for
  * this connection, or lost before they reached the topic). Refetch the topic's state.
+ * With cluster history positions are not contiguous: the events missed lie between
+ * `expected` and `prev` (which is one of them).
  */
 export interface GapInfo {
   topic: string;
   expected: number;
   got: number;
+  /** Cluster history: the `prev` of the event that showed the gap. */
+  prev?: number;
 }
 
 /**

@@ -256,6 +256,8 @@ export class HeraldClient {
 
   /** Epoch of the broker process we are connected to (from `welcome`). */
   #epoch = null;
+  /** Welcomes received: what `local` positions are compared within. */
+  #connections = 0;
   #silenceMs = DEFAULT_SILENCE_MS;
   #lastHeard = 0;
   #watchdog = null;
@@ -381,6 +383,8 @@ export class HeraldClient {
       clientClosed: () => this.#state === "closed",
       /** topic → {epoch, seq} of the newest event this subscription delivered. */
       seen: new Map(),
+      /** The same for `local` events (cluster history): {connection, seq}. */
+      localSeen: new Map(),
       /** Epoch of the newest entry in `seen`: the one a resume is valid for. */
       epoch: null,
       /** Whether the subscribe on this connection asked for `last` replay. */
@@ -1138,6 +1142,7 @@ export class HeraldClient {
     clearTimeout(this.#handshakeTimer);
     this.#handshakeTimer = null;
     this.#epoch = welcome.epoch;
+    this.#connections++;
     const hb = welcome.heartbeat;
     if (hb) {
       this.#silenceMs = hb.interval_ms + hb.timeout_ms;
@@ -1385,16 +1390,25 @@ export class HeraldClient {
     let gapReported = false;
     for (const s of this.#subs.values()) {
       if (!s.topics.some((p) => topicMatches(p, ev.topic))) continue;
-      const pos = s.seen.get(ev.topic);
+      // A node-local event under cluster history counts on this connection's node
+      // only: compared with its own kind, never resumed.
+      const seen = ev.local ? s.localSeen : s.seen;
+      const epoch = ev.local ? this.#connections : this.#epoch;
+      const pos = seen.get(ev.topic);
       let gap = null;
-      if (pos && pos.epoch === this.#epoch) {
+      if (pos && pos.epoch === epoch) {
         if (ev.seq <= pos.seq) continue;
-        if (ev.seq !== pos.seq + 1) gap = { topic: ev.topic, expected: pos.seq + 1, got: ev.seq };
+        // Cluster positions are not contiguous: `prev` names the one before.
+        const expected = ev.prev !== undefined ? ev.prev : ev.seq - 1;
+        if (expected !== pos.seq) {
+          gap = { topic: ev.topic, expected: pos.seq + 1, got: ev.seq };
+          if (ev.prev !== undefined) gap.prev = ev.prev;
+        }
       } else if (ev.replay && !s.wantsReplay) {
         continue; // history another subscription asked for
       }
-      s.seen.set(ev.topic, { epoch: this.#epoch, seq: ev.seq });
-      s.epoch = this.#epoch;
+      seen.set(ev.topic, { epoch, seq: ev.seq });
+      if (!ev.local) s.epoch = this.#epoch;
       if (gap) {
         // The client-level event comes once per lost stretch, however many
         // subscriptions saw it; each subscription hears of it for itself.

@@ -14,6 +14,13 @@ const JETSTREAM_RETRY_FIRST: Duration = Duration::from_millis(250);
 /// Largest delay between two attempts at the JetStream consumer.
 const JETSTREAM_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// A started JetStream consumer.
+pub(super) struct Consumer {
+    pub(super) messages: async_nats::jetstream::consumer::push::Ordered,
+    /// What it had to deliver when it was created: what `deliver` replays first.
+    pub(super) pending: u64,
+}
+
 /// [`jetstream_consumer`], retried until it succeeds: a missing stream (or
 /// JetStream not being available yet) is usually fixed without restarting Herald,
 /// by whoever creates the stream. Meanwhile the bridge is Down with the error.
@@ -22,15 +29,15 @@ pub(super) async fn jetstream_consumer_with_retry(
     start: &JetStreamStart,
     client: &async_nats::Client,
     status: &StatusSink,
-) -> async_nats::jetstream::consumer::push::Ordered {
+) -> Consumer {
     let mut retry = Retry::new(JETSTREAM_RETRY_FIRST, JETSTREAM_RETRY_MAX);
     loop {
         match jetstream_consumer(s, start, client).await {
-            Ok(messages) => {
+            Ok(consumer) => {
                 if retry.attempts > 1 {
                     info!(bridge = %s.name, stream = %start.stream, attempts = retry.attempts, "jetstream consumer created after retrying");
                 }
-                return messages;
+                return consumer;
             }
             Err(e) => {
                 let error = e.to_string();
@@ -47,7 +54,7 @@ async fn jetstream_consumer(
     s: &NatsSettings,
     start: &JetStreamStart,
     client: &async_nats::Client,
-) -> Result<async_nats::jetstream::consumer::push::Ordered, NatsError> {
+) -> Result<Consumer, NatsError> {
     use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
     let err = |source: Box<dyn std::error::Error + Send + Sync>| NatsError::JetStream {
         stream: start.stream.clone(),
@@ -77,5 +84,7 @@ async fn jetstream_consumer(
         .create_consumer(config)
         .await
         .map_err(|e| err(Box::new(e)))?;
-    consumer.messages().await.map_err(|e| err(Box::new(e)))
+    let pending = consumer.cached_info().num_pending;
+    let messages = consumer.messages().await.map_err(|e| err(Box::new(e)))?;
+    Ok(Consumer { messages, pending })
 }

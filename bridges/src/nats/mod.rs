@@ -188,17 +188,22 @@ impl NatsBridge {
             // The connection is usable before the consumer exists: what waits for the
             // stream may be what makes it (the cluster history).
             let _ = slot.set(client.clone());
-            let mut messages =
+            let consumer =
                 jetstream::jetstream_consumer_with_retry(s, start, &client, status).await;
+            let mut messages = consumer.messages;
             // The ordered consumer recreates itself after a lost connection, so a later
             // `Connected` may report Ready again (after its flush).
             subscribed.store(true, Ordering::Release);
             counters.connected.store(true, Ordering::Relaxed);
-            status(BridgeStatus::Ready);
-            info!(bridge = %s.name, stream = %start.stream, "nats bridge consuming from JetStream");
             // Until the consumer has nothing pending, it is still delivering what the
-            // stream held when it started (`StreamPosition::catching_up`).
-            let mut caught_up = false;
+            // stream held when it started (`StreamPosition::catching_up`). Reading
+            // positions, the bridge is ready only then: live events before it would
+            // be the stream's past.
+            let mut caught_up = consumer.pending == 0;
+            if caught_up || !start.positions {
+                status(BridgeStatus::Ready);
+            }
+            info!(bridge = %s.name, stream = %start.stream, pending = consumer.pending, "nats bridge consuming from JetStream");
             while let Some(msg) = messages.next().await {
                 match msg {
                     Ok(msg) => {
@@ -212,7 +217,11 @@ impl NatsBridge {
                                     .unwrap_or(0),
                                     catching_up: !caught_up,
                                 };
-                                caught_up |= info.pending == 0;
+                                if !caught_up && info.pending == 0 {
+                                    caught_up = true;
+                                    info!(bridge = %s.name, stream = %start.stream, "caught up with the stream");
+                                    status(BridgeStatus::Ready);
+                                }
                                 Some(position)
                             }
                             _ => None,

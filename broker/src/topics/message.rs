@@ -127,6 +127,11 @@ pub(crate) struct TopicInfo {
     pub seq: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_event_ms: Option<u64>,
+    /// With cluster history, where `seq` is a stream position and no count: the
+    /// events this node has received of the topic since it last started holding it
+    /// (what a rate is computed from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
 }
 
 /// One `patterns` row of `GET /api/topics`.

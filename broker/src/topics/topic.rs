@@ -255,6 +255,8 @@ pub(crate) struct Topic {
     reborn: bool,
     /// Cluster history: the topic's last position in the stream (0: none known).
     position: u64,
+    /// Events rendered since this actor started (`events` of `GET /api/topics`).
+    received: u64,
     /// Cluster history: subscribers waiting for a read from the stream, by id.
     pending: HashMap<u64, Pending>,
 }
@@ -285,6 +287,7 @@ impl Topic {
             reported_idle: false,
             reborn,
             position,
+            received: 0,
             pending: HashMap::new(),
         }
     }
@@ -531,6 +534,7 @@ impl Handler<Ingest> for Topic {
             }
         };
         let positioned = msg.positioned.is_some();
+        self.received += 1;
         self.last_event_ms = Some(msg.ts);
         let ev = &msg.event;
         let frame = event::render(
@@ -637,6 +641,7 @@ impl Handler<TopicStats> for Topic {
             exact: self.subscribers.values().filter(|e| e.exact).count(),
             seq: self.seq.max(self.position),
             last_event_ms: self.last_event_ms,
+            events: self.settings.clustered().then_some(self.received),
         })
     }
 }

@@ -1,13 +1,15 @@
-// Test helpers: start the real herald binary on a chosen port, a TCP proxy that can
-// cut or stall connections, HS256 JWTs signed with node:crypto, and small waits.
+// Test helpers: start the real herald binary on a chosen port (alone, or as a node of
+// a cluster on a private nats-server), a TCP proxy that can cut or stall connections
+// or move them to another node, HS256 JWTs signed with node:crypto, and small waits.
 //
 // The broker binary is $HERALD_BIN, or target/debug/herald of this repository.
 
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -102,6 +104,57 @@ export async function startHerald({ port, env = {} } = {}) {
   }
 }
 
+/**
+ * A private nats-server with JetStream on a free port (`nats-server` must be on PATH:
+ * scripts/test installs it; a missing one fails the test). Stopped by `stop()` and
+ * when the process exits.
+ */
+export async function startNats() {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), "herald-nats-"));
+  const child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", dir], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  running.add(child);
+  const failed = new Promise((_, reject) => child.once("error", (e) => reject(new Error(`nats-server: ${e.message} (scripts/test installs it)`))));
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const up = await Promise.race([
+      failed,
+      new Promise((resolve) => {
+        const socket = net.connect(port, "127.0.0.1", () => resolve(socket.destroy() || true));
+        socket.on("error", () => resolve(false));
+      }),
+    ]);
+    if (up) break;
+    if (Date.now() > deadline) throw new Error(`nats-server did not listen on ${port}`);
+    await sleep(50);
+  }
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    stop() {
+      child.kill("SIGKILL");
+      running.delete(child);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * A node of a cluster with cluster history on `natsUrl` (stream `stream`, backplane
+ * subjects `herald.>`): the environment for `startHerald`, through a config file.
+ */
+export function clusterNodeEnv(natsUrl, stream) {
+  const dir = mkdtempSync(path.join(tmpdir(), "herald-node-"));
+  const file = path.join(dir, "herald.toml");
+  writeFileSync(
+    file,
+    `[cluster]\nbackplane = "bus"\nsubject_prefix = "herald."\nhistory = "jetstream"\nhistory_stream = "${stream}"\n` +
+      `[[bridge.nats]]\nname = "bus"\nurl = "${natsUrl}"\nsubjects = ["herald.>"]\nstrip_prefix = "herald."\n`,
+  );
+  return { HERALD_CONFIG: file };
+}
+
 /** POST /api/publish with one event or an array; returns the parsed answer and status. */
 /**
  * A broker with JWT auth (HS256 with `secret`) that enforces `exp` promptly: its
@@ -151,6 +204,11 @@ export class Proxy {
 
   constructor(targetPort) {
     this.#target = targetPort;
+  }
+
+  /** Sends new connections to another broker, as a load balancer moves clients. */
+  retarget(port) {
+    this.#target = port;
   }
 
   async listen() {
