@@ -387,6 +387,35 @@ async fn without_jetstream_the_node_says_so_and_lets_no_session_in() -> Result<(
 }
 
 #[test]
+fn check_config_asks_the_backplanes_nats_for_jetstream() -> Result<()> {
+    let with = NatsServer::start()?;
+    let out = herald_e2e::check_config(&node_config(&with.url(), 10, ""))?;
+    ensure!(out.code == Some(0), "{out:?}");
+    ensure!(
+        out.stderr.contains(
+            "cluster history: JetStream is available; the first node to start creates stream HIST"
+        ),
+        "{out:?}"
+    );
+    let without = NatsServer::start_with_config("")?;
+    let err = herald_e2e::config_error(&node_config(&without.url(), 10, ""))?;
+    ensure!(
+        err.contains("cluster.history") && err.contains("needs JetStream"),
+        "{err}"
+    );
+    // A server that cannot be reached from where the check runs is a note only.
+    let mut gone = NatsServer::start()?;
+    let url = gone.url();
+    gone.stop();
+    let out = herald_e2e::check_config(&node_config(&url, 10, ""))?;
+    ensure!(
+        out.code == Some(0) && out.stderr.contains("could not check the backplane's NATS"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn cluster_history_settings_are_checked_by_key() -> Result<()> {
     let url = "nats://127.0.0.1:4222";
     for (toml, key) in [

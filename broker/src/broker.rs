@@ -149,6 +149,45 @@ pub struct Components {
     bridges: Vec<crate::publish::bridges::PreparedBridge>,
 }
 
+impl Components {
+    /// What `herald check-config` checks beyond the file: with `cluster.history =
+    /// "jetstream"`, that the backplane's NATS offers JetStream. A server that answers
+    /// without it is an error naming `cluster.history`; one that cannot be reached
+    /// from here is a note (the check may run where NATS is not), as is what it found.
+    pub async fn check_servers(&self, config: &Config) -> Result<Vec<String>, ConfigError> {
+        #[cfg(feature = "nats")]
+        if config.cluster.history == crate::config::HistoryMode::Jetstream {
+            let backplane = self.bridges.iter().find_map(|b| match b {
+                crate::publish::bridges::PreparedBridge::Nats(n)
+                    if n.name() == config.cluster.backplane =>
+                {
+                    Some(n)
+                }
+                #[allow(unreachable_patterns)]
+                _ => None,
+            });
+            if let Some(bridge) = backplane {
+                let stream = &config.cluster.history_stream;
+                return match crate::history::check(bridge, stream).await {
+                    Ok(crate::history::Checked::Ready(note)) => {
+                        Ok(vec![format!("cluster history: {note}")])
+                    }
+                    Ok(crate::history::Checked::Unknown(why)) => Ok(vec![format!(
+                        "cluster history: could not check the backplane's NATS for JetStream ({why})"
+                    )]),
+                    Err(e) => Err(config.attribute(ConfigError::at(
+                        "cluster.history".into(),
+                        format!("`jetstream` needs JetStream on the backplane's NATS server: {e}"),
+                    ))),
+                };
+            }
+        }
+        #[cfg(not(feature = "nats"))]
+        let _ = config;
+        Ok(Vec::new())
+    }
+}
+
 impl std::fmt::Debug for Components {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Components")

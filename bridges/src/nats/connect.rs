@@ -59,9 +59,10 @@ pub(super) struct Shared {
     pub(super) drop_marked: Arc<AtomicBool>,
 }
 
-async fn options(
+/// The options every connection of a bridge's settings uses: credentials, TLS, the
+/// client name and the connection timeout.
+pub(super) async fn base_options(
     s: &NatsSettings,
-    shared: &Shared,
 ) -> Result<async_nats::ConnectOptions, NatsError> {
     let mut opts = if !s.creds_file.is_empty() {
         async_nats::ConnectOptions::with_credentials_file(&s.creds_file)
@@ -89,17 +90,25 @@ async fn options(
             s.tls_key_file.clone().into(),
         );
     }
-    let name = s.name.clone();
-    let shared = shared.clone();
     Ok(opts
         .require_tls(s.tls_required)
         .name(format!("herald-{}", s.name))
+        .connection_timeout(Duration::from_secs(5)))
+}
+
+async fn options(
+    s: &NatsSettings,
+    shared: &Shared,
+) -> Result<async_nats::ConnectOptions, NatsError> {
+    let name = s.name.clone();
+    let shared = shared.clone();
+    Ok(base_options(s)
+        .await?
         .subscription_capacity(s.subscription_capacity.max(1))
         // No `retry_on_initial_connect`: `connect_with_retry` retries the first
         // connection itself, because only a failed `connect` returns the whole error
         // (async-nats' events carry just its kind, such as "IO error").
         .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
             let Shared {
                 status,

@@ -104,6 +104,17 @@ impl NatsBridge {
         &self.settings.name
     }
 
+    /// One connection with the bridge's settings, without retrying or reconnecting:
+    /// for a check before anything runs (`herald check-config`).
+    pub async fn connect_once(&self) -> Result<async_nats::Client, String> {
+        let opts = connect::base_options(&self.settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        opts.connect(self.addrs.clone())
+            .await
+            .map_err(|e| format!("cannot connect to NATS: {e}"))
+    }
+
     /// The topics its core subscriptions can produce ([`topic_range`]); none for a
     /// JetStream consumer.
     fn ranges(&self) -> Arc<[crate::topic::Pattern]> {

@@ -49,6 +49,37 @@ pub(crate) enum HistoryError {
     NotConnected,
 }
 
+/// What `herald check-config` learnt of the backplane's NATS, short of an error.
+pub(crate) enum Checked {
+    /// JetStream answers: the note says whether the stream exists yet.
+    Ready(String),
+    /// The server could not be asked (not running where the check runs, say).
+    Unknown(String),
+}
+
+/// Asks the backplane's NATS (through `bridge`'s settings, once) whether it offers
+/// JetStream and holds stream `name`. `Err` only for a server that answers without
+/// JetStream: no node could ever serve there.
+pub(crate) async fn check(
+    bridge: &herald_bridges::nats::NatsBridge,
+    name: &str,
+) -> Result<Checked, HistoryError> {
+    let client = match tokio::time::timeout(Duration::from_secs(10), bridge.connect_once()).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Ok(Checked::Unknown(e)),
+        Err(_) => return Ok(Checked::Unknown("connecting to NATS timed out".into())),
+    };
+    let js = async_nats::jetstream::new(client);
+    Ok(match js.get_stream(name).await {
+        Ok(_) => Checked::Ready(format!("JetStream is available and stream {name} exists")),
+        Err(e) if stream::is_not_found(&e) => Checked::Ready(format!(
+            "JetStream is available; the first node to start creates stream {name}"
+        )),
+        Err(e) if stream::no_jetstream(&e) => return Err(HistoryError::NoJetStream(e.to_string())),
+        Err(e) => Checked::Unknown(e.to_string()),
+    })
+}
+
 /// What the stream is made with (from `[cluster]` and `[history]`).
 #[derive(Debug, Clone)]
 pub(crate) struct StreamSpec {

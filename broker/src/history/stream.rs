@@ -97,7 +97,7 @@ pub(super) async fn ensure(
     })
 }
 
-fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+pub(super) fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
         e.kind(),
         jetstream::context::GetStreamErrorKind::JetStream(j)
@@ -107,7 +107,7 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
 
 /// Whether the server answered that it has no JetStream (nobody listens on the
 /// JetStream API, or JetStream is not enabled for the account).
-fn no_jetstream(e: &jetstream::context::GetStreamError) -> bool {
+pub(super) fn no_jetstream(e: &jetstream::context::GetStreamError) -> bool {
     match e.kind() {
         jetstream::context::GetStreamErrorKind::JetStream(j) => {
             j.error_code() == jetstream::ErrorCode::JETSTREAM_NOT_ENABLED

@@ -98,6 +98,18 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::CheckConfig) = cli.command {
+        // Servers the configuration relies on (JetStream for cluster history).
+        match actix_web::rt::System::new().block_on(components.check_servers(&config)) {
+            Ok(notes) => {
+                for note in notes {
+                    eprintln!("herald: {note}");
+                }
+            }
+            Err(e) => {
+                eprintln!("herald: {e}");
+                return ExitCode::from(2);
+            }
+        }
         print!("{}", config.to_masked_toml());
         eprintln!("herald: configuration is valid");
         return ExitCode::SUCCESS;
