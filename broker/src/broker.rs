@@ -518,9 +518,12 @@ impl Broker {
         self.inner.publisher.prepare(event)
     }
 
-    /// Publishes a prepared event.
-    pub(crate) async fn send(&self, prepared: Prepared) -> Result<(), PublishError> {
-        self.inner.publisher.send(prepared).await
+    /// Publishes prepared events in order; see [`Publisher::send_all`].
+    pub(crate) async fn send_all(
+        &self,
+        prepared: Vec<Prepared>,
+    ) -> Result<(), (usize, usize, PublishError)> {
+        self.inner.publisher.send_all(prepared).await
     }
 
     /// Publishes an event: to the cluster backplane when one is configured (every

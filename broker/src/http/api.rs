@@ -270,10 +270,8 @@ pub(super) async fn publish(
         .enumerate()
         .map(|(i, event)| broker.prepare(event).map_err(|e| refuse(i, 0, e)))
         .collect::<Result<Vec<_>, _>>()?;
-    for (accepted, event) in prepared.into_iter().enumerate() {
-        if let Err(e) = broker.send(event).await {
-            return Err(refuse(accepted, accepted, e));
-        }
+    if let Err((failed, accepted, e)) = broker.send_all(prepared).await {
+        return Err(refuse(failed, accepted, e));
     }
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "accepted": total })))
 }

@@ -138,6 +138,62 @@ impl Backplane {
     }
 }
 
+impl Backplane {
+    /// Publishes prepared events in order. Into the history stream, every event is
+    /// sent before any acknowledgement is awaited (a batch costs about one round
+    /// trip, not one per event). `Err` carries the index of the first event that
+    /// failed and how many were accepted in all (with the stream, events after a
+    /// failed one may have been stored too).
+    pub(crate) async fn send_all(
+        &self,
+        outs: Vec<Outgoing>,
+    ) -> Result<(), (usize, usize, PublishError)> {
+        if !self.stored {
+            for (i, out) in outs.into_iter().enumerate() {
+                self.send(out).await.map_err(|e| (i, i, e))?;
+            }
+            return Ok(());
+        }
+        let client = self.connection().map_err(|e| (0, 0, e))?;
+        let js = async_nats::jetstream::new(client.clone());
+        let mut acks = Vec::with_capacity(outs.len());
+        let mut unsent = None;
+        for (i, out) in outs.into_iter().enumerate() {
+            match js
+                .publish_with_headers(out.subject, out.headers, out.payload)
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    unsent = Some((i, self.down(format!("history stream: {e}"))));
+                    break;
+                }
+            }
+        }
+        let mut first = unsent;
+        let mut accepted = 0;
+        for (i, ack) in futures_util::future::join_all(
+            acks.into_iter().map(std::future::IntoFuture::into_future),
+        )
+        .await
+        .into_iter()
+        .enumerate()
+        {
+            match ack {
+                Ok(_) => accepted += 1,
+                Err(e) if first.as_ref().is_none_or(|(at, _)| i < *at) => {
+                    first = Some((i, self.down(format!("history stream: {e}"))));
+                }
+                Err(_) => {}
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some((i, e)) => Err((i, accepted, e)),
+        }
+    }
+}
+
 fn header_value(name: &str, value: &str) -> Result<async_nats::HeaderValue, PublishError> {
     async_nats::HeaderValue::from_str(value).map_err(|_| {
         PublishError::InvalidHeader(format!(

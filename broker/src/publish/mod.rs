@@ -108,6 +108,31 @@ impl Publisher {
         }
     }
 
+    /// Publishes prepared events in order (a batch of `POST /api/publish`). `Err`
+    /// carries the index of the first event that failed and how many were accepted
+    /// in all (see [`backplane::Backplane::send_all`]).
+    pub(crate) async fn send_all(
+        &self,
+        prepared: Vec<Prepared>,
+    ) -> Result<(), (usize, usize, PublishError)> {
+        #[cfg(feature = "nats")]
+        if let Some(backplane) = &self.backplane {
+            let outs = prepared
+                .into_iter()
+                .filter_map(|p| match p.0 {
+                    Route::Backplane(out) => Some(out),
+                    // Only a publisher without a backplane prepares for the registry.
+                    Route::Local(_) => None,
+                })
+                .collect();
+            return backplane.send_all(outs).await;
+        }
+        for (i, p) in prepared.into_iter().enumerate() {
+            self.send(p).await.map_err(|e| (i, i, e))?;
+        }
+        Ok(())
+    }
+
     /// Prepares and sends one event. With a backplane that is down, the answer is
     /// `BackplaneDown` before anything else is checked.
     pub(crate) async fn publish(&self, event: Event) -> Result<(), PublishError> {
