@@ -384,6 +384,27 @@ async fn an_http_batch_is_stored_in_order_and_answered_once_stored() -> Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_recreated_under_a_running_node_stops_it_taking_sessions() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let nodes = nodes(&node_config(&nats.url(), 10, ""), 1).await?;
+    nodes[0].publish("r", json!(1)).await?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    let config = js.get_stream("HIST").await?.info().await?.config.clone();
+    js.delete_stream("HIST").await?;
+    js.create_stream(config).await?;
+    let reason = nodes[0].wait_reason("recreated").await?;
+    ensure!(reason.contains("restart the node"), "{reason}");
+    let status = herald_e2e::upgrade_status(nodes[0].ws_url().as_str()).await?;
+    ensure!(status == 503, "upgrade answered {status}");
+    ensure!(
+        nodes[0].log_text().contains("deleted and created again"),
+        "{}",
+        nodes[0].log_text()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridged_events_are_marked_local_and_resume_skips_them() -> Result<()> {
     let nats = NatsServer::start()?;
     let other = format!(

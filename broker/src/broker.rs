@@ -428,13 +428,20 @@ impl Broker {
         &self.inner.epoch
     }
 
-    /// With cluster history, why no session can be let in yet: the stream is not
-    /// set up (no epoch to give), or this node has not caught up with it (its live
+    /// With cluster history, why no session can be let in: the stream was recreated
+    /// under this node (its positions are the old stream's), is not set up yet (no
+    /// epoch to give), or this node has not caught up with it (its live
     /// events would be the stream's past, and what was published meanwhile would
     /// reach a subscriber only as the last event of its topic).
     pub(crate) fn history_unready(&self) -> Option<String> {
         #[cfg(feature = "nats")]
         if let Some(history) = &self.inner.history {
+            if history.recreated() {
+                return Some(format!(
+                    "the cluster history stream {} was recreated since this node started; connect to another node",
+                    history.stream_name()
+                ));
+            }
             let backplane = &self.inner.config.cluster.backplane;
             if history.epoch().is_none() || !self.inner.readiness.was_ready(backplane) {
                 return Some(format!(

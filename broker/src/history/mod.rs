@@ -32,7 +32,7 @@ use stream::stream_error as stream_error_of;
 
 /// How often a node checks that the stream it reads is still the one it started
 /// with (someone may have deleted and recreated it).
-const CHECK_EVERY: Duration = Duration::from_secs(10);
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the stream could not be set up or read.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,9 @@ pub(crate) struct ClusterHistory {
     bridge: NatsSettings,
     /// The stream's identity, once it is known: `welcome`'s `epoch`.
     epoch: OnceLock<String>,
+    /// Set when the stream was deleted and created again under this node: its
+    /// positions and epoch belong to the old one, so it lets no new session in.
+    recreated: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ClusterHistory {
@@ -138,6 +141,7 @@ impl ClusterHistory {
             slot,
             bridge,
             epoch: OnceLock::new(),
+            recreated: Default::default(),
         }))
     }
 
@@ -150,6 +154,12 @@ impl ClusterHistory {
     /// the stream; `None` before (the node then lets no session in).
     pub(crate) fn epoch(&self) -> Option<&str> {
         self.epoch.get().map(String::as_str)
+    }
+
+    /// Whether the stream was recreated since this node started (a restart takes
+    /// the new one).
+    pub(crate) fn recreated(&self) -> bool {
+        self.recreated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The JetStream context of the backplane's connection, when it is made.
@@ -201,6 +211,8 @@ impl ClusterHistory {
             match stream::created(&js, &name).await {
                 Ok(now) if now != created && !warned => {
                     warned = true;
+                    self.recreated
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     error!(stream = %name, "cluster history stream was deleted and created again: this node's positions belong to the old one; restart it");
                     readiness.set_history(Some(format!(
                         "history stream {name}: recreated since this node started; restart the node"

@@ -639,7 +639,13 @@ impl Handler<TopicStats> for Topic {
             topic: self.name.clone(),
             subscribers: self.subscribers.len(),
             exact: self.subscribers.values().filter(|e| e.exact).count(),
-            seq: self.seq.max(self.position),
+            // With cluster history, the topic's stream position (its node-local
+            // count, for a topic only bridges feed).
+            seq: if self.position > 0 {
+                self.position
+            } else {
+                self.seq
+            },
             last_event_ms: self.last_event_ms,
             events: self.settings.clustered().then_some(self.received),
         })
