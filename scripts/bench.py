@@ -32,6 +32,11 @@ Scenarios:
   b  one hot topic with 5,000 subscribers, stepped the same way
   c  15,000 idle connections: server RSS delta / connections
   d  connection ramp: 10,000 connections as fast as the server takes them
+  e  publishing through the cluster backplane, with and without cluster history
+     (`cluster.history = "jetstream"`): HTTP batches into one Herald node whose
+     backplane is the feed nats-server (then with JetStream), 100 connections over
+     10 topics; offered load stepped like a. Its servers are always herald-bp and
+     herald-bp-js (--servers does not apply).
 
 Every figure is the median of --runs runs (default 3). Raw results (one JSON summary
 per tool run) and every process's log stay in target/bench/. Needs Python 3.11+ (stdlib),
@@ -58,9 +63,13 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVERS = ["herald", "herald-sse", "nats-ws", "ws-broadcast"]
+# Scenario e's two configurations of one Herald node (its own server list).
+BACKPLANE_SERVERS = ["herald-bp", "herald-bp-js"]
 LABELS = {"herald": "Herald", "herald-sse": "Herald (SSE)", "nats-ws": "nats-server (WebSocket)",
-          "ws-broadcast": "ws-broadcast (reference)"}
-COLORS = {"herald": "#d62728", "herald-sse": "#ff7f0e", "nats-ws": "#1f77b4", "ws-broadcast": "#2ca02c"}
+          "ws-broadcast": "ws-broadcast (reference)", "herald-bp": "Herald, backplane",
+          "herald-bp-js": "Herald, backplane + cluster history"}
+COLORS = {"herald": "#d62728", "herald-sse": "#ff7f0e", "nats-ws": "#1f77b4", "ws-broadcast": "#2ca02c",
+          "herald-bp": "#d62728", "herald-bp-js": "#9467bd"}
 
 # The project's performance targets, against nats-server's WebSocket listener in the same run.
 TARGET_THROUGHPUT_RATIO = 2.0
@@ -76,6 +85,8 @@ FULL = {
                                                        300_000, 400_000, 600_000, 800_000]},
     "c": {"connections": 15_000, "hold": 5.0},
     "d": {"connections": 10_000, "concurrency": 500},
+    "e": {"connections": 100, "topics": 10, "steps": [10_000, 25_000, 50_000, 100_000, 200_000, 400_000,
+                                                     800_000]},
     # 6 s per step gives 60,000 to 4.8 million latency samples: enough for p99.9.
     "duration": 6.0, "warmup": 2.0, "drain": 10.0, "settle": 2.0, "runs": 3,
 }
@@ -84,6 +95,7 @@ QUICK = {
     "b": {"connections": 500, "topics": 1, "steps": [5_000, 25_000, 200_000, 600_000]},
     "c": {"connections": 2_000, "hold": 1.0},
     "d": {"connections": 2_000, "concurrency": 200},
+    "e": {"connections": 100, "topics": 10, "steps": [10_000, 50_000, 200_000]},
     "duration": 2.0, "warmup": 0.5, "drain": 3.0, "settle": 1.0, "runs": 1,
 }
 
@@ -189,7 +201,13 @@ class Bench:
 
     def start_feed(self):
         self.feed_port = free_port()
-        argv = self.pin(self.tool_core, ["nats-server", "-a", "127.0.0.1", "-p", str(self.feed_port)])
+        argv = ["nats-server", "-a", "127.0.0.1", "-p", str(self.feed_port)]
+        if "e" in self.opts.scenarios:
+            # Cluster history's stream lives here (scenario e).
+            store = os.path.join(self.work, "feed-jetstream")
+            shutil.rmtree(store, ignore_errors=True)
+            argv += ["-js", "-sd", store]
+        argv = self.pin(self.tool_core, argv)
         self.feed = self.procs.start(argv, os.path.join(self.work, "feed-nats.log"))
         wait_port(self.feed_port, self.feed, "the feed nats-server")
 
@@ -197,10 +215,11 @@ class Bench:
         """Starts server `name` fresh; returns (process, ws url, nats url to publish to)."""
         logp = os.path.join(self.work, f"{tag}.{name}.log")
         port = free_port()
-        if name in ("herald", "herald-sse") or name.startswith("herald@"):
+        if name in ("herald", "herald-sse") or name.startswith("herald@") or name in BACKPLANE_SERVERS:
             conf = os.path.join(self.work, "herald.toml")
             with open(conf, "w") as f:
-                f.write(herald_config(port, self.feed_port))
+                f.write(herald_config(port, self.feed_port) if name not in BACKPLANE_SERVERS
+                        else backplane_config(port, self.feed_port, name == "herald-bp-js"))
             variant = name.partition("@")[2]
             binary = (self.opts.herald_bin or {}).get(variant) or os.path.join(self.release, "herald")
             proc = self.procs.start(self.pin(self.server_core, [binary, "--config", conf]), logp)
@@ -234,7 +253,7 @@ class Bench:
         source = f"127.{1 + k % 250}.{(k // 250) % 250}.1"
         out = os.path.join(self.work, f"{tag}.{server}.json")
         argv = self.pin(self.tool_core, [os.path.join(self.release, "herald-bench"),
-                                         "--target", server.partition("@")[0], "--url", url, "--nats-url", nats_url,
+                                         "--target", target_of(server), "--url", url, "--nats-url", nats_url,
                                          "--pid", str(pid), "--json", out, "--source-base", source,
                                          "--label", tag] + [str(a) for a in args]
                          + (["--cores", f"{self.tool_core},{self.server_core}"] if self.pinned else []))
@@ -254,7 +273,7 @@ class Bench:
             return None
         with open(out) as f:
             summary = json.load(f)
-        if server.partition("@")[0] in ("herald", "herald-sse"):
+        if target_of(server) in ("herald", "herald-sse"):
             summary["herald_metrics"] = herald_metrics(url)
         return summary
 
@@ -310,16 +329,16 @@ class Bench:
         p = self.plan
         return ["--quiet", "--settle", p["settle"], "--drain", p["drain"]]
 
-    def stepped(self, scenario):
+    def stepped(self, scenario, servers=None, extra=()):
         spec = self.plan[scenario]
         p = self.plan
-        steps = self.opts.steps or spec["steps"]
+        steps = (self.opts.steps if scenario in "ab" else None) or spec["steps"]
         for run in range(1, self.runs + 1):
-            for server in self.opts.servers:
+            for server in servers or self.opts.servers:
                 for step in steps:
                     s = self.one(scenario, server, run, step, self.common() + [
                         "-c", spec["connections"], "--topics", spec["topics"], "--size", 200,
-                        "--offered", step, "--duration", p["duration"], "--warmup", p["warmup"]])
+                        "--offered", step, "--duration", p["duration"], "--warmup", p["warmup"]] + list(extra))
                     if s is None:
                         break
                     d = s["deliveries"]
@@ -367,15 +386,18 @@ class Bench:
         self.start_feed()
         started = time.time()
         for scenario in self.opts.scenarios:
-            log(f"scenario {scenario} ({self.runs} run(s), servers {', '.join(self.opts.servers)})")
+            servers = BACKPLANE_SERVERS if scenario == "e" else self.opts.servers
+            log(f"scenario {scenario} ({self.runs} run(s), servers {', '.join(servers)})")
             {"a": lambda: self.stepped("a"), "b": lambda: self.stepped("b"), "c": self.idle,
-             "d": self.ramp}[scenario]()
+             "d": self.ramp,
+             "e": lambda: self.stepped("e", BACKPLANE_SERVERS, ["--publish", "http"])}[scenario]()
         self.procs.stop(self.feed)
         log(f"measured in {time.time() - started:.0f} s")
         Report(self).write(self.opts.out)
 
 
-def herald_config(port, feed_port):
+def herald_config(port, feed_port, prefix="bench.", bridge="bench", cluster=""):
+    """A Herald node whose NATS bridge reads `prefix>` from the feed nats-server."""
     return f"""# Written by scripts/bench.py.
 [server]
 listen = "127.0.0.1:{port}"
@@ -388,13 +410,29 @@ shutdown_grace_ms = 1000
 
 [log]
 level = "warn"
-
+{cluster}
 [[bridge.nats]]
-name = "bench"
+name = "{bridge}"
 url = "nats://127.0.0.1:{feed_port}"
-subjects = ["bench.>"]
-strip_prefix = "bench."
+subjects = ["{prefix}>"]
+strip_prefix = "{prefix}"
 """
+
+
+def target_of(server):
+    """herald-bench's --target for a server of this script."""
+    return "herald" if server in BACKPLANE_SERVERS else server.partition("@")[0]
+
+
+def backplane_config(port, feed_port, history):
+    """Scenario e: one node whose backplane is the feed nats-server, with cluster history
+    or without. Each has its own subject prefix, so that the stream never holds (and
+    never costs) what the node without history publishes."""
+    prefix = "hist." if history else "bp."
+    cluster = f'\n[cluster]\nbackplane = "bus"\nsubject_prefix = "{prefix}"\n'
+    if history:
+        cluster += 'history = "jetstream"\nhistory_stream = "BENCH"\n'
+    return herald_config(port, feed_port, prefix, "bus", cluster)
 
 
 def nats_ws_config(port, ws_port):
@@ -581,6 +619,9 @@ class Report:
             md += self.idle_section()
         if "d" in self.b.opts.scenarios:
             md += self.ramp_section()
+        if "e" in self.b.opts.scenarios:
+            md += self.stepped_section("e", "(e) publishing through the backplane, with and without cluster "
+                                       "history (100 connections, 10 topics, HTTP batches)", BACKPLANE_SERVERS)
         md += self.targets()
         notes = os.path.join(ROOT, "docs", "bench", "notes.md")
         if os.path.exists(notes):
@@ -641,8 +682,8 @@ class Report:
             "",
         ]
 
-    def stepped_section(self, scenario, title):
-        servers = self.b.opts.servers
+    def stepped_section(self, scenario, title, servers=None):
+        servers = servers or self.b.opts.servers
         md = [f"## {title}\n"]
         head = "| offered/s | " + " | ".join(
             f"{LABELS[s]}: delivered/s, p50 / p99 / p99.9 ms, loss, CPU (core)" for s in servers) + " |"
@@ -987,7 +1028,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--quick", action="store_true", help="small numbers, one run: a smoke test, not a benchmark")
     ap.add_argument("--runs", type=int, default=0, help="runs per figure (default 3; 1 with --quick)")
-    ap.add_argument("--scenarios", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--scenarios", default="a,b,c,d", help="comma-separated subset of a,b,c,d,e")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"),
                     help="where benchmarks.md and bench/*.svg go (default docs/)")
@@ -1023,7 +1064,7 @@ def main():
             expanded += [f"herald@{n}" for n in bins] if s == "herald" else [s]
         opts.servers = expanded
     for s in opts.scenarios:
-        if s not in "abcd" or len(s) != 1:
+        if s not in "abcde" or len(s) != 1:
             ap.error(f"unknown scenario {s!r}")
     for s in opts.servers:
         if s not in SERVERS and not s.startswith("herald@"):
