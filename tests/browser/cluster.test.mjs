@@ -4,8 +4,9 @@
 // docker/nginx.conf (addresses aside). A real Chromium opens the dashboard through
 // nginx: it connects every time (its ticket comes from whichever node nginx picks for
 // POST /api/tickets, its WebSocket from whichever node nginx picks for the upgrade),
-// shows the three nodes in the nodes panel, and a killed node in red. Run by
-// scripts/browser-test (`node --test`).
+// shows the three nodes in the nodes panel, and a killed node in red. With the
+// profile's cluster history, it rides a rolling restart of every node: each event
+// once, no reset, no gap. Run by scripts/browser-test (`node --test`).
 
 import assert from "node:assert/strict";
 import path from "node:path";
@@ -26,12 +27,14 @@ const nodes = [];
  *  anchor), pointed at the local nats-server, with the Kafka bridge left out (no
  *  Kafka here) and JWT auth on. */
 function nodeEnv(i) {
+  // tests/examples.rs runs the same settings read from docker/compose.yaml itself.
   return {
     HERALD_SERVER__NODE_ID: `herald-${i}`,
     // The profile trusts nginx's fixed address; here nginx is on this machine.
     HERALD_SERVER__TRUSTED_PROXIES: '["127.0.0.1"]',
     HERALD_CLUSTER__BACKPLANE: "bus",
     HERALD_CLUSTER__SUBJECT_PREFIX: "herald.",
+    HERALD_CLUSTER__HISTORY: "jetstream",
     HERALD_BRIDGE__NATS: `[{ name = "nats", url = "${nats.url}", subjects = ["metrics.>"] }, `
       + `{ name = "bus", url = "${nats.url}", subjects = ["herald.>"], strip_prefix = "herald." }]`,
     HERALD_BRIDGE__KAFKA: "[]",
@@ -123,6 +126,62 @@ test("through nginx with auth on, the dashboard connects every time and shows ev
     assert.deepEqual(panel.map(([n]) => n).sort(), ["herald-1", "herald-2", "herald-3"].filter((n) => n !== `herald-${victim + 1}`));
   });
   await expectState(page, "open");
+  assert.deepEqual(dash.problems, [], "the page logged errors or threw");
+  await dash.close();
+});
+
+/** POST api/publish through nginx, again while nginx picks a node that is going away. */
+async function publish(events) {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const res = await fetch(new URL("api/publish", nginx.url), {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token()}` },
+      body: JSON.stringify(events),
+    }).catch((e) => ({ status: 0, text: async () => String(e) }));
+    if (res.status === 202) return;
+    const body = await res.text();
+    if (Date.now() > deadline) throw new Error(`POST api/publish: ${res.status} ${body}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+test("with cluster history, the dashboard rides a rolling restart of every node: each event once, no reset, no gap", { timeout: TEST_TIMEOUT }, async () => {
+  const dash = await openDashboard(browser, nginx.url);
+  const { page } = dash;
+  dash.allow(/status of 401 \(Unauthorized\)/);
+  // A node going away mid-request: nginx logs it, Chromium too.
+  dash.allow(/status of 50[23]/);
+  await expectState(page, "unauthorized");
+  await page.fill("#token", token());
+  await page.click("#auth button[type=submit]");
+  await expectState(page, "open");
+  await page.fill("#pattern", "roll.>");
+  await page.click("#subscribe button[type=submit]");
+  await page.waitForSelector('#subs li[data-pattern="roll.>"][data-status="active"]');
+
+  let n = 0;
+  const next = (k) => Array.from({ length: k }, () => ({ topic: `roll.t${n % 2}`, data: n++ }));
+  await publish(next(4));
+  const epoch = await page.getAttribute("#epoch", "title");
+  const nodesSeen = new Set([(await page.textContent("#node")).trim()]);
+  // Every node in turn (the one the test above killed comes back first), on its port.
+  for (let i = 0; i < NODES; i++) {
+    await nodes[i].stop();
+    await publish(next(3));
+    nodes[i] = await startHerald({ env: nodeEnv(i + 1), port: nodes[i].port, args: ["--config", path.join(ROOT, "docker/herald.toml")] });
+    await publish(next(3));
+    await expectState(page, "open");
+    nodesSeen.add((await page.textContent("#node")).trim());
+  }
+  await eventually(async () => {
+    const data = await page.$$eval("#stream tr.event td.data", (tds) => tds.map((td) => td.textContent));
+    assert.deepEqual(data.map(Number).sort((a, b) => a - b), [...Array(n).keys()], "every event once");
+  });
+  const notices = await page.$$eval("#stream tr.notice", (rows) => rows.map((r) => [r.dataset.kind, r.textContent]));
+  assert.deepEqual(notices.filter(([kind]) => kind === "reset" || kind === "gap"), [], JSON.stringify(notices));
+  assert.equal(await page.getAttribute("#epoch", "title"), epoch, "one epoch on every node");
+  assert.ok(nodesSeen.size >= 2, `the page moved between nodes: ${[...nodesSeen]}`);
   assert.deepEqual(dash.problems, [], "the page logged errors or threw");
   await dash.close();
 });

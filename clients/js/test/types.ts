@@ -51,7 +51,7 @@ h.on("open", (w: Welcome) => void w.heartbeat.interval_ms.toFixed());
 h.on("close", ({ code, willReconnect, delayMs }: CloseInfo) => void [code, willReconnect, delayMs ?? 0]);
 h.on("lagged", ({ dropped }) => void dropped.toFixed());
 h.on("reset", ({ topic, reason }: ResetInfo) => void (reason === "epoch_changed" ? topic : topic.length));
-h.on("gap", ({ expected, got }: GapInfo) => void (got - expected));
+h.on("gap", ({ expected, got, prev }: GapInfo) => void (got - (prev ?? expected)));
 h.on("error", (e: HeraldError) => void [e.code, e.message, e.id]);
 h.on("refresh", ({ exp }: RefreshInfo) => void (exp === null ? 0 : exp.toFixed()));
 h.on("error", (e) => {
@@ -62,6 +62,9 @@ h.off("gap", () => {});
 const sub = h.subscribe<{ id: number }>("orders.*", { last: 20 }, (ev: HeraldEvent<{ id: number }>) => {
   const n: number = ev.seq + ev.ts + (ev.data?.id ?? 0);
   const r: true | undefined = ev.replay;
+  const cluster: number | undefined = ev.prev;
+  const local: true | undefined = ev.local;
+  void [cluster, local];
   void [n, r, ev.source === "kafka", ev.headers?.["trace"], ev.key];
 });
 const sub2 = h.subscribe(["a", "b.>"], (ev) => void ev.topic);
