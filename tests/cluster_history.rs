@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use herald_e2e::nats::NatsServer;
+use herald_e2e::sse::SseStream;
 use herald_e2e::{config, Broker, Client};
 use serde_json::{json, Value};
 
@@ -145,6 +146,44 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed() -> Resul
         "{live}"
     );
     c.expect_silence(Duration::from_millis(300)).await?;
+    Ok(())
+}
+
+/// An event stream of `feed.*` on `node`, resuming from `id` when given, past its
+/// `welcome` and `subscribed`.
+async fn open(node: &Broker, id: Option<&str>) -> Result<SseStream> {
+    let url = format!("{}/sse?topics=feed.*", node.http());
+    let headers: Vec<(&str, &str)> = id.map(|id| ("Last-Event-ID", id)).into_iter().collect();
+    let mut s = SseStream::open(&url, &headers).await?.stream()?;
+    ensure!(s.next().await?["type"] == "welcome");
+    ensure!(s.next().await?["type"] == "subscribed");
+    Ok(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_resumes_on_another_node_with_its_last_event_id() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let nodes = nodes(&node_config(&nats.url(), 100, ""), 2).await?;
+    let mut first = open(&nodes[0], None).await?;
+    publish_n(&nodes[0], "feed.a", 1, 2).await?;
+    let seen = [first.event().await?, first.event().await?];
+    let id = first.last_id.clone().context("events carry an id")?;
+    drop(first);
+    // Missed meanwhile; node 2's watcher says when it has read them.
+    let (mut watcher, _) = subscribe(&nodes[1], &["feed.a"], json!({})).await?;
+    publish_n(&nodes[0], "feed.a", 3, 2).await?;
+    events(&mut watcher, 2).await?;
+    let mut second = open(&nodes[1], Some(&id)).await?;
+    let replay = [second.event().await?, second.event().await?];
+    ensure!(
+        chain(&replay)
+            .iter()
+            .map(|e| (e.0, e.2))
+            .collect::<Vec<_>>()
+            == [(3, seen[1]["seq"].as_u64()), (4, replay[0]["seq"].as_u64())],
+        "exactly the missed events, chained to the last one seen: {replay:?}"
+    );
+    ensure!(replay.iter().all(|e| e["replay"] == true), "{replay:?}");
     Ok(())
 }
 
