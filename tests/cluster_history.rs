@@ -241,6 +241,110 @@ async fn positions_outlive_a_restart_of_every_node() -> Result<()> {
     Ok(())
 }
 
+/// Three nats-servers forming one JetStream cluster (`n0`…`n2`), once their
+/// JetStream can place a stream of three replicas.
+async fn nats_cluster() -> Result<Vec<NatsServer>> {
+    let free = || -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let ports = [free()?, free()?, free()?];
+    let routes: Vec<String> = ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let routes = routes.join(",");
+    let mut servers = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (name, listen) = (format!("n{i}"), format!("nats://127.0.0.1:{port}"));
+        servers.push(NatsServer::start_with(&[
+            "--server_name",
+            &name,
+            "--cluster_name",
+            "hist",
+            "--cluster",
+            &listen,
+            "--routes",
+            &routes,
+        ])?);
+    }
+    let js = async_nats::jetstream::new(servers[0].client().await?);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let probe = async_nats::jetstream::stream::Config {
+        name: "PROBE".into(),
+        subjects: vec!["probe".into()],
+        num_replicas: 3,
+        ..Default::default()
+    };
+    while let Err(e) = js.create_stream(probe.clone()).await {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no JetStream cluster: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    js.delete_stream("PROBE").await?;
+    Ok(servers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_three_replicas_history_survives_the_loss_of_the_streams_leader() -> Result<()> {
+    let mut servers = nats_cluster().await?;
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let config = node_config(&urls.join(","), 100, "").replace(
+        "history_stream = \"HIST\"",
+        "history_stream = \"HIST\"\nreplicas = 3",
+    );
+    let nodes = nodes(&config, 2).await?;
+    let js = async_nats::jetstream::new(servers[0].client().await?);
+    let info = js.get_stream("HIST").await?.info().await?.clone();
+    ensure!(info.config.num_replicas == 3, "{:?}", info.config);
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .context("the stream has a leader")?;
+    let (mut c, _) = subscribe(&nodes[0], &["ha"], json!({})).await?;
+    publish_n(&nodes[1], "ha", 1, 2).await?;
+    let seen = events(&mut c, 2).await?;
+    let epoch = c.welcome["epoch"].clone();
+    drop(c);
+    // The stream's leader goes away: the other two replicas elect one and go on.
+    let at: usize = leader.trim_start_matches('n').parse()?;
+    servers[at].stop();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut n = 3;
+    while n < 6 {
+        match nodes[1].publish("ha", json!({ "n": n })).await {
+            Ok(()) => n += 1,
+            Err(e) => {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "publishing never came back: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let resume = json!({"resume":{"epoch":epoch,"topics":{"ha":seen[1]["seq"]}}});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, got) = subscribe(&nodes[0], &["ha"], resume.clone()).await?;
+        let ns: Vec<u64> = chain(&got).iter().map(|e| e.0).collect();
+        if ns == [3, 4, 5] {
+            break;
+        }
+        // Node 0 may still be catching up after its own connection moved.
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{got:?}; node 0 logged:\n{}",
+            nodes[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_the_stream_dropped_or_another_stream_gets_a_reset() -> Result<()> {
     let nats = NatsServer::start()?;

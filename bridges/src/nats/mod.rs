@@ -199,53 +199,7 @@ impl NatsBridge {
             // The connection is usable before the consumer exists: what waits for the
             // stream may be what makes it (the cluster history).
             let _ = slot.set(client.clone());
-            let consumer =
-                jetstream::jetstream_consumer_with_retry(s, start, &client, status).await;
-            let mut messages = consumer.messages;
-            // The ordered consumer recreates itself after a lost connection, so a later
-            // `Connected` may report Ready again (after its flush).
-            subscribed.store(true, Ordering::Release);
-            counters.connected.store(true, Ordering::Relaxed);
-            // Until the consumer has nothing pending, it is still delivering what the
-            // stream held when it started (`StreamPosition::catching_up`). Reading
-            // positions, the bridge is ready only then: live events before it would
-            // be the stream's past.
-            let mut caught_up = consumer.pending == 0;
-            if caught_up || !start.positions {
-                status(BridgeStatus::Ready);
-            }
-            info!(bridge = %s.name, stream = %start.stream, pending = consumer.pending, "nats bridge consuming from JetStream");
-            while let Some(msg) = messages.next().await {
-                match msg {
-                    Ok(msg) => {
-                        let position = match (start.positions, msg.info()) {
-                            (true, Ok(info)) => {
-                                let position = crate::StreamPosition {
-                                    seq: info.stream_sequence,
-                                    ts_ms: u64::try_from(
-                                        info.published.unix_timestamp_nanos() / 1_000_000,
-                                    )
-                                    .unwrap_or(0),
-                                    catching_up: !caught_up,
-                                };
-                                if !caught_up && info.pending == 0 {
-                                    caught_up = true;
-                                    info!(bridge = %s.name, stream = %start.stream, "caught up with the stream");
-                                    status(BridgeStatus::Ready);
-                                }
-                                Some(position)
-                            }
-                            _ => None,
-                        };
-                        let mut event = event_for(s, msg.message);
-                        event.position = position;
-                        context.forward(event);
-                    }
-                    // The ordered consumer recreates itself after a gap or a lost
-                    // connection; an error here is reported and the stream goes on.
-                    Err(e) => warn!(bridge = %s.name, error = %e, "jetstream consumer"),
-                }
-            }
+            jetstream::consume(s, start, &client, context, shared).await;
             return Ok(());
         }
         let mut subs = Vec::with_capacity(s.subjects.len());
