@@ -79,6 +79,11 @@ fn chain(events: &[Value]) -> Vec<(u64, u64, Option<u64>)> {
         .collect()
 }
 
+/// The `n` of each event's `{"n": …}` data, in order.
+fn ns(events: &[Value]) -> Vec<u64> {
+    chain(events).iter().map(|e| e.0).collect()
+}
+
 /// The next `n` events.
 async fn events(c: &mut Client, n: usize) -> Result<Vec<Value>> {
     let mut out = Vec::new();
@@ -129,7 +134,7 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed() -> Resul
     let (mut c, replay) = subscribe(&nodes[2], &["chat.a"], resume).await?;
     let got = chain(&replay);
     ensure!(
-        got.iter().map(|e| e.0).collect::<Vec<_>>() == (3..9).collect::<Vec<_>>(),
+        ns(&replay) == (3..9).collect::<Vec<_>>(),
         "exactly the missed events, in order: {replay:?}"
     );
     ensure!(replay.iter().all(|e| e["replay"] == true), "{replay:?}");
@@ -210,7 +215,7 @@ async fn positions_outlive_a_restart_of_every_node() -> Result<()> {
     // Resumed on a restarted node: read back from the stream.
     let resume = json!({"resume":{"epoch":epoch,"topics":{"room.x":at}}});
     let (mut c, replay) = subscribe(&second[2], &["room.*"], resume).await?;
-    let got: Vec<u64> = chain(&replay).iter().map(|e| e.0).collect();
+    let got = ns(&replay);
     ensure!(got == [3, 4, 5, 6, 7], "{replay:?}");
     ensure!(replay[0]["prev"] == at, "{replay:?}");
     // The same bytes as the live events were (ts and all), but flagged replay.
@@ -225,10 +230,7 @@ async fn positions_outlive_a_restart_of_every_node() -> Result<()> {
     // `last` works the same from the stream: this node's ring holds less.
     let (_, last) = subscribe(&second[1], &["room.x"], json!({"last": 4})).await?;
     let got = chain(&last);
-    ensure!(
-        got.iter().map(|e| e.0).collect::<Vec<_>>() == [5, 6, 7, 8],
-        "{last:?}"
-    );
+    ensure!(ns(&last) == [5, 6, 7, 8], "{last:?}");
     // The oldest may be what the node read at start (the topic's last event then),
     // whose `prev` it never learnt; every later one chains.
     ensure!(
@@ -330,8 +332,7 @@ async fn with_three_replicas_history_survives_the_loss_of_the_streams_leader() -
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (_, got) = subscribe(&nodes[0], &["ha"], resume.clone()).await?;
-        let ns: Vec<u64> = chain(&got).iter().map(|e| e.0).collect();
-        if ns == [3, 4, 5] {
+        if ns(&got) == [3, 4, 5] {
             break;
         }
         // Node 0 may still be catching up after its own connection moved.
@@ -364,10 +365,7 @@ async fn a_position_the_stream_dropped_or_another_stream_gets_a_reset() -> Resul
         let resume = json!({"resume":{"epoch":epoch,"topics":{"k":position}}});
         let (_, got) = subscribe(node, &["k"], resume).await?;
         match want {
-            Some(want) => ensure!(
-                chain(&got).iter().map(|e| e.0).collect::<Vec<_>>() == want,
-                "{got:?}"
-            ),
+            Some(want) => ensure!(ns(&got) == want, "{got:?}"),
             None => ensure!(
                 got == [json!({"type":"reset","topic":"k","reason":"history_expired"})],
                 "{got:?}"
@@ -489,10 +487,7 @@ async fn a_starting_node_lets_sessions_in_once_it_has_caught_up_and_never_replay
     c.expect_silence(Duration::from_millis(500)).await?;
     // What it read is history: `last` has it, from the ring.
     let (_, last) = subscribe(&late, &["past.t7"], json!({"last": 1})).await?;
-    ensure!(
-        chain(&last).iter().map(|e| e.0).collect::<Vec<_>>() == [7],
-        "{last:?}"
-    );
+    ensure!(ns(&last) == [7], "{last:?}");
     Ok(())
 }
 
@@ -516,10 +511,7 @@ async fn an_http_batch_is_stored_in_order_and_answered_once_stored() -> Result<(
     let stored = js.get_stream("HIST").await?.info().await?.state.messages;
     ensure!(stored == 300, "{stored} stored");
     let got = chain(&events(&mut c, 300).await?);
-    ensure!(
-        got.iter().map(|e| e.0).collect::<Vec<_>>() == (0..300).collect::<Vec<_>>(),
-        "in order"
-    );
+    ensure!(got.iter().map(|e| e.0).eq(0..300), "in order");
     for pair in got.windows(2) {
         ensure!(pair[1].2 == Some(pair[0].1), "{pair:?}");
     }

@@ -83,6 +83,16 @@ impl Example {
         self.lines.lock().expect("lines").clone()
     }
 
+    /// Fails with `why` when a line says something was lost (`-- reset`, `-- gap`).
+    fn lost_nothing(&self, why: &str) -> Result<()> {
+        let lost = self
+            .lines()
+            .into_iter()
+            .any(|l| l.contains("-- reset") || l.contains("-- gap"));
+        ensure!(!lost, "{why}:\n{}", self.output());
+        Ok(())
+    }
+
     /// Everything printed so far, for failure messages.
     fn output(&self) -> String {
         self.lines().join("\n")
@@ -359,14 +369,8 @@ async fn subscriber_resumes_after_a_cut_and_reports_reset_after_a_restart() -> R
         .await?;
     first.publish("orders.eu", json!({"n": 5})).await?;
     let (at, _) = sub.wait_line(at, r#"orders.eu #5 {"n":5}"#).await?;
+    sub.lost_nothing("a resume within history loses nothing")?;
     let lines = sub.lines();
-    ensure!(
-        !lines
-            .iter()
-            .any(|l| l.contains("-- reset") || l.contains("-- gap")),
-        "a resume within history loses nothing:\n{}",
-        sub.output()
-    );
     ensure!(
         !lines.iter().any(|l| l.contains("4008")),
         "the subscriber must answer heartbeats:\n{}",
@@ -487,14 +491,8 @@ async fn subscriber_rides_a_rolling_restart_of_the_compose_cluster_without_a_res
         serving(&nodes[round]).await?;
         at = sub.wait_line(at, &format!(r#"{{"n":{n}}}"#)).await?.0;
     }
+    sub.lost_nothing("positions are the cluster's: nothing to reset, nothing missed")?;
     let lines = sub.lines();
-    ensure!(
-        !lines
-            .iter()
-            .any(|l| l.contains("-- reset") || l.contains("-- gap")),
-        "positions are the cluster's: nothing to reset, nothing missed:\n{}",
-        sub.output()
-    );
     for k in 1..=n {
         let needle = format!(r#"{{"n":{k}}}"#);
         let times = lines.iter().filter(|l| l.ends_with(&needle)).count();

@@ -122,7 +122,7 @@ impl Readiness {
     /// `(ready, reasons)`: ready when every bridge is; reasons name the others.
     pub(crate) fn report(&self) -> (bool, Vec<String>) {
         let bridges = self.bridges.lock().unwrap_or_else(|p| p.into_inner());
-        let reasons: Vec<String> = bridges
+        let mut reasons: Vec<String> = bridges
             .iter()
             .filter(|(_, s)| !s.is_ready())
             .map(|(name, s)| match s {
@@ -131,7 +131,6 @@ impl Readiness {
                 BridgeStatus::Ready => format!("bridge {name}: ready"),
             })
             .collect();
-        let mut reasons = reasons;
         if let Some(why) = &*self.history.lock().unwrap_or_else(|p| p.into_inner()) {
             reasons.push(why.clone());
         }

@@ -204,6 +204,7 @@ pub(super) async fn consume(
 /// The last sequence of stream `name`, when the server answers.
 async fn stream_last(client: &async_nats::Client, name: &str) -> Option<u64> {
     let js = async_nats::jetstream::new(client.clone());
-    let mut stream = js.get_stream(name).await.ok()?;
-    Some(stream.info().await.ok()?.state.last_sequence)
+    // `get_stream` fetches the stream's info.
+    let stream = js.get_stream(name).await.ok()?;
+    Some(stream.cached_info().state.last_sequence)
 }

@@ -58,12 +58,9 @@ pub(super) async fn ensure(
 ) -> Result<SetUp, HistoryError> {
     let want = config(spec);
     let (action, info) = match js.get_stream(&spec.name).await {
-        Ok(mut found) => {
-            let have = found
-                .info()
-                .await
-                .map_err(|e| stream_error(&spec.name, e))?
-                .clone();
+        // `get_stream` has fetched the stream's info already.
+        Ok(found) => {
+            let have = found.cached_info().clone();
             if differs(&have.config, &want) {
                 let mut updated = have.config.clone();
                 updated.subjects = want.subjects.clone();
@@ -123,10 +120,9 @@ pub(super) fn no_jetstream(e: &jetstream::context::GetStreamError) -> bool {
 
 /// When the stream named `name` was created (see [`SetUp::created`]).
 pub(super) async fn created(js: &jetstream::Context, name: &str) -> Result<i128, HistoryError> {
-    let mut stream = js
+    let stream = js
         .get_stream(name)
         .await
         .map_err(|e| stream_error(name, e))?;
-    let info = stream.info().await.map_err(|e| stream_error(name, e))?;
-    Ok(info.created.unix_timestamp_nanos())
+    Ok(stream.cached_info().created.unix_timestamp_nanos())
 }

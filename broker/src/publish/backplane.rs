@@ -118,46 +118,42 @@ impl Backplane {
     }
 
     /// Publishes a prepared event to NATS. `Ok` means handed to a connected NATS
-    /// client.
+    /// client; with cluster history, stored in the stream ([`Backplane::store`]).
     pub(crate) async fn send(&self, out: Outgoing) -> Result<(), PublishError> {
-        let client = self.connection()?;
         if self.stored {
-            let ack = async_nats::jetstream::new(client.clone())
-                .publish_with_headers(out.subject, out.headers, out.payload)
-                .await
-                .map_err(|e| self.down(format!("history stream: {e}")))?;
-            return ack
-                .await
-                .map(drop)
-                .map_err(|e| self.down(format!("history stream: {e}")));
+            return self.store(vec![out]).await.map_err(|(_, _, e)| e);
         }
-        client
+        self.connection()?
             .publish_with_headers(out.subject, out.headers, out.payload)
             .await
             .map_err(|e| self.down(e.to_string()))
     }
-}
 
-impl Backplane {
-    /// Publishes prepared events in order. Into the history stream, every event is
-    /// sent before any acknowledgement is awaited (a batch costs about one round
-    /// trip, not one per event). `Err` carries the index of the first event that
-    /// failed and how many were accepted in all (with the stream, events after a
-    /// failed one may have been stored too).
+    /// Publishes prepared events in order. `Err` carries the index of the first
+    /// event that failed and how many were accepted in all (with the stream, events
+    /// after a failed one may have been stored too).
     pub(crate) async fn send_all(
         &self,
         outs: Vec<Outgoing>,
     ) -> Result<(), (usize, usize, PublishError)> {
-        if !self.stored {
-            for (i, out) in outs.into_iter().enumerate() {
-                self.send(out).await.map_err(|e| (i, i, e))?;
-            }
-            return Ok(());
+        if self.stored {
+            return self.store(outs).await;
         }
+        for (i, out) in outs.into_iter().enumerate() {
+            self.send(out).await.map_err(|e| (i, i, e))?;
+        }
+        Ok(())
+    }
+
+    /// Stores events in the history stream, in order: every event is sent before
+    /// any acknowledgement is awaited (a batch costs about one round trip, not one
+    /// per event). Errors as [`Backplane::send_all`]'s.
+    async fn store(&self, outs: Vec<Outgoing>) -> Result<(), (usize, usize, PublishError)> {
+        let refused = |e: &dyn std::fmt::Display| self.down(format!("history stream: {e}"));
         let client = self.connection().map_err(|e| (0, 0, e))?;
         let js = async_nats::jetstream::new(client.clone());
         let mut acks = Vec::with_capacity(outs.len());
-        let mut unsent = None;
+        let mut first = None;
         for (i, out) in outs.into_iter().enumerate() {
             match js
                 .publish_with_headers(out.subject, out.headers, out.payload)
@@ -165,12 +161,11 @@ impl Backplane {
             {
                 Ok(ack) => acks.push(ack),
                 Err(e) => {
-                    unsent = Some((i, self.down(format!("history stream: {e}"))));
+                    first = Some((i, refused(&e)));
                     break;
                 }
             }
         }
-        let mut first = unsent;
         let mut accepted = 0;
         for (i, ack) in futures_util::future::join_all(
             acks.into_iter().map(std::future::IntoFuture::into_future),
@@ -182,7 +177,7 @@ impl Backplane {
             match ack {
                 Ok(_) => accepted += 1,
                 Err(e) if first.as_ref().is_none_or(|(at, _)| i < *at) => {
-                    first = Some((i, self.down(format!("history stream: {e}"))));
+                    first = Some((i, refused(&e)));
                 }
                 Err(_) => {}
             }
