@@ -320,7 +320,7 @@ async fn the_api_needs_an_api_key_or_a_permitted_jwt() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_ticket_key_or_secret_reaches_the_logs_at_trace_level() -> Result<()> {
-    // Every crate at trace: actix-web, actix-ws, h1 parsing, Herald itself.
+    // Every crate at trace: actix-web, actix-http (h1 parsing), Herald itself.
     let broker = Broker::start_with_env(&jwt_config(""), &[("RUST_LOG", "trace")])?;
     let t = user("henry", &[">"], &[">"]);
     let ticket = herald_e2e::ticket(&broker, &t).await?;

@@ -878,12 +878,11 @@ async fn abandoned_connections_release_everything() -> Result<()> {
 
 /// A client that vanishes without a close frame (TCP FIN or reset) is counted as
 /// 1006 ("the connection ended without a close frame", `metrics.rs`), not as a
-/// protocol error: actix-http reports the cut as an incomplete payload, which the
-/// session must tell apart from a real protocol error (1002).
+/// protocol error: the session must tell the end of the stream in the middle of a
+/// frame apart from a real protocol error (1002).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// actix-ws reports the cut as `ProtocolError::Io` wrapping
-// `PayloadError::Incomplete`; the session tells it apart from a protocol error
-// (`peer_vanished` in broker/src/session/) and counts 1006.
+// The session's socket reads the end of the stream with a frame incomplete; the
+// pump counts that as 1006 (`Session::vanished` in broker/src/session/socket/).
 async fn vanished_clients_are_counted_as_1006() -> Result<()> {
     const N: usize = 10;
     let broker = Broker::start(&config("", ""))?;

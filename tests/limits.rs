@@ -992,8 +992,8 @@ async fn frame_errors_close_with_the_documented_codes() -> Result<()> {
             1009,
         ),
         (
-            // No extension is negotiated, so RSV1-3 must be 0 (Autobahn 3.x). actix-ws
-            // reports this with the same error kind as invalid UTF-8; it was 1007.
+            // No extension is negotiated, so RSV1-3 must be 0 (Autobahn 3.x). It was
+            // once reported as 1007 (actix-ws gave it the error kind of invalid UTF-8).
             "a frame with a reserved bit set",
             vec![with_rsv2(text(b"{\"op\":\"ping\"}".to_vec(), true))],
             1002,

@@ -311,6 +311,9 @@ impl Broker {
     /// them before it starts logging, so that their errors are reported like every
     /// other configuration error. Must be called inside a running actix system.
     pub fn start_with(config: Config, components: Components) -> Broker {
+        if config.session.compression == crate::config::Compression::Deflate {
+            crate::protocol::event::share_deflated_events();
+        }
         let shards = if config.server.shards == 0 {
             cores()
         } else {

@@ -69,4 +69,5 @@ pub use config::Config;
 pub use herald_bridges::topic;
 pub use herald_bridges::{BridgeEvent, Source};
 pub use http::not_found;
+pub use http::server::HttpServer;
 pub use publish::PublishError;

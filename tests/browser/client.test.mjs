@@ -157,6 +157,12 @@ test("for await over a subscription: replay, live events, its gap and lagged, an
   // Leaving the loop unsubscribed.
   await eventually(async () => assert.equal(await patternSubscribers(broker, "br.*"), 0));
   assert.equal(await page.evaluate(() => window.h.state), "open");
+  // Chromium offers permessage-deflate and the harness turns it on: the page's
+  // events above came compressed.
+  assert.ok(
+    broker.logs.some((l) => l.includes("session opened") && l.includes('compression="deflate"')),
+    "the page's session negotiated permessage-deflate",
+  );
   assert.deepEqual(problems, []);
 });
 

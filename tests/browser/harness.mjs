@@ -58,7 +58,9 @@ export async function startHerald({ env = {}, port, readyUrl, args = [] } = {}) 
   const herald = await startProcess("herald", HERALD_BIN, args, async () => {
     const res = await fetch(readyUrl ?? new URL("readyz", url));
     return res.status === 200;
-  }, { ...base, RUST_LOG: "info", HERALD_SERVER__LISTEN: `127.0.0.1:${port}`, ...env });
+  // Compression on, as a production deployment would have it: every page connects
+  // with permessage-deflate (the client test checks that it was negotiated).
+  }, { ...base, RUST_LOG: "info", HERALD_SERVER__LISTEN: `127.0.0.1:${port}`, HERALD_SESSION__COMPRESSION: "deflate", ...env });
   return {
     ...herald,
     url,

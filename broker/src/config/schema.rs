@@ -158,6 +158,21 @@ pub struct SessionConfig {
     /// Bound of a session actor's mailbox (wake-ups and shutdown; events travel
     /// through its byte-bounded inbox instead). Default 1024.
     pub mailbox_capacity: usize,
+    /// WebSocket compression: `none` (default) or `deflate` (permessage-deflate,
+    /// RFC 7692, with the clients that offer it).
+    pub compression: Compression,
+}
+
+/// `session.compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Frames go uncompressed, whatever the client offers.
+    #[default]
+    None,
+    /// permessage-deflate when the client offers it: each event is compressed once
+    /// and shared by every subscriber.
+    Deflate,
 }
 
 impl Default for SessionConfig {
@@ -173,6 +188,7 @@ impl Default for SessionConfig {
             rate_limit_per_s: 100,
             rate_limit_burst: 200,
             mailbox_capacity: 1024,
+            compression: Compression::None,
         }
     }
 }

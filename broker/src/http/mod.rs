@@ -11,6 +11,8 @@
 //! - `api.rs`: `POST /api/publish`, `GET /api/topics`, `POST /api/tickets`;
 //! - `health.rs`: `/healthz`, `/readyz`, `/metrics`;
 //! - `assets.rs`: the dashboard at `/`, `/herald.js`, `/asyncapi.json`;
+//! - `takeover.rs`, `server.rs`: the upgrade hook that hands a WebSocket's
+//!   connection to its session, and the server built with it;
 //! - `admission.rs`: the upgrade's checks and the connection limiter;
 //! - `forwarded.rs`: the client's address behind `server.trusted_proxies`;
 //! - `tls.rs`: the listener's certificate.
@@ -20,7 +22,9 @@ mod api;
 mod assets;
 pub(crate) mod forwarded;
 mod health;
+pub(crate) mod server;
 mod sse;
+mod takeover;
 pub(crate) mod tls;
 mod upgrade;
 

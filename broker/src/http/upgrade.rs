@@ -2,8 +2,13 @@
 //! written: subprotocol, Origin, capacity (`server.max_connections`, per IP), then
 //! credentials, so an upgrade refused for capacity never spends a ticket. The test-
 //! only `/echo` route is the same upgrade into a session in echo mode.
+//!
+//! Under [`crate::HttpServer`] (the `herald` binary) the session then takes the
+//! connection itself ([`super::takeover`]); under actix-web's own `HttpServer` it runs
+//! on the request's payload and the response's body ([`Dispatched`]).
 
 use actix::prelude::*;
+use actix_web::body::{BodyStream, BoxBody, MessageBody as _};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -16,8 +21,11 @@ use std::net::IpAddr;
 use super::admission::Permit;
 use crate::auth::{Identity, Upgrade};
 use crate::broker::Broker;
+use crate::config::Compression;
 use crate::metrics::{RefusedReason, METRICS};
 use crate::protocol::{ErrorCode, SUBPROTOCOL};
+use crate::session::socket::io::{Dispatched, Io};
+use crate::session::socket::{deflate, Deflate, Socket};
 use crate::session::{Session, Sink};
 
 /// Marks the test-only `/echo` resource (`server.conformance_echo`): the same
@@ -50,7 +58,7 @@ pub(super) async fn upgrade(
         ));
     }
     let admitted = admit(&req, &broker).await?;
-    let (mut response, ws, stream) = actix_ws::handle(&req, body).map_err(|e| {
+    let mut response = actix_http::ws::handshake(req.head()).map_err(|e| {
         ApiError::protocol(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
@@ -58,28 +66,83 @@ pub(super) async fn upgrade(
         )
     })?;
     if subprotocol == Subprotocol::Herald {
-        response.headers_mut().insert(
+        response.insert_header((
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(SUBPROTOCOL),
-        );
+        ));
     }
-    let max = broker.config().session.max_message_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
-    let broker = broker.get_ref().clone();
-    let echo = req.app_data::<EchoRoute>().is_some();
-    let Admitted {
-        identity,
-        ip,
-        permit,
-    } = admitted;
-    Session::create(move |ctx| {
-        ctx.add_stream(stream);
-        Session::new(broker, Sink::WebSocket(ws), identity, ip, permit).echo(echo)
-    });
-    Ok(response)
+    let deflate = match broker.config().session.compression {
+        Compression::None => None,
+        Compression::Deflate => deflate::negotiate(
+            req.headers()
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .filter_map(|v| v.to_str().ok()),
+        ),
+    };
+    if let Some(d) = deflate {
+        if let Ok(value) = HeaderValue::from_str(&d.response()) {
+            response.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, value));
+        }
+    }
+    let start = SessionStart {
+        broker: broker.get_ref().clone(),
+        admitted,
+        echo: req.app_data::<EchoRoute>().is_some(),
+        deflate,
+    };
+    let slot = actix_web::HttpMessage::extensions(&req)
+        .get::<super::takeover::Slot>()
+        .cloned();
+    let body = match slot {
+        // The hook writes the 101 and hands the connection to the session.
+        Some(slot) => {
+            slot.put(start);
+            BoxBody::new(())
+        }
+        None => {
+            let (io, body) = Dispatched::new(body.into_inner());
+            start.run(Box::new(io), bytes::BytesMut::new());
+            BodyStream::new(body).boxed()
+        }
+    };
+    let response = response.message_body(body).map_err(|e| {
+        ApiError::protocol(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("cannot answer the upgrade: {e}"),
+        )
+    })?;
+    Ok(response.into())
+}
+
+/// A session to start once its connection is handed over.
+pub(crate) struct SessionStart {
+    broker: Broker,
+    admitted: Admitted,
+    echo: bool,
+    deflate: Option<Deflate>,
+}
+
+impl SessionStart {
+    /// Starts the session on `io`; `early` holds bytes that came after the handshake.
+    pub(crate) fn run(self, io: Box<dyn Io>, early: bytes::BytesMut) {
+        let SessionStart {
+            broker,
+            admitted:
+                Admitted {
+                    identity,
+                    ip,
+                    permit,
+                },
+            echo,
+            deflate,
+        } = self;
+        let max = broker.config().session.max_message_bytes;
+        let socket = Socket::new(io, early, max, deflate);
+        Session::create(move |_| {
+            Session::new(broker, Sink::WebSocket(socket), identity, ip, permit).echo(echo)
+        });
+    }
 }
 
 /// 503 while the node shuts down (a new session would be closed at once), and

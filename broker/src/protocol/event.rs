@@ -1,23 +1,124 @@
 //! Event frames: the one serialization each event gets.
 //!
 //! A topic renders an event into a [`Frame`] once; every subscriber's queue holds a
-//! clone of the same `ByteString` (a reference count, no copy). The payload is
+//! clone of the same `ByteString` (a reference count, no copy), and, with
+//! permessage-deflate, the same compressed copy made once for all of them. The payload is
 //! embedded as JSON when it parses as JSON, as a JSON string when it is other UTF-8,
 //! and as `data_b64` otherwise (docs/protocol.md#event). History keeps the live frame;
 //! a replayed copy differs only by `"replay":true`, spliced in after the type field.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
+use bytes::Bytes;
 use bytestring::ByteString;
 use herald_bridges::Source;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 /// A serialized server message, shared by every connection that sends it.
-pub type Frame = ByteString;
+#[derive(Clone)]
+pub struct Frame {
+    text: ByteString,
+    /// Events under `session.compression = "deflate"`: the text compressed once, on
+    /// first need, for every subscriber with a 15-bit window (`None` inside: it does
+    /// not compress). Other frames (replies, notices) are one connection's own.
+    deflated: Option<Arc<OnceLock<Option<Bytes>>>>,
+}
 
-const EVENT_PREFIX: &str = r#"{"type":"event","#;
+/// Whether events get a shared compressed copy (`session.compression = "deflate"`
+/// on a broker of this process); set by [`crate::Broker::start`].
+static SHARED_DEFLATE: AtomicBool = AtomicBool::new(false);
+
+/// Turns the shared compressed copy of events on (see [`Frame`]).
+pub(crate) fn share_deflated_events() {
+    SHARED_DEFLATE.store(true, Ordering::Relaxed);
+}
+
+impl Frame {
+    /// A frame of static text (no compressed copy).
+    pub const fn from_static(text: &'static str) -> Self {
+        Frame {
+            text: ByteString::from_static(text),
+            deflated: None,
+        }
+    }
+
+    /// An event frame: with a shared compressed copy when compression is on.
+    fn event(text: String) -> Self {
+        Frame {
+            text: text.into(),
+            deflated: SHARED_DEFLATE
+                .load(Ordering::Relaxed)
+                .then(|| Arc::new(OnceLock::new())),
+        }
+    }
+
+    /// The text's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.text.as_bytes()
+    }
+
+    /// The text compressed with a `window_bits` window (permessage-deflate), or
+    /// `None` when that does not make it smaller. An event compressed for a 15-bit
+    /// window is compressed once and shared; anything else is compressed here.
+    pub(crate) fn deflated(&self, window_bits: u8) -> Option<Bytes> {
+        use crate::session::socket::deflate::{compress, MAX_WINDOW_BITS};
+        match &self.deflated {
+            Some(shared) if window_bits == MAX_WINDOW_BITS => shared
+                .get_or_init(|| compress(self.as_bytes(), window_bits))
+                .clone(),
+            _ => compress(self.as_bytes(), window_bits),
+        }
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Frame {}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.text.fmt(f)
+    }
+}
+
+impl From<ByteString> for Frame {
+    fn from(text: ByteString) -> Self {
+        Frame {
+            text,
+            deflated: None,
+        }
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Self {
+        ByteString::from(text).into()
+    }
+}
+
+impl From<&'static str> for Frame {
+    fn from(text: &'static str) -> Self {
+        Frame::from_static(text)
+    }
+}
+
+pub(crate) const EVENT_PREFIX: &str = r#"{"type":"event","#;
 
 #[derive(Serialize)]
 struct EventFrame<'a> {
@@ -95,7 +196,7 @@ pub fn render(meta: EventMeta<'_>, payload: &[u8]) -> Frame {
         headers: meta.headers,
     };
     // Serializing strings, numbers and already-valid raw JSON cannot fail.
-    serde_json::to_string(&frame).unwrap_or_default().into()
+    Frame::event(serde_json::to_string(&frame).unwrap_or_default())
 }
 
 /// The same event flagged `"replay":true`, for `last` and `resume`.
@@ -106,7 +207,7 @@ pub fn replay_of(frame: &Frame) -> Frame {
             s.push_str(EVENT_PREFIX);
             s.push_str(r#""replay":true,"#);
             s.push_str(rest);
-            s.into()
+            Frame::event(s)
         }
         None => frame.clone(),
     }

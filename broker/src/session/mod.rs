@@ -1,21 +1,24 @@
 //! The session actor: one per WebSocket connection (docs/protocol.md, sections 2–7).
 //!
-//! It owns the `actix_ws` writer, reads the client's messages as an actor stream,
-//! runs the JSON heartbeat and the rate limiter, keeps the connection's
-//! subscriptions, and writes frames from a byte-bounded [`Outbound`] queue. Topics
-//! deliver into its [`Inbox`], which it drains on each [`Wake`].
+//! On a WebSocket it owns the connection itself (`socket/`): it reads the client's
+//! messages in its own task and writes frames straight from a byte-bounded
+//! [`Outbound`] queue into the socket. It runs the JSON heartbeat and the rate
+//! limiter and keeps the connection's subscriptions. Topics deliver into its
+//! [`Inbox`], which it drains on each [`Wake`].
 //!
-//! Writing: at most one write is in flight per connection. It takes every queued
-//! frame at once (writes coalesce under load) and feeds them into the socket; frames
-//! arriving meanwhile wait in the queue, counted against its bound. A client that
-//! stops reading therefore costs at most its queue bound, never more: events past it
-//! are dropped and reported as `lagged`, or the connection is closed with 4009.
+//! Writing: whatever is queued goes into the socket at once, many frames per
+//! system call; what the socket cannot take stays queued, counted against the
+//! queue's bound, until it is writable again. A client that stops reading therefore
+//! costs at most its queue bound, never more: events past it are dropped and
+//! reported as `lagged`, or the connection is closed with 4009.
 //!
 //! ## Layout
 //! - this file: the actor, its lifecycle, heartbeat and the frames it reads;
 //! - `ops.rs`: what a client message asks for (subscribe, publish, auth, …);
 //! - `replay.rs`: which history each subscribe replays (pure);
-//! - `writer.rs`: the writer state, the single write in flight, and closing;
+//! - `socket/`: the WebSocket connection the session owns: reading, framing,
+//!   writing, closing, permessage-deflate;
+//! - `writer.rs`: the writer state, SSE's single write in flight, and closing;
 //! - `inbox.rs`, `outbound.rs`, `ratelimit.rs`: the byte-bounded inbox topics
 //!   deliver into, the outbound queue, the per-connection rate limit.
 //!
@@ -29,6 +32,7 @@ mod ops;
 pub(crate) mod outbound;
 pub(crate) mod ratelimit;
 mod replay;
+pub(crate) mod socket;
 pub(crate) mod sse;
 mod writer;
 
@@ -38,10 +42,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::AggregatedMessage;
 use bytes::Bytes;
 use bytestring::ByteString;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::auth::Identity;
 use crate::broker::Broker;
@@ -52,10 +55,11 @@ use crate::topic::Pattern;
 use crate::topics::message::{Shutdown, Subscriber};
 use inbox::{Inbox, Wake};
 pub(crate) use ops::check_patterns;
-use outbound::{Outbound, Outgoing};
+use outbound::Outbound;
 use ratelimit::RateLimiter;
+use socket::Socket;
 pub(crate) use writer::Sink;
-use writer::{Writer, CLOSE_TIMEOUT};
+use writer::Writer;
 
 /// What an event stream subscribes to when it opens (`GET /sse`).
 #[derive(Debug)]
@@ -71,7 +75,7 @@ static PING: ByteString = ByteString::from_static(r#"{"type":"ping"}"#);
 /// Most WebSocket Pings waiting for their Pong. Past it the oldest is not answered
 /// (RFC 6455 5.5.3 allows answering only the latest), so a client that pings but
 /// never reads costs a bounded amount.
-const MAX_PENDING_PONGS: usize = 16;
+pub(crate) const MAX_PENDING_PONGS: usize = 16;
 
 /// Number of the next session (process-unique; the dedup key topics use).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -85,8 +89,10 @@ pub(crate) struct Session {
     broker: Broker,
     /// Who the client is; `None` until authenticated (auth on, first-message auth).
     identity: Option<Identity>,
-    /// Handle used to send the close frame (consumed by `close`).
-    closer: Option<Sink>,
+    /// Over SSE: the sender of the final `close` message (consumed by `close`).
+    closer: Option<sse::SseSink>,
+    /// On a WebSocket: the connection, which the session reads and writes itself.
+    socket: Option<Socket>,
     /// Over SSE: what the stream has delivered, for its resume ids.
     sse: Option<sse::Positions>,
     /// Where writing stands: idle with the writer, a write in flight, or closing.
@@ -143,9 +149,19 @@ impl Session {
             inbox: Inbox::new(out.budget().clone()),
             out,
             limiter: RateLimiter::new(cfg.rate_limit_per_s, cfg.rate_limit_burst),
-            writer: Writer::Idle(sink.clone()),
             sse: matches!(sink, Sink::Sse(_)).then(|| sse::Positions::new(broker.epoch(), None)),
-            closer: Some(sink),
+            writer: match &sink {
+                Sink::WebSocket(_) => Writer::Socket,
+                Sink::Sse(tx) => Writer::Idle(tx.clone()),
+            },
+            closer: match &sink {
+                Sink::Sse(tx) => Some(tx.clone()),
+                Sink::WebSocket(_) => None,
+            },
+            socket: match sink {
+                Sink::WebSocket(socket) => Some(socket),
+                Sink::Sse(_) => None,
+            },
             pending_pongs: VecDeque::new(),
             subscriptions: BTreeSet::new(),
             me: None,
@@ -287,21 +303,6 @@ impl Session {
     }
 }
 
-/// Whether a stream error means the client's connection ended without a close frame.
-fn peer_vanished(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<actix_web::error::PayloadError>())
-        .is_some_and(|p| matches!(p, actix_web::error::PayloadError::Incomplete(_)))
-}
-
-/// Whether an actix-ws stream error is invalid UTF-8 in a text message (close 1007).
-/// actix-ws reports it as `InvalidData` carrying the `Utf8Error` (one frame) or its
-/// text (joined fragments). A frame with reserved bits set is `InvalidData` too, but
-/// a protocol error (1002). tests/limits.rs pins both mappings.
-fn is_invalid_utf8(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::InvalidData && e.to_string().contains("utf-8")
-}
-
 impl Actor for Session {
     type Context = Context<Self>;
 
@@ -318,13 +319,17 @@ impl Actor for Session {
             .sessions()
             .insert(self.id, ctx.address().recipient());
         let subject = self.identity.as_ref().and_then(|i| i.subject.as_deref());
-        info!(session = %self.name, ip = ?self.ip, subject = subject.unwrap_or("-"), "session opened");
+        let compression = self.socket.as_ref().map_or("none", Socket::compression);
+        info!(session = %self.name, ip = ?self.ip, subject = subject.unwrap_or("-"), compression, "session opened");
         // Upgraded while shutdown began: shutdown's walk of the directory may have
         // missed this session, but the flag was set before that walk.
         if self.broker.is_shutting_down() {
             return self.close(ctx, close::GOING_AWAY, "server shutting down");
         }
-        if let Some(Sink::Sse(tx)) = &self.closer {
+        if self.socket.is_some() {
+            ctx.spawn(socket::Pump);
+        }
+        if let Some(tx) = &self.closer {
             // The client went away: the response body (the receiver) is dropped.
             let tx = tx.clone();
             let gone = async move { tx.closed().await };
@@ -361,81 +366,6 @@ impl Actor for Session {
         // session does as it stops (its log line included) comes before shutdown
         // moves on to the bridges.
         self.broker.sessions().remove(self.id);
-    }
-}
-
-impl StreamHandler<Result<AggregatedMessage, actix_ws::ProtocolError>> for Session {
-    fn handle(
-        &mut self,
-        item: Result<AggregatedMessage, actix_ws::ProtocolError>,
-        ctx: &mut Self::Context,
-    ) {
-        if self.closing() {
-            return;
-        }
-        match item {
-            Ok(AggregatedMessage::Text(text)) if self.echo => self.echo_back(text.into(), ctx),
-            Ok(AggregatedMessage::Binary(data)) if self.echo => {
-                self.echo_back(Outgoing::Binary(data), ctx)
-            }
-            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
-            Ok(AggregatedMessage::Binary(_)) => {
-                return self.close(ctx, close::UNSUPPORTED, "binary frames are not supported");
-            }
-            Ok(AggregatedMessage::Ping(payload)) => {
-                if self.pending_pongs.len() == MAX_PENDING_PONGS {
-                    self.pending_pongs.pop_front();
-                }
-                self.pending_pongs.push_back(payload);
-            }
-            // WebSocket Pongs say nothing about the application (docs/protocol.md#5-heartbeats-and-timeouts).
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(reason)) => {
-                let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
-                self.writer = Writer::Closing;
-                self.close_code = code;
-                if let Some(Sink::WebSocket(ws)) = self.closer.take() {
-                    actix_rt::spawn(async move {
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(reason)).await;
-                    });
-                }
-                return ctx.stop();
-            }
-            Err(actix_ws::ProtocolError::Overflow) => {
-                return self.close(ctx, close::TOO_BIG, "message too big");
-            }
-            // actix-ws reports joined fragments over the limit only as this I/O
-            // error; tests/limits.rs pins the mapping to 1009.
-            Err(actix_ws::ProtocolError::Io(e))
-                if e.kind() == std::io::ErrorKind::Other
-                    && e.to_string().contains("maximum continuation size") =>
-            {
-                return self.close(ctx, close::TOO_BIG, "message too big");
-            }
-            Err(actix_ws::ProtocolError::Io(e)) if is_invalid_utf8(&e) => {
-                return self.close(ctx, close::INVALID_UTF8, "invalid UTF-8");
-            }
-            // The peer went away mid-frame (no close frame): 1006, not a protocol
-            // error; there is nobody to send a close frame to.
-            Err(actix_ws::ProtocolError::Io(e)) if peer_vanished(&e) => {
-                self.writer = Writer::Closing;
-                self.close_code = 1006;
-                return ctx.stop();
-            }
-            Err(e) => {
-                debug!(session = %self.name, error = %e, "protocol error");
-                return self.close(ctx, close::PROTOCOL, "protocol error");
-            }
-        }
-        self.flush(ctx);
-    }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        if !self.closing() {
-            self.writer = Writer::Closing;
-            self.close_code = 1006;
-        }
-        ctx.stop();
     }
 }
 

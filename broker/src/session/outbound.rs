@@ -26,24 +26,64 @@ use crate::session::inbox::Budget;
 
 /// A message waiting to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outgoing {
+pub(crate) enum Outgoing {
     /// A text frame: every event, reply and notice (shared, never copied).
     Text(Frame),
     /// A binary frame: only an echo session sends these.
     Binary(Bytes),
+    /// The answer to a client's Ping (WebSocket only; not counted in the budget:
+    /// at most `MAX_PENDING_PONGS` of at most 125 bytes).
+    Pong(Bytes),
+    /// The close frame's payload (WebSocket only; last, not counted in the budget).
+    Close(Bytes),
 }
 
 impl Outgoing {
-    /// Payload bytes, what the queue bound counts.
-    pub fn len(&self) -> usize {
+    /// Payload bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.payload().len()
+    }
+
+    /// The payload as written uncompressed.
+    pub(crate) fn payload(&self) -> &[u8] {
         match self {
-            Outgoing::Text(frame) => frame.len(),
-            Outgoing::Binary(bytes) => bytes.len(),
+            Outgoing::Text(frame) => frame.as_bytes(),
+            Outgoing::Binary(b) | Outgoing::Pong(b) | Outgoing::Close(b) => b,
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Bytes it holds of the connection's budget.
+    pub(crate) fn budgeted(&self) -> usize {
+        match self {
+            Outgoing::Text(_) | Outgoing::Binary(_) => self.len(),
+            Outgoing::Pong(_) | Outgoing::Close(_) => 0,
+        }
+    }
+
+    /// Whether it is an event (what `herald_events_delivered_total` counts).
+    pub(crate) fn is_event(&self) -> bool {
+        matches!(self, Outgoing::Text(t) if crate::protocol::event::is_event(t))
+    }
+
+    /// Its WebSocket opcode.
+    pub(crate) fn opcode(&self) -> crate::session::socket::OpCode {
+        use crate::session::socket::OpCode;
+        match self {
+            Outgoing::Text(_) => OpCode::Text,
+            Outgoing::Binary(_) => OpCode::Binary,
+            Outgoing::Pong(_) => OpCode::Pong,
+            Outgoing::Close(_) => OpCode::Close,
+        }
+    }
+
+    /// The payload compressed with a `window_bits` window (permessage-deflate), when
+    /// that makes it smaller; control frames are never compressed.
+    pub(crate) fn deflated(&self, window_bits: u8) -> Option<Bytes> {
+        match self {
+            Outgoing::Text(frame) => frame.deflated(window_bits),
+            Outgoing::Binary(b) => crate::session::socket::deflate::compress(b, window_bits),
+            Outgoing::Pong(_) | Outgoing::Close(_) => None,
+        }
     }
 }
 
@@ -53,12 +93,9 @@ impl From<Frame> for Outgoing {
     }
 }
 
-impl From<Outgoing> for actix_ws::Message {
-    fn from(out: Outgoing) -> Self {
-        match out {
-            Outgoing::Text(frame) => actix_ws::Message::Text(frame),
-            Outgoing::Binary(bytes) => actix_ws::Message::Binary(bytes),
-        }
+impl From<bytestring::ByteString> for Outgoing {
+    fn from(text: bytestring::ByteString) -> Self {
+        Outgoing::Text(text.into())
     }
 }
 
@@ -84,8 +121,6 @@ pub(crate) struct Outbound {
     disconnect_when_full: bool,
     /// Events dropped since the last `lagged` notice.
     dropped: u64,
-    /// Event frames (not replies or notices) among the queued frames.
-    events: u64,
 }
 
 impl Outbound {
@@ -95,7 +130,6 @@ impl Outbound {
             budget: Arc::new(Budget::new(max_bytes)),
             disconnect_when_full,
             dropped: 0,
-            events: 0,
         }
     }
 
@@ -115,7 +149,6 @@ impl Outbound {
 
     /// Queues a live event whose bytes a topic already reserved.
     pub(crate) fn push_reserved(&mut self, frame: Frame) {
-        self.events += 1;
         self.frames.push_back(Outgoing::Text(frame));
     }
 
@@ -143,33 +176,40 @@ impl Outbound {
     /// Events dropped since the last notice, if the queue has room again for a
     /// notice; resets the count. The caller sends `{"type":"lagged","dropped":n}`.
     pub(crate) fn take_lagged(&mut self) -> Option<u64> {
-        // "Room again": at most half full, so the notice is not followed by another
-        // drop straight away (one notice per overflow episode).
-        if self.dropped > 0 && self.budget.held() <= self.budget.max() / 2 {
-            Some(std::mem::take(&mut self.dropped))
-        } else {
-            None
-        }
+        self.lagged_due().then(|| std::mem::take(&mut self.dropped))
     }
 
-    /// Takes every queued frame for one coalesced write, with the number of event
-    /// frames among them. Their bytes stay counted until [`Outbound::written`] says
-    /// the writer is done with them.
-    pub(crate) fn take_batch(&mut self) -> (Vec<Outgoing>, u64) {
-        (
-            self.frames.drain(..).collect(),
-            std::mem::take(&mut self.events),
-        )
+    /// Whether a `lagged` notice is due: events were dropped and there is room
+    /// again, at most half full, so that the notice is not followed by another drop
+    /// straight away (one notice per overflow episode).
+    pub(crate) fn lagged_due(&self) -> bool {
+        self.dropped > 0 && self.budget.held() <= self.budget.max() / 2
     }
 
-    /// Takes the first queued frame (for a writer that bounds its writes itself);
-    /// its bytes stay counted like [`Outbound::take_batch`]'s.
+    /// The queued frames, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Outgoing> {
+        self.frames.iter()
+    }
+
+    /// The oldest queued frame.
+    pub(crate) fn front(&self) -> Option<&Outgoing> {
+        self.frames.front()
+    }
+
+    /// Queues a Pong ahead of everything (WebSocket; outside the budget).
+    pub(crate) fn push_front_unbudgeted(&mut self, frame: Outgoing) {
+        self.frames.push_front(frame);
+    }
+
+    /// Queues the close frame after everything (WebSocket; outside the budget).
+    pub(crate) fn push_back_unbudgeted(&mut self, frame: Outgoing) {
+        self.frames.push_back(frame);
+    }
+
+    /// Takes the first queued frame; its bytes stay counted until
+    /// [`Outbound::written`] says the writer is done with them.
     pub(crate) fn pop_front(&mut self) -> Option<Outgoing> {
-        let frame = self.frames.pop_front()?;
-        if matches!(&frame, Outgoing::Text(t) if crate::protocol::event::is_event(t)) {
-            self.events = self.events.saturating_sub(1);
-        }
-        Some(frame)
+        self.frames.pop_front()
     }
 
     /// The writer finished a batch of `bytes`.
@@ -192,8 +232,17 @@ impl Outbound {
 mod tests {
     use super::*;
 
+    /// An event frame of `n` bytes.
     fn frame(n: usize) -> Frame {
-        "x".repeat(n).into()
+        let prefix = crate::protocol::event::EVENT_PREFIX;
+        format!("{prefix}{}", "x".repeat(n.saturating_sub(prefix.len()))).into()
+    }
+
+    /// Takes every queued frame, as a writer would, with the events among them.
+    fn take_all(q: &mut Outbound) -> (Vec<Outgoing>, u64) {
+        let frames: Vec<Outgoing> = std::iter::from_fn(|| q.pop_front()).collect();
+        let events = frames.iter().filter(|f| f.is_event()).count() as u64;
+        (frames, events)
     }
 
     #[test]
@@ -205,7 +254,7 @@ mod tests {
         assert_eq!(q.push_event(frame(1)), Push::Dropped);
         assert_eq!(q.bytes(), 100);
         assert_eq!(q.take_lagged(), None, "no room yet");
-        let (batch, events) = q.take_batch();
+        let (batch, events) = take_all(&mut q);
         assert_eq!((batch.len(), events), (2, 2));
         assert_eq!(q.bytes(), 100, "in-flight bytes still count");
         q.written(100);
@@ -238,7 +287,7 @@ mod tests {
         q.push_reserved(frame(70));
         assert_eq!(q.bytes(), 70);
         assert_eq!(q.push_event(frame(40)), Push::Dropped);
-        let (batch, events) = q.take_batch();
+        let (batch, events) = take_all(&mut q);
         assert_eq!((batch.len(), events), (1, 1));
         q.written(70);
         assert_eq!(q.bytes(), 0);
@@ -260,7 +309,7 @@ mod tests {
         assert_eq!(q.push_event(frame(100)), Push::Queued);
         assert_eq!(q.push_control(binary(90)), Push::Queued);
         assert_eq!(q.push_control(binary(20)), Push::Close(4009));
-        let (batch, events) = q.take_batch();
+        let (batch, events) = take_all(&mut q);
         assert_eq!(events, 1, "an echo is not an event");
         assert_eq!(batch, vec![Outgoing::Text(frame(100)), binary(90)]);
         assert_eq!(q.bytes(), 190);

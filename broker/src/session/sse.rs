@@ -248,7 +248,7 @@ mod tests {
     fn text(frames: &[&str], positions: &mut Positions) -> String {
         let mut frames = frames
             .iter()
-            .map(|f| Outgoing::Text(bytestring::ByteString::from(*f)));
+            .map(|f| Outgoing::Text(bytestring::ByteString::from(*f).into()));
         let (chunk, _, _) = chunk(|| frames.next(), positions);
         String::from_utf8(chunk.to_vec()).expect("utf-8")
     }
@@ -336,10 +336,13 @@ mod tests {
     fn a_chunk_stops_at_its_bound_and_leaves_the_rest_queued() {
         let mut frames: std::collections::VecDeque<Outgoing> = (0..5000)
             .map(|i| {
-                Outgoing::Text(bytestring::ByteString::from(format!(
-                    r#"{{"type":"event","topic":"t{}","seq":{i},"ts":1,"source":"http","data":1}}"#,
-                    i % 40
-                )))
+                Outgoing::Text(
+                    format!(
+                        r#"{{"type":"event","topic":"t{}","seq":{i},"ts":1,"source":"http","data":1}}"#,
+                        i % 40
+                    )
+                    .into(),
+                )
             })
             .collect();
         let mut p = Positions::new("ep", None);

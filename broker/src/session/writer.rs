@@ -1,20 +1,20 @@
-//! Writing to the client: at most one write in flight, taking every queued frame at
-//! once (writes coalesce under load); the Pongs owed go first. While a write is in
-//! flight, frames wait in the byte-bounded [`Outbound`] queue. [`Writer`] says where
+//! Writing to the client. On a WebSocket the session's own socket writes as soon as
+//! something is queued (`socket/mod.rs`). Over SSE at most one write is in flight,
+//! taking one chunk of queued frames at a time; frames arriving meanwhile wait in the
+//! byte-bounded [`Outbound`](super::outbound::Outbound) queue. [`Writer`] says where
 //! the connection's writing stands; `close` sends the close frame (over SSE: a final
 //! `close` message, then the end of the stream) after what is queued, bounded by
-//! [`CLOSE_TIMEOUT`]. [`Sink`] is the one place where the two transports differ.
+//! [`CLOSE_TIMEOUT`].
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::{CloseCode, CloseReason, Message as WsMessage};
 use bytes::Bytes;
-use futures_util::SinkExt as _;
 use tracing::debug;
 
 use super::outbound::{Outgoing, Push};
+use super::socket::Socket;
+use super::sse::SseSink;
 use super::Session;
 use crate::metrics::{DropReason, METRICS};
 use crate::protocol::event::Frame;
@@ -24,70 +24,35 @@ use crate::topics::message::Deliver;
 /// Longest time a close frame may take to reach a client that does not read.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where a session's messages go.
-#[derive(Clone)]
+/// What a session writes to.
 pub(crate) enum Sink {
-    /// A WebSocket: one text frame per message.
-    WebSocket(actix_ws::Session),
+    /// A WebSocket: one frame per message, on the session's own socket.
+    WebSocket(Socket),
     /// A Server-Sent Events response body: chunks of `data:` messages.
-    Sse(super::sse::SseSink),
+    Sse(SseSink),
 }
 
-/// What one write carries.
-enum Batch {
-    WebSocket {
-        pongs: VecDeque<Bytes>,
-        frames: Vec<Outgoing>,
-    },
-    Sse(Bytes),
+/// Writes one SSE chunk; `Err` when the client is gone.
+async fn send_chunk(tx: &SseSink, chunk: Bytes) -> Result<(), ()> {
+    tx.send(chunk).await.map_err(drop)
 }
 
-impl Sink {
-    /// Writes `batch`; `Err` when the client is gone.
-    async fn write(&mut self, batch: Batch) -> Result<(), ()> {
-        match (self, batch) {
-            (Sink::WebSocket(ws), Batch::WebSocket { pongs, frames }) => {
-                for payload in pongs {
-                    ws.pong(&payload).await.map_err(drop)?;
-                }
-                for frame in frames {
-                    ws.feed(WsMessage::from(frame)).await.map_err(drop)?;
-                }
-                ws.flush().await.map_err(drop)
-            }
-            (Sink::Sse(tx), Batch::Sse(chunk)) => tx.send(chunk).await.map_err(drop),
-            // A sink only ever gets batches made for it (`Session::batch`).
-            _ => Err(()),
-        }
-    }
-
-    /// Ends the connection with `code`: a close frame, or a final `close` message
-    /// and the end of the stream.
-    async fn close(self, code: u16, why: &'static str) {
-        match self {
-            Sink::WebSocket(ws) => {
-                let reason = CloseReason {
-                    code: CloseCode::from(code),
-                    description: Some(why.to_owned()),
-                };
-                let _ = ws.close(Some(reason)).await;
-            }
-            Sink::Sse(tx) => {
-                let last = ServerMessage::Close { code, reason: why }.to_frame();
-                let mut chunk = bytes::BytesMut::new();
-                super::sse::encode_plain(&mut chunk, &last);
-                // Dropping the sender then ends the response body.
-                let _ = tx.send(chunk.freeze()).await;
-            }
-        }
-    }
+/// Ends an event stream with a final `close` message.
+async fn end_stream(tx: SseSink, code: u16, why: &'static str) {
+    let last = ServerMessage::Close { code, reason: why }.to_frame();
+    let mut chunk = bytes::BytesMut::new();
+    super::sse::encode_plain(&mut chunk, &last);
+    // Dropping the sender then ends the response body.
+    let _ = tx.send(chunk.freeze()).await;
 }
 
 /// Where a connection's writing stands.
 pub(super) enum Writer {
-    /// No write in flight: the sink is here.
-    Idle(Sink),
-    /// A write is in flight and holds the writer; it comes back when the write
+    /// A WebSocket: its socket (`Session::socket`) writes whenever frames are queued.
+    Socket,
+    /// SSE, no write in flight: the sink is here.
+    Idle(SseSink),
+    /// SSE, a write is in flight and holds the sink; it comes back when the write
     /// completes (or is abandoned with the connection).
     Writing(SpawnHandle),
     /// Closing, or the connection is gone: nothing more is written.
@@ -165,8 +130,8 @@ impl Session {
         self.control(frame, ctx);
     }
 
-    /// Starts a write of everything queued, unless one is in flight (then its
-    /// completion calls this again).
+    /// Writes what is queued: on a WebSocket at once, over SSE unless a write is in
+    /// flight (then its completion calls this again). Reports drops as `lagged` first.
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.closing() {
             return;
@@ -185,26 +150,34 @@ impl Session {
                 return;
             }
         }
-        if self.out.is_empty() && self.pending_pongs.is_empty() {
+        if self.socket.is_some() {
+            self.write_now(ctx);
+            // Writing made room: a `lagged` notice may be due now.
+            if self.out.lagged_due() && !self.closing() {
+                self.flush(ctx);
+            }
             return;
         }
-        let mut writer = match std::mem::replace(&mut self.writer, Writer::Closing) {
-            Writer::Idle(writer) => writer,
+        if self.out.is_empty() {
+            return;
+        }
+        let tx = match std::mem::replace(&mut self.writer, Writer::Closing) {
+            Writer::Idle(tx) => tx,
             // A write in flight calls this again when it completes.
             busy => {
                 self.writer = busy;
                 return;
             }
         };
-        let (batch, bytes, events) = self.batch(&writer);
+        let (chunk, bytes, events) = self.sse_chunk();
         let write = async move {
-            writer.write(batch).await?;
-            Ok::<_, ()>(writer)
+            send_chunk(&tx, chunk).await?;
+            Ok::<_, ()>(tx)
         };
         let handle = ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
             match result {
-                Ok(writer) => {
-                    act.writer = Writer::Idle(writer);
+                Ok(tx) => {
+                    act.writer = Writer::Idle(tx);
                     act.out.written(bytes);
                     METRICS.delivered(events);
                     act.flush(ctx);
@@ -220,28 +193,16 @@ impl Session {
         self.writer = Writer::Writing(handle);
     }
 
-    /// The next write for `sink`, with the bytes of the frames it takes and how
-    /// many were events: on a WebSocket every queued frame, after the Pongs owed;
-    /// over SSE one chunk of at most [`super::sse::MAX_CHUNK_BYTES`], its events with
-    /// their resume ids (the rest waits for the next write).
-    fn batch(&mut self, sink: &Sink) -> (Batch, usize, u64) {
-        match sink {
-            Sink::WebSocket(_) => {
-                let (frames, events) = self.out.take_batch();
-                let bytes = frames.iter().map(Outgoing::len).sum();
-                let pongs = std::mem::take(&mut self.pending_pongs);
-                (Batch::WebSocket { pongs, frames }, bytes, events)
-            }
-            Sink::Sse(_) => {
-                let epoch = self.broker.epoch();
-                let positions = self
-                    .sse
-                    .get_or_insert_with(|| super::sse::Positions::new(epoch, None));
-                let out = &mut self.out;
-                let (chunk, bytes, events) = super::sse::chunk(|| out.pop_front(), positions);
-                (Batch::Sse(chunk), bytes, events)
-            }
-        }
+    /// The next SSE write: one chunk of at most [`super::sse::MAX_CHUNK_BYTES`], its
+    /// events with their resume ids (the rest waits for the next write), with the
+    /// bytes of the frames it takes and how many were events.
+    fn sse_chunk(&mut self) -> (Bytes, usize, u64) {
+        let epoch = self.broker.epoch();
+        let positions = self
+            .sse
+            .get_or_insert_with(|| super::sse::Positions::new(epoch, None));
+        let out = &mut self.out;
+        super::sse::chunk(|| out.pop_front(), positions)
     }
 
     /// Closes the connection with `code` and stops the actor.
@@ -250,35 +211,35 @@ impl Session {
             return;
         }
         self.close_code = code;
-        let writer = match std::mem::replace(&mut self.writer, Writer::Closing) {
-            Writer::Idle(writer) => Some(writer),
+        let writer = std::mem::replace(&mut self.writer, Writer::Closing);
+        if self.socket.is_some() {
+            return self.close_socket(ctx, code, why);
+        }
+        let Some(closer) = self.closer.take() else {
+            return ctx.stop();
+        };
+        let idle = match writer {
+            Writer::Idle(tx) => Some(tx),
             // A write stuck on a client that does not read would delay the close
-            // frame forever; what it held is abandoned with the connection.
+            // forever; what it held is abandoned with the connection.
             Writer::Writing(handle) => {
                 ctx.cancel_future(handle);
                 None
             }
-            Writer::Closing => None,
+            Writer::Socket | Writer::Closing => None,
         };
-        // With no write in flight, replies already queued (an `error`, a `pong`) go
-        // out before the close frame, bounded by the same timeout.
-        if let Some(sink) = self.closer.take() {
-            let batch = writer.as_ref().map(|w| self.batch(w).0);
-            // The actor (and with it the inbound stream) stays alive until the close
-            // frame is written: dropping the stream first stalls actix-http's
-            // dispatcher for most of a second before it writes the frame.
-            let goodbye = async move {
-                if let (Some(mut writer), Some(batch)) = (writer, batch) {
-                    if writer.write(batch).await.is_err() {
-                        return;
-                    }
+        // With no write in flight, replies already queued (an `error`) go out before
+        // the final message, bounded by the same timeout.
+        let queued = idle.map(|tx| (tx, self.sse_chunk().0));
+        let goodbye = async move {
+            if let Some((tx, chunk)) = queued {
+                if send_chunk(&tx, chunk).await.is_err() {
+                    return;
                 }
-                sink.close(code, why).await;
-            };
-            let goodbye = tokio::time::timeout(CLOSE_TIMEOUT, goodbye);
-            ctx.spawn(goodbye.into_actor(self).map(|_, _, ctx| ctx.stop()));
-            return;
-        }
-        ctx.stop();
+            }
+            end_stream(closer, code, why).await;
+        };
+        let goodbye = tokio::time::timeout(CLOSE_TIMEOUT, goodbye);
+        ctx.spawn(goodbye.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
 }

@@ -10,11 +10,11 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::KeepAlive;
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{App, HttpServer};
+use actix_web::App;
 use tracing::{debug, info, warn};
 
 use herald::config::{Config, Origin};
-use herald::{Broker, Components};
+use herald::{Broker, Components, HttpServer};
 
 /// One access-log line per request. Only the path is logged, never the query
 /// string: it may carry a ticket.
@@ -85,6 +85,8 @@ pub(crate) async fn run(config: Config, components: Components) -> anyhow::Resul
     };
     let broker = Broker::start_with(config, components);
     let app_broker = broker.clone();
+    // Herald's server, not actix-web's: its upgrade hook lets every WebSocket
+    // session own its connection (docs/architecture.md).
     let server = HttpServer::new(move || {
         App::new()
             .wrap(from_fn(access_log))
@@ -99,7 +101,7 @@ pub(crate) async fn run(config: Config, components: Components) -> anyhow::Resul
     let cfg = broker.config();
     let tls = broker.tls();
     let server = if let Some(tls_config) = &tls {
-        server.bind_rustls_0_23(addr, (**tls_config).clone())
+        server.bind_rustls(addr, (**tls_config).clone())
     } else {
         server.bind(addr)
     }
@@ -116,7 +118,7 @@ pub(crate) async fn run(config: Config, components: Components) -> anyhow::Resul
         None => None,
         Some(admin_addr) => {
             let admin_broker = broker.clone();
-            let server = HttpServer::new(move || {
+            let server = actix_web::HttpServer::new(move || {
                 App::new()
                     .wrap(from_fn(access_log))
                     .configure(admin_broker.configure_admin())
