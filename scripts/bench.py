@@ -37,6 +37,10 @@ Scenarios:
      backplane is the feed nats-server (then with JetStream), 100 connections over
      10 topics; offered load stepped like a. Its servers are always herald-bp and
      herald-bp-js (--servers does not apply).
+  f  permessage-deflate: as a, with 350-byte realistic JSON payloads (`--realistic`)
+     and clients that offer permessage-deflate (`--deflate`), against Herald without
+     (`herald`) and with (`herald-deflate`) `session.compression = "deflate"`: the
+     bytes on the wire and the core per delivery. Its servers are always those two.
 
 Every figure is the median of --runs runs (default 3). Raw results (one JSON summary
 per tool run) and every process's log stay in target/bench/. Needs Python 3.11+ (stdlib),
@@ -65,18 +69,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVERS = ["herald", "herald-sse", "nats-ws", "ws-broadcast"]
 # Scenario e's two configurations of one Herald node (its own server list).
 BACKPLANE_SERVERS = ["herald-bp", "herald-bp-js"]
+# Scenario f's: Herald without and with `session.compression = "deflate"`.
+DEFLATE_SERVERS = ["herald", "herald-deflate"]
 LABELS = {"herald": "Herald", "herald-sse": "Herald (SSE)", "nats-ws": "nats-server (WebSocket)",
           "ws-broadcast": "ws-broadcast (reference)", "herald-bp": "Herald, backplane",
-          "herald-bp-js": "Herald, backplane + cluster history"}
+          "herald-bp-js": "Herald, backplane + cluster history",
+          "herald-deflate": "Herald, permessage-deflate"}
 COLORS = {"herald": "#d62728", "herald-sse": "#ff7f0e", "nats-ws": "#1f77b4", "ws-broadcast": "#2ca02c",
-          "herald-bp": "#d62728", "herald-bp-js": "#9467bd"}
+          "herald-bp": "#d62728", "herald-bp-js": "#9467bd", "herald-deflate": "#8c564b"}
 
 # The project's performance targets, against nats-server's WebSocket listener in the same run.
-TARGET_THROUGHPUT_RATIO = 2.0
-TARGET_P50_MS = 1.0
+TARGET_THROUGHPUT_RATIO = 3.0
+TARGET_P50_MS = 2.0
 TARGET_P99_MS = 10.0
-TARGET_LATENCY_LOAD = 50_000
-TARGET_BYTES_PER_CONN = 6_000
+TARGET_LATENCY_LOAD = 200_000
+TARGET_BYTES_PER_CONN = 4_000
+# Core time per delivery, against ws-broadcast (the featureless reference), at this load.
+TARGET_CORE_LOAD = 50_000
 
 FULL = {
     "a": {"connections": 5000, "topics": 100, "steps": [10_000, 25_000, 50_000, 100_000, 150_000,
@@ -87,6 +96,7 @@ FULL = {
     "d": {"connections": 10_000, "concurrency": 500},
     "e": {"connections": 100, "topics": 10, "steps": [10_000, 25_000, 50_000, 100_000, 200_000, 400_000,
                                                      800_000]},
+    "f": {"connections": 5000, "topics": 100, "size": 350, "steps": [10_000, 50_000, 100_000, 200_000]},
     # 6 s per step gives 60,000 to 4.8 million latency samples: enough for p99.9.
     "duration": 6.0, "warmup": 2.0, "drain": 10.0, "settle": 2.0, "runs": 3,
 }
@@ -96,6 +106,7 @@ QUICK = {
     "c": {"connections": 2_000, "hold": 1.0},
     "d": {"connections": 2_000, "concurrency": 200},
     "e": {"connections": 100, "topics": 10, "steps": [10_000, 50_000, 200_000]},
+    "f": {"connections": 500, "topics": 10, "size": 350, "steps": [5_000, 50_000]},
     "duration": 2.0, "warmup": 0.5, "drain": 3.0, "settle": 1.0, "runs": 1,
 }
 
@@ -215,11 +226,14 @@ class Bench:
         """Starts server `name` fresh; returns (process, ws url, nats url to publish to)."""
         logp = os.path.join(self.work, f"{tag}.{name}.log")
         port = free_port()
-        if name in ("herald", "herald-sse") or name.startswith("herald@") or name in BACKPLANE_SERVERS:
+        if (name in ("herald", "herald-sse", "herald-deflate") or name.startswith("herald@")
+                or name in BACKPLANE_SERVERS):
             conf = os.path.join(self.work, "herald.toml")
             with open(conf, "w") as f:
                 f.write(herald_config(port, self.feed_port) if name not in BACKPLANE_SERVERS
                         else backplane_config(port, self.feed_port, name == "herald-bp-js"))
+                if name == "herald-deflate":
+                    f.write('\n[session]\ncompression = "deflate"\n')
             variant = name.partition("@")[2]
             binary = (self.opts.herald_bin or {}).get(variant) or os.path.join(self.release, "herald")
             proc = self.procs.start(self.pin(self.server_core, [binary, "--config", conf]), logp)
@@ -337,7 +351,7 @@ class Bench:
             for server in servers or self.opts.servers:
                 for step in steps:
                     s = self.one(scenario, server, run, step, self.common() + [
-                        "-c", spec["connections"], "--topics", spec["topics"], "--size", 200,
+                        "-c", spec["connections"], "--topics", spec["topics"], "--size", spec.get("size", 200),
                         "--offered", step, "--duration", p["duration"], "--warmup", p["warmup"]] + list(extra))
                     if s is None:
                         break
@@ -386,11 +400,13 @@ class Bench:
         self.start_feed()
         started = time.time()
         for scenario in self.opts.scenarios:
-            servers = BACKPLANE_SERVERS if scenario == "e" else self.opts.servers
+            servers = {"e": BACKPLANE_SERVERS, "f": DEFLATE_SERVERS}.get(scenario, self.opts.servers)
             log(f"scenario {scenario} ({self.runs} run(s), servers {', '.join(servers)})")
             {"a": lambda: self.stepped("a"), "b": lambda: self.stepped("b"), "c": self.idle,
              "d": self.ramp,
-             "e": lambda: self.stepped("e", BACKPLANE_SERVERS, ["--publish", "http"])}[scenario]()
+             "e": lambda: self.stepped("e", BACKPLANE_SERVERS, ["--publish", "http"]),
+             # Both offer permessage-deflate; only herald-deflate accepts it.
+             "f": lambda: self.stepped("f", DEFLATE_SERVERS, ["--deflate", "--realistic"])}[scenario]()
         self.procs.stop(self.feed)
         log(f"measured in {time.time() - started:.0f} s")
         Report(self).write(self.opts.out)
@@ -421,7 +437,9 @@ strip_prefix = "{prefix}"
 
 def target_of(server):
     """herald-bench's --target for a server of this script."""
-    return "herald" if server in BACKPLANE_SERVERS else server.partition("@")[0]
+    if server in BACKPLANE_SERVERS or server in DEFLATE_SERVERS:
+        return "herald"
+    return server.partition("@")[0]
 
 
 def backplane_config(port, feed_port, history):
@@ -622,6 +640,10 @@ class Report:
         if "e" in self.b.opts.scenarios:
             md += self.stepped_section("e", "(e) publishing through the backplane, with and without cluster "
                                        "history (100 connections, 10 topics, HTTP batches)", BACKPLANE_SERVERS)
+        if "f" in self.b.opts.scenarios:
+            md += self.stepped_section("f", "(f) permessage-deflate: 5,000 connections, 100 topics, 350-byte "
+                                       "realistic JSON payloads, with and without compression", DEFLATE_SERVERS)
+            md += self.wire_bytes("f", DEFLATE_SERVERS)
         md += self.targets()
         notes = os.path.join(ROOT, "docs", "bench", "notes.md")
         if os.path.exists(notes):
@@ -681,6 +703,23 @@ class Report:
              "core (shared with the feed nats-server) was at least 95% busy, or the tool itself used 90% of a core."),
             "",
         ]
+
+    def wire_bytes(self, scenario, servers):
+        """Bytes the clients read per delivery, and the server's core per delivery."""
+        md = ["Bytes read off the sockets per delivery (frame headers, replies and pings "
+              "included), and the server's core time per delivery (core busy / delivered):\n",
+              "| offered/s | " + " | ".join(f"{LABELS[s]}: bytes, µs of core" for s in servers) + " |",
+              "|---:|" + "---|" * len(servers)]
+        for step in self.steps(scenario):
+            cells = []
+            for server in servers:
+                b = self.med(scenario, server, step, lambda s: s["deliveries"].get("wire_bytes_per_delivery"))
+                busy = self.med(scenario, server, step, lambda s: core_busy(s, self.b.server_core))
+                rate = self.med(scenario, server, step, lambda s: s["deliveries"]["per_s"])
+                us = busy / 100 * 1e6 / rate if busy is not None and rate else None
+                cells.append("—" if b is None else f"{b:,.0f} B, {'—' if us is None else f'{us:.1f} µs'}")
+            md.append(f"| {step:,} | " + " | ".join(cells) + " |")
+        return md + [""]
 
     def stepped_section(self, scenario, title, servers=None):
         servers = servers or self.b.opts.servers
@@ -859,6 +898,17 @@ class Report:
                                   f"{hp99 / np99 if np99 else float('inf'):.2f}× | {yes(hp99 <= np99)} |")
             else:
                 md.append(f"| (a) latency at {step // 1000}k/s | not measured (no such step in this run) | | | |")
+            step = TARGET_CORE_LOAD
+            if step in self.steps("a") and "ws-broadcast" in servers:
+                def us_per_delivery(server):
+                    busy = self.med("a", server, step, lambda s: core_busy(s, self.b.server_core))
+                    rate = self.med("a", server, step, lambda s: s["deliveries"]["per_s"])
+                    return None if busy is None or not rate else busy / 100 * 1e6 / rate
+                hc, rc = us_per_delivery("herald"), us_per_delivery("ws-broadcast")
+                if hc is not None and rc is not None:
+                    md.append(f"| (a) core time per delivery at {step // 1000}k/s ≤ ws-broadcast's "
+                              f"(nats-server column: ws-broadcast) | {hc:.1f} µs | {rc:.1f} µs | "
+                              f"{hc / rc:.2f}× | {yes(hc <= rc)} |")
             below = [st for st in self.steps("a") if self.summaries("a", "herald", st)
                      and not self.saturated_at("a", "herald", st)]
             losses = [self.med("a", "herald", st, lambda s: s["deliveries"]["lost"]) for st in below]
@@ -1028,7 +1078,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--quick", action="store_true", help="small numbers, one run: a smoke test, not a benchmark")
     ap.add_argument("--runs", type=int, default=0, help="runs per figure (default 3; 1 with --quick)")
-    ap.add_argument("--scenarios", default="a,b,c,d", help="comma-separated subset of a,b,c,d,e")
+    ap.add_argument("--scenarios", default="a,b,c,d", help="comma-separated subset of a,b,c,d,e,f")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"),
                     help="where benchmarks.md and bench/*.svg go (default docs/)")
@@ -1064,7 +1114,7 @@ def main():
             expanded += [f"herald@{n}" for n in bins] if s == "herald" else [s]
         opts.servers = expanded
     for s in opts.scenarios:
-        if s not in "abcde" or len(s) != 1:
+        if s not in "abcdef" or len(s) != 1:
             ap.error(f"unknown scenario {s!r}")
     for s in opts.servers:
         if s not in SERVERS and not s.startswith("herald@"):

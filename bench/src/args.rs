@@ -72,6 +72,16 @@ pub struct Args {
     #[arg(long, default_value_t = 200, env = "HERALD_BENCH_SIZE")]
     pub size: usize,
 
+    /// Pad payloads with an order as escaped JSON text (numbers varying per message)
+    /// instead of `x`: what compression meets in real events.
+    #[arg(long, env = "HERALD_BENCH_REALISTIC")]
+    pub realistic: bool,
+
+    /// Offer permessage-deflate on the upgrade (Herald with `session.compression =
+    /// "deflate"`) and inflate compressed frames.
+    #[arg(long, env = "HERALD_BENCH_DEFLATE")]
+    pub deflate: bool,
+
     /// Seconds measured.
     #[arg(long, default_value_t = 10.0, env = "HERALD_BENCH_DURATION")]
     pub duration: f64,

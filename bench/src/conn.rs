@@ -45,6 +45,8 @@ pub struct Shared {
     pub addr: SocketAddr,
     /// Extra upgrade headers (`Authorization`, `Sec-WebSocket-Protocol`).
     pub headers: Vec<(String, String)>,
+    /// permessage-deflate was offered: compressed frames are inflated.
+    pub deflate: bool,
     /// Limit for TCP connect plus upgrade, and again for the subscription.
     pub timeout: Duration,
     /// NATS subject of topic `t<i>` is this plus `t<i>`.
@@ -248,6 +250,8 @@ struct Conn<'a> {
     decoder: Option<sse::Decoder>,
     session: Session,
     events: Received<'a>,
+    /// Compressed frames are expected (`--deflate`).
+    deflate: bool,
 }
 
 impl<'a> Conn<'a> {
@@ -277,6 +281,7 @@ impl<'a> Conn<'a> {
                 subscribed: false,
                 refused: None,
             },
+            deflate: shared.deflate,
         }
     }
 
@@ -290,9 +295,11 @@ impl<'a> Conn<'a> {
                 self.buf.reserve(READ_CHUNK);
             }
         }
-        if self.stream.read_buf(&mut self.buf).await? == 0 {
+        let n = self.stream.read_buf(&mut self.buf).await?;
+        if n == 0 {
             return Err(ConnError::Eof);
         }
+        self.events.stats.wire_bytes.fetch_add(n as u64, Relaxed);
         self.process().await
     }
 
@@ -362,7 +369,16 @@ impl<'a> Conn<'a> {
         frame: ws::Frame,
         body: std::ops::Range<usize>,
     ) -> Result<(), ConnError> {
-        let data = &self.buf[body];
+        if frame.compressed && !self.deflate {
+            return Err(FrameError::Reserved.into());
+        }
+        let inflated;
+        let data = if frame.compressed {
+            inflated = inflate(&self.buf[body])?;
+            &inflated[..]
+        } else {
+            &self.buf[body]
+        };
         match frame.opcode {
             opcode::TEXT | opcode::BINARY | opcode::CONTINUATION => {
                 // A stream (NATS) takes frames as they come; a whole message is
@@ -522,4 +538,37 @@ mod tests {
             "closed by the server with code 4009"
         );
     }
+}
+
+thread_local! {
+    /// The thread's inflater, reset per message: Herald compresses every message on
+    /// its own (`server_no_context_takeover`).
+    static INFLATER: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(false));
+}
+
+/// Inflates one compressed message (RFC 7692: the stripped trailer added back).
+fn inflate(data: &[u8]) -> Result<Vec<u8>, ConnError> {
+    INFLATER.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset(false);
+        let mut out = Vec::with_capacity(data.len() * 4 + 64);
+        for input in [data, &[0, 0, 0xFF, 0xFF][..]] {
+            let mut at = 0;
+            loop {
+                let before = d.total_in();
+                d.decompress_vec(&input[at..], &mut out, flate2::FlushDecompress::Sync)
+                    .map_err(|e| ConnError::Io(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                at += (d.total_in() - before) as usize;
+                if at == input.len() && out.len() < out.capacity() {
+                    break;
+                }
+                if out.len() > MAX_MESSAGE {
+                    return Err(FrameError::TooLarge(out.len() as u64).into());
+                }
+                out.reserve(out.capacity());
+            }
+        }
+        Ok(out)
+    })
 }

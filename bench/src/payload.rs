@@ -40,6 +40,13 @@ pub struct Stamp {
 /// Writes the payload for `stamp` into `out` (cleared first), padded with `x` to
 /// `size` bytes when `size` is larger than the stamp itself.
 pub fn encode(stamp: Stamp, size: usize, out: &mut Vec<u8>) {
+    encode_padded(stamp, size, false, out);
+}
+
+/// [`encode`], padded with `x`, or with `realistic`, an order as escaped JSON text
+/// whose numbers change with the stamp: what compression meets in real events (a run
+/// of `x` compresses to almost nothing).
+pub fn encode_padded(stamp: Stamp, size: usize, realistic: bool, out: &mut Vec<u8>) {
     out.clear();
     // Writing into a Vec cannot fail.
     let _ = write!(
@@ -49,7 +56,35 @@ pub fn encode(stamp: Stamp, size: usize, out: &mut Vec<u8>) {
     );
     let closing = br#""}"#;
     let pad = size.saturating_sub(out.len() + closing.len());
-    out.resize(out.len() + pad, b'x');
+    if realistic {
+        let n = stamp.seq;
+        let text = format!(
+            r#"{{\"order\":{{\"id\":{},\"customer\":\"c-{}\",\"status\":\"{}\",\"total\":{{\"amount\":{}.{:02},\"currency\":\"EUR\"}},\"items\":[{{\"sku\":\"SKU-{}\",\"qty\":{},\"price\":{}.95}},{{\"sku\":\"SKU-{}\",\"qty\":1,\"price\":{}.00}}],\"shipping\":{{\"method\":\"standard\",\"country\":\"DE\"}}}}}}"#,
+            7000 + n,
+            (n * 7919) % 10_000,
+            ["created", "paid", "shipped"][(n % 3) as usize],
+            40 + n % 200,
+            n % 100,
+            (n * 31) % 9000 + 1000,
+            1 + n % 4,
+            10 + n % 90,
+            (n * 17) % 9000 + 1000,
+            5 + n % 50,
+        );
+        let start = out.len();
+        while out.len() - start < pad {
+            out.extend_from_slice(text.as_bytes());
+        }
+        // Cut at the pad's length, not inside an escape.
+        let mut end = start + pad;
+        while end > start && out[end - 1] == b'\\' {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.resize(start + pad, b'x');
+    } else {
+        out.resize(out.len() + pad, b'x');
+    }
     out.extend_from_slice(closing);
 }
 

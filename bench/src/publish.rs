@@ -47,6 +47,8 @@ pub struct Plan {
     pub rate: f64,
     /// Payload size in bytes.
     pub size: usize,
+    /// Realistic padding (`--realistic`).
+    pub realistic: bool,
     /// Number of topics.
     pub topics: u32,
     /// Start of publishing ([`clock::now_us`]).
@@ -168,7 +170,7 @@ impl Publisher {
                     seq: sent / topics + 1,
                     topic,
                 };
-                payload::encode(stamp, plan.size, &mut payload);
+                payload::encode_padded(stamp, plan.size, plan.realistic, &mut payload);
                 // The receivers' rule exactly: stamped inside the window. (The last
                 // catch-up after the end is published but not measured.)
                 if (plan.window_start_us..plan.end_us).contains(&stamp.sent_us) {

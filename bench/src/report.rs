@@ -126,6 +126,9 @@ pub struct Deliveries {
     /// Herald `lagged` notices, and the sum of their `dropped`.
     pub lagged_notices: u64,
     pub lagged_dropped: u64,
+    /// Bytes read off the sockets per delivery, over the whole run (frame headers,
+    /// replies and pings included; compressed when `--deflate` negotiated it).
+    pub wire_bytes_per_delivery: f64,
     /// Herald `error` replies and NATS `-ERR`s after subscribing.
     pub server_errors: u64,
     /// Seconds spent waiting for the last deliveries after publishing ended.

@@ -130,12 +130,19 @@ pub async fn run(args: Args, nofile: limits::Nofile, threads: usize) -> Result<S
     if let Some(token) = &args.token {
         headers.push(("Authorization".to_string(), format!("Bearer {token}")));
     }
+    if args.deflate {
+        headers.push((
+            "Sec-WebSocket-Extensions".to_string(),
+            "permessage-deflate; client_max_window_bits".to_string(),
+        ));
+    }
     let bind_sources = args.per_source > 0 && addr.ip().is_loopback() && addr.is_ipv4();
     let shared = Arc::new(Shared {
         target: args.target,
         url: url.clone(),
         addr,
         headers,
+        deflate: args.deflate,
         timeout: Duration::from_secs_f64(args.connect_timeout),
         subject_prefix: args.subject_prefix.clone(),
         stats: stats.clone(),
@@ -221,6 +228,7 @@ pub async fn run(args: Args, nofile: limits::Nofile, threads: usize) -> Result<S
         p.start(Plan {
             rate,
             size: args.size,
+            realistic: args.realistic,
             topics: args.topics,
             start_us,
             end_us,
@@ -395,6 +403,8 @@ pub async fn run(args: Args, nofile: limits::Nofile, threads: usize) -> Result<S
             foreign: stats.foreign.load(Relaxed),
             lagged_notices: stats.lagged_notices.load(Relaxed),
             lagged_dropped: stats.lagged_dropped.load(Relaxed),
+            wire_bytes_per_delivery: stats.wire_bytes.load(Relaxed) as f64
+                / stats.delivered.load(Relaxed).max(1) as f64,
             server_errors: stats.server_errors.load(Relaxed),
             drain_s,
         },

@@ -55,6 +55,8 @@ pub struct Counts {
 pub struct Stats {
     /// Stamped deliveries received so far.
     pub delivered: AtomicU64,
+    /// Bytes read off the connections so far.
+    pub wire_bytes: AtomicU64,
     /// See [`Counts::in_window`].
     pub in_window: AtomicU64,
     /// See [`Counts::measured`].
@@ -106,6 +108,7 @@ impl Stats {
     pub fn new(topics: u32) -> Stats {
         Stats {
             delivered: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
             in_window: AtomicU64::new(0),
             measured: AtomicU64::new(0),
             gaps: AtomicU64::new(0),

@@ -251,6 +251,8 @@ pub struct Frame {
     pub len: usize,
     /// Masking key; servers must not mask, but a masked frame is unmasked all the same.
     pub mask: Option<[u8; 4]>,
+    /// RSV1: compressed (permessage-deflate); the caller knows whether it negotiated it.
+    pub compressed: bool,
 }
 
 /// A frame the client refuses to handle.
@@ -259,7 +261,8 @@ pub enum FrameError {
     /// Longer than the client's limit (`max` in [`parse`]).
     #[error("a frame of {0} bytes is over the limit")]
     TooLarge(u64),
-    /// Reserved bits set: an extension the client never negotiated.
+    /// Reserved bits set: an extension the client never negotiated (RSV1 is left to
+    /// the connection, which knows whether it offered permessage-deflate).
     #[error("a frame has reserved bits set (no extension was negotiated)")]
     Reserved,
 }
@@ -271,7 +274,7 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(FrameError::Reserved);
     }
     let masked = b1 & 0x80 != 0;
@@ -314,6 +317,7 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
         header_len,
         len,
         mask,
+        compressed: b0 & 0x40 != 0,
     }))
 }
 
@@ -439,8 +443,18 @@ mod tests {
         let big = server_frame(true, opcode::TEXT, &[b'x'; 300], None);
         assert!(matches!(parse(&big, 299), Err(FrameError::TooLarge(300))));
         let mut rsv = server_frame(true, opcode::TEXT, b"x", None);
-        rsv[0] |= 0x40;
+        rsv[0] |= 0x20;
         assert!(matches!(parse(&rsv, 10), Err(FrameError::Reserved)));
+        // RSV1 is permessage-deflate's: reported, and the connection decides.
+        let mut rsv1 = server_frame(true, opcode::TEXT, b"x", None);
+        rsv1[0] |= 0x40;
+        assert!(matches!(
+            parse(&rsv1, 10),
+            Ok(Some(Frame {
+                compressed: true,
+                ..
+            }))
+        ));
     }
 
     #[test]
