@@ -706,8 +706,8 @@ class Report:
 
     def wire_bytes(self, scenario, servers):
         """Bytes the clients read per delivery, and the server's core per delivery."""
-        md = ["Bytes read off the sockets per delivery (frame headers, replies and pings "
-              "included), and the server's core time per delivery (core busy / delivered):\n",
+        md = [("Bytes read off the sockets per delivery (frame headers, replies and pings "
+               "included), and the server's core time per delivery (core busy / delivered):\n"),
               "| offered/s | " + " | ".join(f"{LABELS[s]}: bytes, µs of core" for s in servers) + " |",
               "|---:|" + "---|" * len(servers)]
         for step in self.steps(scenario):
