@@ -139,6 +139,11 @@ impl Session {
     ) -> Self {
         let cfg = &broker.config().session;
         let now = Instant::now();
+        let sse = matches!(sink, Sink::Sse(_)).then(|| sse::Positions::new(broker.epoch(), None));
+        let (writer, closer, socket) = match sink {
+            Sink::WebSocket(socket) => (Writer::Socket, None, Some(socket)),
+            Sink::Sse(tx) => (Writer::Idle(tx.clone()), Some(tx), None),
+        };
         let out = Outbound::new(
             cfg.queue_max_bytes,
             cfg.slow_consumer == crate::config::SlowConsumer::Disconnect,
@@ -149,19 +154,10 @@ impl Session {
             inbox: Inbox::new(out.budget().clone()),
             out,
             limiter: RateLimiter::new(cfg.rate_limit_per_s, cfg.rate_limit_burst),
-            sse: matches!(sink, Sink::Sse(_)).then(|| sse::Positions::new(broker.epoch(), None)),
-            writer: match &sink {
-                Sink::WebSocket(_) => Writer::Socket,
-                Sink::Sse(tx) => Writer::Idle(tx.clone()),
-            },
-            closer: match &sink {
-                Sink::Sse(tx) => Some(tx.clone()),
-                Sink::WebSocket(_) => None,
-            },
-            socket: match sink {
-                Sink::WebSocket(socket) => Some(socket),
-                Sink::Sse(_) => None,
-            },
+            sse,
+            writer,
+            closer,
+            socket,
             pending_pongs: VecDeque::new(),
             subscriptions: BTreeSet::new(),
             me: None,
@@ -334,10 +330,7 @@ impl Actor for Session {
             let tx = tx.clone();
             let gone = async move { tx.closed().await };
             ctx.spawn(gone.into_actor(self).map(|(), act, ctx| {
-                if !act.closing() {
-                    act.writer = Writer::Closing;
-                    act.close_code = 1006;
-                }
+                act.vanished();
                 ctx.stop();
             }));
         }

@@ -191,11 +191,6 @@ impl Outbound {
         self.frames.iter()
     }
 
-    /// The oldest queued frame.
-    pub(crate) fn front(&self) -> Option<&Outgoing> {
-        self.frames.front()
-    }
-
     /// Queues a Pong ahead of everything (WebSocket; outside the budget).
     pub(crate) fn push_front_unbudgeted(&mut self, frame: Outgoing) {
         self.frames.push_front(frame);

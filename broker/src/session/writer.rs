@@ -65,6 +65,15 @@ impl Session {
         matches!(self.writer, Writer::Closing)
     }
 
+    /// The client went away without a close handshake (1006), unless the session
+    /// was closing already (then its own code stands).
+    pub(super) fn vanished(&mut self) {
+        if !self.closing() {
+            self.close_code = 1006;
+            self.writer = Writer::Closing;
+        }
+    }
+
     /// Queues a reply or notice.
     pub(super) fn control(&mut self, frame: impl Into<Outgoing>, ctx: &mut Context<Self>) {
         if let Push::Close(code) = self.out.push_control(frame) {
@@ -184,8 +193,7 @@ impl Session {
                 }
                 Err(_) => {
                     // The connection is gone; nothing more can be written.
-                    act.close_code = 1006;
-                    act.writer = Writer::Closing;
+                    act.vanished();
                     ctx.stop();
                 }
             }

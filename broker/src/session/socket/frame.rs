@@ -59,16 +59,6 @@ pub(crate) enum FrameError {
     TooBig,
 }
 
-impl FrameError {
-    /// The close code (docs/protocol.md, section 7).
-    pub(crate) fn close_code(self) -> u16 {
-        match self {
-            FrameError::TooBig => crate::protocol::close::TOO_BIG,
-            _ => crate::protocol::close::PROTOCOL,
-        }
-    }
-}
-
 /// A client frame's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {

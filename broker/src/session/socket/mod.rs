@@ -121,21 +121,19 @@ impl Socket {
                 return (events, Poll::Ready(Ok(())));
             }
             let mut headers = [OutHeader::new(OpCode::Text, false, 0); FRAMES_PER_WRITE];
-            // Compressed payloads made for this write (see `wire_form`).
+            // Compressed payloads of this write: an event's shared copy, or one made
+            // for this connection (a reply, another window size).
             let mut packed: [Option<Bytes>; FRAMES_PER_WRITE] = [const { None }; FRAMES_PER_WRITE];
+            // Header and payload bytes of each frame on the wire.
+            let mut totals = [0usize; FRAMES_PER_WRITE];
             let mut count = 0;
             for (i, frame) in out.iter().take(FRAMES_PER_WRITE).enumerate() {
                 packed[i] = self.deflate.and_then(|d| frame.deflated(d.window_bits));
-                headers[i] = OutHeader::new(
-                    frame.opcode(),
-                    packed[i].is_some(),
-                    packed[i].as_ref().map_or(frame.len(), Bytes::len),
-                );
+                let len = packed[i].as_ref().map_or(frame.len(), Bytes::len);
+                headers[i] = OutHeader::new(frame.opcode(), packed[i].is_some(), len);
+                totals[i] = headers[i].as_bytes().len() + len;
                 count = i + 1;
             }
-            let payload = |i: usize, frame: &'_ Outgoing| -> usize {
-                packed[i].as_ref().map_or(frame.len(), Bytes::len)
-            };
             let wrote = {
                 let mut slices: [IoSlice<'_>; FRAMES_PER_WRITE * 2] =
                     [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
@@ -168,8 +166,7 @@ impl Socket {
             self.unflushed = true;
             // Frames written whole leave the queue and the byte budget.
             let mut left = wrote;
-            for (i, header) in headers.iter().take(count).enumerate() {
-                let total = header.as_bytes().len() + payload(i, out.front().expect("counted"));
+            for total in &totals[..count] {
                 let rest = total - self.written;
                 if left < rest {
                     self.written += left;
@@ -237,9 +234,7 @@ impl Session {
             match self.read_once(task) {
                 Read::Waiting => break,
                 Read::Ended => {
-                    if !self.closing() {
-                        self.vanished();
-                    }
+                    self.vanished();
                     return self.finish(ctx);
                 }
                 Read::Messages(messages) => {
@@ -287,12 +282,6 @@ impl Session {
         }
     }
 
-    /// The connection ended without a close handshake (1006).
-    pub(super) fn vanished(&mut self) {
-        self.close_code = 1006;
-        self.writer = super::writer::Writer::Closing;
-    }
-
     /// Ends the connection: the actor stops, and dropping it closes the socket.
     fn finish(&mut self, ctx: &mut Context<Session>) -> Poll<()> {
         if let Some(socket) = self.socket.as_mut() {
@@ -331,9 +320,7 @@ impl Session {
         }
         if let Poll::Ready(Err(_)) = result {
             // The connection is gone; nothing more can be written.
-            if !self.closing() {
-                self.vanished();
-            }
+            self.vanished();
             let _ = self.finish(ctx);
         }
     }

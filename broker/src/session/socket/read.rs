@@ -198,7 +198,8 @@ impl Reader {
             },
             OpCode::Text | OpCode::Binary => {
                 if self.message.is_some() {
-                    return Err(protocol("a new message before the last one ended"));
+                    // A new message before the last one ended.
+                    return Err(protocol());
                 }
                 let text = h.opcode == OpCode::Text;
                 if h.fin {
@@ -216,10 +217,12 @@ impl Reader {
             }
             OpCode::Continuation => {
                 if h.rsv1 {
-                    return Err(protocol("RSV1 on a continuation frame"));
+                    // Only a message's first frame may say it is compressed.
+                    return Err(protocol());
                 }
                 let Some(joining) = self.message.as_mut() else {
-                    return Err(protocol("a continuation frame outside a message"));
+                    // A continuation with nothing to continue.
+                    return Err(protocol());
                 };
                 if joining.data.len() + payload.len() > self.max_message {
                     return Err(too_big());
@@ -245,7 +248,7 @@ impl Reader {
         let data = if compressed {
             deflate::inflate(&data, self.max_message).map_err(|e| match e {
                 InflateError::TooBig => too_big(),
-                InflateError::Corrupt => protocol("invalid compressed data"),
+                InflateError::Corrupt => protocol(),
             })?
         } else {
             data
@@ -283,17 +286,15 @@ fn read_into(io: &mut dyn Io, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::
     }
 }
 
+/// A refused frame: over the limit (1009), or a protocol error (1002).
 fn fail(e: FrameError) -> Inbound {
-    Inbound::Fail(
-        e.close_code(),
-        match e {
-            FrameError::TooBig => "message too big",
-            _ => "protocol error",
-        },
-    )
+    match e {
+        FrameError::TooBig => too_big(),
+        _ => protocol(),
+    }
 }
 
-fn protocol(_why: &'static str) -> Inbound {
+fn protocol() -> Inbound {
     Inbound::Fail(close::PROTOCOL, "protocol error")
 }
 
@@ -386,10 +387,10 @@ mod tests {
         let mut joined = frame(0x01, &[b'x'; 6]);
         joined.extend(frame(0x80, &[b'x'; 6]));
         assert_eq!(fails(joined), vec![too_big()]);
-        assert_eq!(fails(frame(0x80, b"x")), vec![protocol("")]);
+        assert_eq!(fails(frame(0x80, b"x")), vec![protocol()]);
         let mut interleaved = frame(0x01, b"x");
         interleaved.extend(frame(0x81, b"y"));
-        assert_eq!(fails(interleaved), vec![protocol("")]);
+        assert_eq!(fails(interleaved), vec![protocol()]);
         assert_eq!(
             fails(frame(0x88, &[0x03, 0xED])),
             vec![Inbound::Fail(1002, "invalid close frame")]
