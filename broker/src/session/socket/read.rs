@@ -76,7 +76,14 @@ impl Reader {
     pub(crate) fn new(early: BytesMut, max_message: usize, deflate: bool) -> Self {
         Reader {
             early: !early.is_empty(),
-            partial: early,
+            // The handshake's read buffer (8 KiB from actix-http) is kept only while
+            // it holds bytes: an empty one would stay allocated for the connection's
+            // whole life, which was most of an idle connection's memory.
+            partial: if early.is_empty() {
+                BytesMut::new()
+            } else {
+                early
+            },
             need: 0,
             message: None,
             max_message,
@@ -403,6 +410,17 @@ mod tests {
 
     #[test]
     fn an_idle_reader_holds_no_buffer() {
+        // The handshake's buffer, empty or once its bytes are read, is not kept.
+        let r = Reader::new(BytesMut::with_capacity(8192), 1 << 20, false);
+        assert_eq!(r.held(), 0, "an empty handshake buffer is dropped");
+        let mut early = BytesMut::with_capacity(8192);
+        early.extend_from_slice(&frame(0x81, b"early"));
+        let mut r = Reader::new(early, 1 << 20, false);
+        let mut out = Vec::new();
+        r.parse_partial(&mut out);
+        assert_eq!(out, vec![Inbound::Text("early".into())]);
+        assert_eq!(r.held(), 0, "the handshake's bytes are freed once read");
+
         let mut r = Reader::new(BytesMut::new(), 1 << 20, false);
         let big = frame(0x82, &vec![7; 200_000]);
         let out = feed(&mut r, &big[..150_000], 150_000);
