@@ -6,8 +6,6 @@
 //! checks and credentials are the WebSocket upgrade's ([`super::upgrade::admit`]);
 //! there is no first-message auth, since the client cannot send messages.
 
-use std::collections::BTreeSet;
-
 use actix::prelude::*;
 use actix_web::http::header;
 use actix_web::http::StatusCode;
@@ -96,7 +94,7 @@ pub(super) async fn sse(
     let resumed = resumed(&req, &query)?;
     let max = broker.config().session.max_subscriptions;
     let checked = |identity: &crate::auth::Identity| {
-        check_patterns(identity, &topics, &BTreeSet::new(), max).map_err(|e| {
+        check_patterns(identity, &topics, &Default::default(), max).map_err(|e| {
             let status = match e.code {
                 ErrorCode::Forbidden => StatusCode::FORBIDDEN,
                 _ => StatusCode::BAD_REQUEST,

@@ -20,7 +20,8 @@
 //!   writing, closing, permessage-deflate;
 //! - `writer.rs`: the writer state, SSE's single write in flight, and closing;
 //! - `inbox.rs`, `outbound.rs`, `ratelimit.rs`: the byte-bounded inbox topics
-//!   deliver into, the outbound queue, the per-connection rate limit.
+//!   deliver into, the outbound queue, the per-connection rate limit;
+//! - `subscriptions.rs`: the patterns the connection holds.
 //!
 //! Echo mode (the test-only `/echo` route, `server.conformance_echo`; see
 //! docs/conformance.md) is a branch of this same session: it sends every text and
@@ -34,9 +35,10 @@ pub(crate) mod ratelimit;
 mod replay;
 pub(crate) mod socket;
 pub(crate) mod sse;
+mod subscriptions;
 mod writer;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -51,13 +53,13 @@ use crate::broker::Broker;
 use crate::http::admission::Permit;
 use crate::metrics::METRICS;
 use crate::protocol::{close, Heartbeat, Limits, ServerMessage, SUBPROTOCOL};
-use crate::topic::Pattern;
 use crate::topics::message::{Shutdown, Subscriber};
 use inbox::{Inbox, Wake};
 pub(crate) use ops::check_patterns;
 use outbound::Outbound;
 use ratelimit::RateLimiter;
 use socket::Socket;
+use subscriptions::Subscriptions;
 pub(crate) use writer::Sink;
 use writer::Writer;
 
@@ -103,7 +105,7 @@ pub(crate) struct Session {
     /// own Pong, written before the queued frames.
     pending_pongs: VecDeque<Bytes>,
     /// The patterns this connection holds.
-    subscriptions: BTreeSet<Pattern>,
+    subscriptions: Subscriptions,
     /// How topics reach this session; made on first subscribe.
     me: Option<Subscriber>,
     /// Where topics put frames for this session.
@@ -159,7 +161,7 @@ impl Session {
             closer,
             socket,
             pending_pongs: VecDeque::new(),
-            subscriptions: BTreeSet::new(),
+            subscriptions: Subscriptions::default(),
             me: None,
             last_seen: now,
             last_ping: now,
@@ -344,7 +346,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for p in &self.subscriptions {
+        for p in self.subscriptions.iter() {
             self.broker.registry().unsubscribe(self.id, p);
         }
         METRICS.subscriptions_changed(-(self.subscriptions.len() as i64));

@@ -14,6 +14,7 @@ use herald_bridges::Source;
 use tracing::info;
 
 use super::ratelimit::Verdict;
+use super::subscriptions::Subscriptions;
 use super::{replay, Session};
 use crate::auth::{AuthError, Identity};
 use crate::metrics::METRICS;
@@ -241,11 +242,11 @@ impl Session {
             self.control(frame, ctx);
         }
         let me = self.subscriber(ctx);
-        for (p, replay) in new.into_iter().zip(plan.replays) {
-            self.broker.registry().subscribe(&me, &p, Arc::new(replay));
-            self.subscriptions.insert(p);
-            METRICS.subscriptions_changed(1);
+        for (p, replay) in new.iter().zip(plan.replays) {
+            self.broker.registry().subscribe(&me, p, Arc::new(replay));
         }
+        METRICS.subscriptions_changed(new.len() as i64);
+        self.subscriptions.add(new);
         Ok(())
     }
 
@@ -259,12 +260,11 @@ impl Session {
             .iter()
             .map(|t| Pattern::parse(t).map_err(invalid_topic))
             .collect::<Result<Vec<_>, _>>()?;
-        for p in patterns {
-            if self.subscriptions.remove(&p) {
-                self.broker.registry().unsubscribe(self.id, &p);
-                METRICS.subscriptions_changed(-1);
-            }
+        let removed = self.subscriptions.remove(patterns);
+        for p in &removed {
+            self.broker.registry().unsubscribe(self.id, p);
         }
+        METRICS.subscriptions_changed(-(removed.len() as i64));
         self.control(
             ServerMessage::Unsubscribed {
                 id: id.as_deref(),
@@ -289,7 +289,7 @@ impl Session {
 pub(crate) fn check_patterns(
     identity: &Identity,
     topics: &[String],
-    held: &BTreeSet<Pattern>,
+    held: &Subscriptions,
     max: usize,
 ) -> Result<Vec<Pattern>, ProtocolError> {
     let mut new: Vec<Pattern> = Vec::new();
