@@ -17,6 +17,7 @@ fn main() {
     let features: Vec<&str> = [
         ("nats", "CARGO_FEATURE_NATS"),
         ("kafka", "CARGO_FEATURE_KAFKA"),
+        ("jemalloc", "CARGO_FEATURE_JEMALLOC"),
     ]
     .into_iter()
     .filter(|(_, var)| std::env::var_os(var).is_some())

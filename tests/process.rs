@@ -146,7 +146,7 @@ fn version_and_completions() {
             || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
         "{line}"
     );
-    assert!(line.ends_with("features: nats, kafka)"), "{line}");
+    assert!(line.ends_with("features: nats, kafka, jemalloc)"), "{line}");
     for shell in ["bash", "zsh", "fish"] {
         let (code, out, err) = run(&["completions", shell], &[]);
         assert_eq!(code, 0, "{shell}: {err}");

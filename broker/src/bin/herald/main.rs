@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "jemalloc")]
+mod allocator;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -115,6 +117,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    #[cfg(feature = "jemalloc")]
+    allocator::start();
     let result = actix_web::rt::System::new().block_on(serve::run(config, components));
     match result {
         Ok(()) => ExitCode::SUCCESS,
