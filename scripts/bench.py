@@ -30,7 +30,8 @@ Scenarios:
   a  5,000 connections, 100 topics, 200-byte payloads; offered load stepped from 10k
      deliveries/s up to saturation
   b  one hot topic with 5,000 subscribers, stepped the same way
-  c  15,000 idle connections: server RSS delta / connections
+  c  15,000 idle connections: server RSS delta / connections; then, on the same process,
+     RSS 15 s after they close, with 15,000 again, and 15 s after those close
   d  connection ramp: 10,000 connections as fast as the server takes them
   e  publishing through the cluster backplane, with and without cluster history
      (`cluster.history = "jetstream"`): HTTP batches into one Herald node whose
@@ -92,7 +93,9 @@ FULL = {
                                                          200_000, 300_000, 400_000, 600_000, 800_000]},
     "b": {"connections": 5000, "topics": 1, "steps": [10_000, 25_000, 50_000, 100_000, 200_000,
                                                        300_000, 400_000, 600_000, 800_000]},
-    "c": {"connections": 15_000, "hold": 5.0},
+    # after_close: seconds between the connections closing and reading RSS, twice
+    # (15,000 -> 0 -> 15,000 -> 0 on one server process).
+    "c": {"connections": 15_000, "hold": 5.0, "after_close": 15.0},
     "d": {"connections": 10_000, "concurrency": 500},
     "e": {"connections": 100, "topics": 10, "steps": [10_000, 25_000, 50_000, 100_000, 200_000, 400_000,
                                                      800_000]},
@@ -103,7 +106,7 @@ FULL = {
 QUICK = {
     "a": {"connections": 500, "topics": 10, "steps": [5_000, 20_000, 50_000, 200_000, 600_000]},
     "b": {"connections": 500, "topics": 1, "steps": [5_000, 25_000, 200_000, 600_000]},
-    "c": {"connections": 2_000, "hold": 1.0},
+    "c": {"connections": 2_000, "hold": 1.0, "after_close": 3.0},
     "d": {"connections": 2_000, "concurrency": 200},
     "e": {"connections": 100, "topics": 10, "steps": [10_000, 50_000, 200_000]},
     "f": {"connections": 500, "topics": 10, "size": 350, "steps": [5_000, 50_000]},
@@ -291,8 +294,9 @@ class Bench:
             summary["herald_metrics"] = herald_metrics(url)
         return summary
 
-    def one(self, scenario, server, run, step, args):
-        """Starts `server`, runs the tool with `args`, stops the server."""
+    def one(self, scenario, server, run, step, args, after_close=None):
+        """Starts `server`, runs the tool with `args`, stops the server. With
+        `after_close`, runs the tool a second time on the same process (see `cycle`)."""
         tag = f"{scenario}{'' if step is None else '-' + str(step)}.run{run}"
         try:
             proc, url, nats_url = self.start_server(server, tag)
@@ -301,12 +305,26 @@ class Bench:
             return None
         try:
             summary = self.tool(server, url, nats_url, proc.pid, tag, args)
+            if summary and after_close:
+                summary["cycle"] = self.cycle(server, url, nats_url, proc.pid, tag, args, after_close)
         finally:
             self.procs.stop(proc)
         record = {"scenario": scenario, "server": server, "run": run, "step": step, "summary": summary}
         self.results.append(record)
         self.save()
         return summary
+
+    def cycle(self, server, url, nats_url, pid, tag, args, wait):
+        """Whether memory goes back down: RSS `wait` seconds after the connections
+        closed, then with the same number connected again, then `wait` seconds after
+        those closed too."""
+        time.sleep(wait)
+        closed = rss_kib(pid)
+        again = self.tool(server, url, nats_url, pid, tag + ".again", args)
+        time.sleep(wait)
+        return {"wait_s": wait, "rss_kib_closed": closed,
+                "rss_kib_connected_again": again["server"]["rss_kib_connected"] if again else None,
+                "rss_kib_closed_again": rss_kib(pid)}
 
     def meta(self):
         return {"quick": self.opts.quick, "runs": self.runs, "pinned": self.pinned,
@@ -368,11 +386,15 @@ class Bench:
         for run in range(1, self.runs + 1):
             for server in self.opts.servers:
                 s = self.one("c", server, run, None, self.common() + [
-                    "-c", spec["connections"], "--topics", 100, "--rate", 0, "--duration", spec["hold"]])
+                    "-c", spec["connections"], "--topics", 100, "--rate", 0, "--duration", spec["hold"]],
+                    after_close=spec["after_close"])
                 if s:
-                    srv = s["server"]
+                    srv, cyc = s["server"], s["cycle"]
                     log(f"c run {run} {server:12} {s['connections']['subscribed']:,} idle: "
-                        f"{srv['rss_bytes_per_connection'] / 1000:.1f} KB per connection")
+                        f"{srv['rss_bytes_per_connection'] / 1000:.1f} KB per connection; RSS "
+                        f"{srv['rss_kib_before'] / 1024:.1f} -> {srv['rss_kib_connected'] / 1024:.1f} -> "
+                        f"{fmt_mib(cyc['rss_kib_closed'])} -> {fmt_mib(cyc['rss_kib_connected_again'])} -> "
+                        f"{fmt_mib(cyc['rss_kib_closed_again'])} MiB")
 
     def ramp(self):
         spec = self.plan["d"]
@@ -516,6 +538,25 @@ def raise_nofile(want):
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_kib(pid):
+    """A process's resident memory in KiB, from /proc (None once it is gone)."""
+    for line in read(f"/proc/{pid}/status").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+def back_down(before, connected, closed):
+    """RSS after closing is within a fifth of what the connections added."""
+    if None in (before, connected, closed):
+        return None
+    return closed - before <= (connected - before) / 5
+
+
+def fmt_mib(kib):
+    return "—" if kib is None else f"{kib / 1024:.1f}"
 
 
 def read(path):
@@ -828,6 +869,27 @@ class Report:
                       f"{m(lambda s: s['server']['rss_kib_connected']) / 1024:.1f} MiB | "
                       f"**{m(lambda s: s['server']['rss_bytes_per_connection']) / 1000:.1f} KB** |")
         md.append("")
+        cycles = {server: [s for s in self.summaries("c", server) if s.get("cycle")] for server in self.b.opts.servers}
+        if any(cycles.values()):
+            wait = next(s["cycle"]["wait_s"] for ss in cycles.values() for s in ss)
+            md += [(f"**Does memory go back down?** On the same server process: the connections close, RSS is read "
+                    f"{wait:g} s later; as many connect again and close again, RSS read {wait:g} s later again. "
+                    "*Back down* means the RSS after closing is within a fifth of the growth the connections "
+                    "caused (closed − before ≤ (connected − before) / 5).\n"),
+                   "| server | before | connected | closed | connected again | closed again | back down |",
+                   "|---|---:|---:|---:|---:|---:|:-:|"]
+            for server, ss in cycles.items():
+                if not ss:
+                    continue
+                m = median_of(ss)
+                before, connected = m(lambda s: s["server"]["rss_kib_before"]), m(lambda s: s["server"]["rss_kib_connected"])
+                closed = m(lambda s: s["cycle"]["rss_kib_closed"])
+                again = m(lambda s: s["cycle"]["rss_kib_connected_again"])
+                closed_again = m(lambda s: s["cycle"]["rss_kib_closed_again"])
+                md.append(f"| {LABELS[server]} | {fmt_mib(before)} MiB | {fmt_mib(connected)} MiB | "
+                          f"{fmt_mib(closed)} MiB | {fmt_mib(again)} MiB | {fmt_mib(closed_again)} MiB | "
+                          f"{yes(back_down(before, connected, closed))} |")
+            md.append("")
         return md
 
     def ramp_section(self):
@@ -922,6 +984,14 @@ class Report:
                 md.append(f"| (c) memory per idle connection ≤ {TARGET_BYTES_PER_CONN / 1000:g} KB | {h / 1000:.1f} KB | "
                           f"{'—' if n is None else f'{n / 1000:.1f} KB'} | {(h - TARGET_BYTES_PER_CONN) / 1000:+.1f} KB | "
                           f"{yes(h <= TARGET_BYTES_PER_CONN)} |")
+            cyc = [s for s in self.summaries("c", "herald") if s.get("cycle")]
+            if cyc:
+                m = median_of(cyc)
+                before, connected = m(lambda s: s["server"]["rss_kib_before"]), m(lambda s: s["server"]["rss_kib_connected"])
+                closed = m(lambda s: s["cycle"]["rss_kib_closed"])
+                md.append(f"| (c) RSS goes back down once the connections close | {fmt_mib(connected)} → "
+                          f"{fmt_mib(closed)} MiB ({fmt_mib(before)} before) | | | "
+                          f"{yes(back_down(before, connected, closed))} |")
         if self.b.opts.quick:
             md.append("\n*Quick run: the table shows that the report works, not how Herald performs.*")
         md.append("")
@@ -962,7 +1032,7 @@ def machine_rows(pinned):
 
 
 def yes(ok):
-    return "yes" if ok else "**no**"
+    return "—" if ok is None else "yes" if ok else "**no**"
 
 
 def run_out(argv):
