@@ -548,8 +548,10 @@ def rss_kib(pid):
     return None
 
 
-def back_down(before, connected, closed):
-    """RSS after closing is within a fifth of what the connections added."""
+def back_down(cycle):
+    """RSS after closing is within a fifth of what the connections added (`cycle` as
+    Report.cycle gives it)."""
+    before, connected, closed = cycle["before"], cycle["connected"], cycle["closed"]
     if None in (before, connected, closed):
         return None
     return closed - before <= (connected - before) / 5
@@ -617,6 +619,26 @@ class Report:
 
     def med(self, scenario, server, step, fn):
         return median([fn(s) for s in self.summaries(scenario, server, step)])
+
+    def us_per_delivery(self, scenario, server, step):
+        """The server's core time per delivery in µs (its core's busy time / delivered)."""
+        busy = self.med(scenario, server, step, lambda s: core_busy(s, self.b.server_core))
+        rate = self.med(scenario, server, step, lambda s: s["deliveries"]["per_s"])
+        return None if busy is None or not rate else busy / 100 * 1e6 / rate
+
+    def cycle(self, server):
+        """Medians of scenario c's RSS (KiB) before, connected, closed, connected again
+        and closed again; None if the run did not close and reconnect."""
+        ss = [s for s in self.summaries("c", server) if s.get("cycle")]
+        if not ss:
+            return None
+        m = median_of(ss)
+        return {"before": m(lambda s: s["server"]["rss_kib_before"]),
+                "connected": m(lambda s: s["server"]["rss_kib_connected"]),
+                "closed": m(lambda s: s["cycle"]["rss_kib_closed"]),
+                "again": m(lambda s: s["cycle"]["rss_kib_connected_again"]),
+                "closed_again": m(lambda s: s["cycle"]["rss_kib_closed_again"]),
+                "wait_s": ss[0]["cycle"]["wait_s"]}
 
     def curve(self, scenario, server, fn):
         """(offered step, median of fn) for every step this server was measured at."""
@@ -755,9 +777,7 @@ class Report:
             cells = []
             for server in servers:
                 b = self.med(scenario, server, step, lambda s: s["deliveries"].get("wire_bytes_per_delivery"))
-                busy = self.med(scenario, server, step, lambda s: core_busy(s, self.b.server_core))
-                rate = self.med(scenario, server, step, lambda s: s["deliveries"]["per_s"])
-                us = busy / 100 * 1e6 / rate if busy is not None and rate else None
+                us = self.us_per_delivery(scenario, server, step)
                 cells.append("—" if b is None else f"{b:,.0f} B, {'—' if us is None else f'{us:.1f} µs'}")
             md.append(f"| {step:,} | " + " | ".join(cells) + " |")
         return md + [""]
@@ -869,26 +889,21 @@ class Report:
                       f"{m(lambda s: s['server']['rss_kib_connected']) / 1024:.1f} MiB | "
                       f"**{m(lambda s: s['server']['rss_bytes_per_connection']) / 1000:.1f} KB** |")
         md.append("")
-        cycles = {server: [s for s in self.summaries("c", server) if s.get("cycle")] for server in self.b.opts.servers}
+        cycles = {server: self.cycle(server) for server in self.b.opts.servers}
         if any(cycles.values()):
-            wait = next(s["cycle"]["wait_s"] for ss in cycles.values() for s in ss)
+            wait = next(c["wait_s"] for c in cycles.values() if c)
             md += [(f"**Does memory go back down?** On the same server process: the connections close, RSS is read "
                     f"{wait:g} s later; as many connect again and close again, RSS read {wait:g} s later again. "
                     "*Back down* means the RSS after closing is within a fifth of the growth the connections "
                     "caused (closed − before ≤ (connected − before) / 5).\n"),
                    "| server | before | connected | closed | connected again | closed again | back down |",
                    "|---|---:|---:|---:|---:|---:|:-:|"]
-            for server, ss in cycles.items():
-                if not ss:
+            for server, c in cycles.items():
+                if not c:
                     continue
-                m = median_of(ss)
-                before, connected = m(lambda s: s["server"]["rss_kib_before"]), m(lambda s: s["server"]["rss_kib_connected"])
-                closed = m(lambda s: s["cycle"]["rss_kib_closed"])
-                again = m(lambda s: s["cycle"]["rss_kib_connected_again"])
-                closed_again = m(lambda s: s["cycle"]["rss_kib_closed_again"])
-                md.append(f"| {LABELS[server]} | {fmt_mib(before)} MiB | {fmt_mib(connected)} MiB | "
-                          f"{fmt_mib(closed)} MiB | {fmt_mib(again)} MiB | {fmt_mib(closed_again)} MiB | "
-                          f"{yes(back_down(before, connected, closed))} |")
+                md.append(f"| {LABELS[server]} | {fmt_mib(c['before'])} MiB | {fmt_mib(c['connected'])} MiB | "
+                          f"{fmt_mib(c['closed'])} MiB | {fmt_mib(c['again'])} MiB | "
+                          f"{fmt_mib(c['closed_again'])} MiB | {yes(back_down(c))} |")
             md.append("")
         return md
 
@@ -962,11 +977,7 @@ class Report:
                 md.append(f"| (a) latency at {step // 1000}k/s | not measured (no such step in this run) | | | |")
             step = TARGET_CORE_LOAD
             if step in self.steps("a") and "ws-broadcast" in servers:
-                def us_per_delivery(server):
-                    busy = self.med("a", server, step, lambda s: core_busy(s, self.b.server_core))
-                    rate = self.med("a", server, step, lambda s: s["deliveries"]["per_s"])
-                    return None if busy is None or not rate else busy / 100 * 1e6 / rate
-                hc, rc = us_per_delivery("herald"), us_per_delivery("ws-broadcast")
+                hc, rc = self.us_per_delivery("a", "herald", step), self.us_per_delivery("a", "ws-broadcast", step)
                 if hc is not None and rc is not None:
                     md.append(f"| (a) core time per delivery at {step // 1000}k/s ≤ ws-broadcast's "
                               f"(nats-server column: ws-broadcast) | {hc:.1f} µs | {rc:.1f} µs | "
@@ -984,14 +995,11 @@ class Report:
                 md.append(f"| (c) memory per idle connection ≤ {TARGET_BYTES_PER_CONN / 1000:g} KB | {h / 1000:.1f} KB | "
                           f"{'—' if n is None else f'{n / 1000:.1f} KB'} | {(h - TARGET_BYTES_PER_CONN) / 1000:+.1f} KB | "
                           f"{yes(h <= TARGET_BYTES_PER_CONN)} |")
-            cyc = [s for s in self.summaries("c", "herald") if s.get("cycle")]
-            if cyc:
-                m = median_of(cyc)
-                before, connected = m(lambda s: s["server"]["rss_kib_before"]), m(lambda s: s["server"]["rss_kib_connected"])
-                closed = m(lambda s: s["cycle"]["rss_kib_closed"])
-                md.append(f"| (c) RSS goes back down once the connections close | {fmt_mib(connected)} → "
-                          f"{fmt_mib(closed)} MiB ({fmt_mib(before)} before) | | | "
-                          f"{yes(back_down(before, connected, closed))} |")
+            c = self.cycle("herald")
+            if c:
+                md.append(f"| (c) RSS goes back down once the connections close | {fmt_mib(c['connected'])} → "
+                          f"{fmt_mib(c['closed'])} MiB ({fmt_mib(c['before'])} before) | | | "
+                          f"{yes(back_down(c))} |")
         if self.b.opts.quick:
             md.append("\n*Quick run: the table shows that the report works, not how Herald performs.*")
         md.append("")
