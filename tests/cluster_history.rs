@@ -329,7 +329,10 @@ async fn with_three_replicas_history_survives_the_loss_of_the_streams_leader() -
         }
     }
     let resume = json!({"resume":{"epoch":epoch,"topics":{"ha":seen[1]["seq"]}}});
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // Node 0's consumer may stall (found within 15 s) and its replacement may go
+    // unanswered a few times (nats-server 2.9 places some on the dead server; each
+    // such attempt is given up after 5 s): a minute leaves room for that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (_, got) = subscribe(&nodes[0], &["ha"], resume.clone()).await?;
         if ns(&got) == [3, 4, 5] {
@@ -338,8 +341,13 @@ async fn with_three_replicas_history_survives_the_loss_of_the_streams_leader() -
         // Node 0 may still be catching up after its own connection moved.
         ensure!(
             tokio::time::Instant::now() < deadline,
-            "{got:?}; node 0 logged:\n{}",
-            nodes[0].log_text()
+            "{got:?}; node 0 logged:\n{}\nthe NATS servers logged:\n{}",
+            nodes[0].log_text(),
+            servers
+                .iter()
+                .map(NatsServer::log)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

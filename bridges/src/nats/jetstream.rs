@@ -18,6 +18,15 @@ const JETSTREAM_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often a consumer reading positions is checked for a stall.
 const STALL_CHECK: Duration = Duration::from_secs(5);
 
+/// How long a JetStream API request of the consumer (the stream's info, creating the
+/// consumer, async-nats recreating an ordered one) may go unanswered before the
+/// attempt fails and is retried. nats-server before 2.12 may place an ephemeral
+/// consumer on a server of the stream's cluster that is down, and then never answers
+/// its creation (nats-server PR 7165): the bound is what such a lost attempt costs
+/// before the next one is placed anew. Half async-nats' default of 10 s, still ample
+/// for a server that must count what a large stream holds for the new consumer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A started JetStream consumer.
 pub(super) struct Consumer {
     pub(super) messages: async_nats::jetstream::consumer::push::Ordered,
@@ -68,7 +77,9 @@ async fn jetstream_consumer(
         stream: start.stream.clone(),
         source,
     };
-    let js = async_nats::jetstream::new(client.clone());
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(REQUEST_TIMEOUT)
+        .build(client.clone());
     let stream = js
         .get_stream(&start.stream)
         .await
