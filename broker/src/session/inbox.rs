@@ -10,10 +10,16 @@
 //! shares with its [`Outbound`](crate::session::outbound::Outbound) queue: a topic reserves the
 //! frame's bytes before sending it, and a frame that does not fit is not sent at all
 //! but counted in `missed` (reported as `lagged`). A `scheduled` flag coalesces
-//! wake-ups: the first frame after the session last drained its inbox sends one
-//! [`Wake`]; frames that follow ride along until the session drains. A busy session
-//! therefore takes hundreds of frames per wake-up, and the topic's cost per
+//! wake-ups: the first frame after the session last drained its inbox wakes the
+//! session's task; frames that follow ride along until the session drains. A busy
+//! session therefore takes hundreds of frames per wake-up, and the topic's cost per
 //! subscriber is one reference-count increment, one channel push and two atomics.
+//!
+//! The wake-up is the session task's own waker (an [`AtomicWaker`] the session
+//! registers each time it looks, [`Inbox::woken`]), not an actor message: a message
+//! would be a boxed envelope and a trip through the mailbox per wake-up, about a
+//! tenth of Herald's own (user-space) time per delivery in a profile at 50k
+//! deliveries/s (docs/benchmarks.md).
 //!
 //! Ordering is the channel's: a topic sends a replay, then live events, in the order
 //! it handles them, and the session receives them in that order.
@@ -21,8 +27,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
+use std::task::Context as Task;
 
-use actix::{Message, Recipient};
+use futures_util::task::AtomicWaker;
 
 use crate::protocol::event::Frame;
 use crate::topics::message::Deliver;
@@ -94,19 +101,16 @@ impl Budget {
     }
 }
 
-/// Topic → session: frames are waiting in the inbox.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Wake;
-
 /// What the session and its subscribers share.
 #[derive(Debug)]
 struct Shared {
     budget: Arc<Budget>,
     /// Live events that did not fit the budget since the session last looked.
     missed: AtomicU64,
-    /// A [`Wake`] is on its way and not yet handled.
+    /// The session was woken and has not looked yet.
     scheduled: AtomicBool,
+    /// The session's task, registered each time it looks.
+    waker: AtomicWaker,
 }
 
 /// A connection as topics see it. Cloned once per subscription, never per event.
@@ -116,7 +120,6 @@ pub(crate) struct Subscriber {
     pub id: u64,
     tx: Sender<Deliver>,
     shared: Arc<Shared>,
-    wake: Recipient<Wake>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -166,7 +169,7 @@ impl Subscriber {
 
     fn wake(&self) {
         if !self.shared.scheduled.swap(true, Ordering::AcqRel) {
-            self.wake.do_send(Wake);
+            self.shared.waker.wake();
         }
     }
 }
@@ -189,27 +192,36 @@ impl Inbox {
                 budget,
                 missed: AtomicU64::new(0),
                 scheduled: AtomicBool::new(false),
+                waker: AtomicWaker::new(),
             }),
         }
     }
 
-    /// The handle topics deliver through; `wake` is the session's address.
-    pub(crate) fn subscriber(&self, id: u64, wake: Recipient<Wake>) -> Subscriber {
+    /// The handle topics deliver through.
+    pub(crate) fn subscriber(&self, id: u64) -> Subscriber {
         Subscriber {
             id,
             tx: self.tx.clone(),
             shared: self.shared.clone(),
-            wake,
         }
     }
 
-    /// Call on [`Wake`], before [`Inbox::next`]: a frame sent from now on sends a new
-    /// wake-up, so none is left waiting unnoticed.
-    pub(crate) fn woken(&self) {
+    /// Whether deliveries came since the session last looked; then drain with
+    /// [`Inbox::next`] right away. Call from the session's task each time it is
+    /// polled: `task` is woken by the next delivery after this call, so none is left
+    /// waiting unnoticed.
+    pub(crate) fn woken(&self, task: &Task<'_>) -> bool {
+        // Registered before the flag is read: a delivery that finds the flag clear
+        // after this point wakes this task.
+        self.shared.waker.register(task.waker());
+        if !self.shared.scheduled.load(Ordering::Acquire) {
+            return false;
+        }
         self.shared.scheduled.store(false, Ordering::Release);
         // Pairs with the AcqRel swap in `Subscriber::wake`: the sends that saw
-        // `scheduled` still true happened before this point and are drained below.
+        // `scheduled` still true happened before this point and are drained next.
         std::sync::atomic::fence(Ordering::SeqCst);
+        true
     }
 
     /// The next waiting delivery, if any.
@@ -230,15 +242,15 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix::{Actor, Context, Handler};
+    use std::task::{Wake, Waker};
 
-    struct Counter(Arc<AtomicU64>);
-    impl Actor for Counter {
-        type Context = Context<Self>;
-    }
-    impl Handler<Wake> for Counter {
-        type Result = ();
-        fn handle(&mut self, _: Wake, _: &mut Self::Context) {
+    /// A task that counts its wake-ups.
+    struct Counter(AtomicU64);
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -261,27 +273,29 @@ mod tests {
         assert_eq!(b.held(), 0, "never below zero");
     }
 
-    #[actix_rt::test]
-    async fn one_wake_per_batch_and_drops_past_the_budget_are_counted() {
-        let wakes = Arc::new(AtomicU64::new(0));
-        let addr = Counter(wakes.clone()).start();
+    #[test]
+    fn one_wake_per_batch_and_drops_past_the_budget_are_counted() {
+        let counter = Arc::new(Counter(AtomicU64::new(0)));
+        let waker = Waker::from(counter.clone());
+        let task = Task::from_waker(&waker);
+        let wakes = || counter.0.load(Ordering::SeqCst);
         let budget = Arc::new(Budget::new(250));
         let inbox = Inbox::new(budget.clone());
-        let sub = inbox.subscriber(7, addr.recipient());
+        let sub = inbox.subscriber(7);
+        assert!(!inbox.woken(&task), "nothing delivered yet");
         assert_eq!(sub.offer(&frame(100)), Offer::Queued);
         assert_eq!(sub.offer(&frame(100)), Offer::Queued);
         assert_eq!(sub.offer(&frame(100)), Offer::Dropped);
         assert_eq!(budget.held(), 200);
-        actix_rt::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert_eq!(wakes.load(Ordering::SeqCst), 1, "one wake for the batch");
-        inbox.woken();
+        assert_eq!(wakes(), 1, "one wake for the batch");
+        assert!(inbox.woken(&task));
         let mut n = 0;
         while let Some(Deliver::Event(f)) = inbox.next() {
             assert_eq!(f.len(), 100);
             n += 1;
         }
         assert_eq!(n, 2);
+        assert!(!inbox.woken(&task), "drained: nothing new");
         assert_eq!(inbox.take_missed(), 1);
         assert_eq!(inbox.take_missed(), 0);
         assert_eq!(
@@ -289,15 +303,56 @@ mod tests {
             Offer::Dropped,
             "bytes not yet written"
         );
+        assert_eq!(wakes(), 2, "a drop wakes too (policy disconnect)");
+        assert!(inbox.woken(&task));
         budget.release(200);
         assert_eq!(sub.offer(&frame(60)), Offer::Queued);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert_eq!(
-            wakes.load(Ordering::SeqCst),
-            2,
-            "woken again after draining"
-        );
+        assert_eq!(wakes(), 3, "woken again after looking");
         drop(inbox);
         assert_eq!(sub.offer(&frame(10)), Offer::Closed);
+    }
+
+    #[test]
+    fn a_delivery_from_another_thread_is_never_left_unnoticed() {
+        // The session looks while a topic delivers: every frame is drained, either
+        // in the same look or after a wake-up that follows it.
+        let counter = Arc::new(Counter(AtomicU64::new(0)));
+        let waker = Waker::from(counter.clone());
+        let task = Task::from_waker(&waker);
+        let inbox = Inbox::new(Arc::new(Budget::new(usize::MAX / 4)));
+        let sub = inbox.subscriber(1);
+        const N: usize = 100_000;
+        let sender = std::thread::spawn(move || {
+            for _ in 0..N {
+                assert_eq!(sub.offer(&frame(1)), Offer::Queued);
+            }
+        });
+        let mut drained = 0;
+        let mut seen_wakes = 0;
+        while drained < N {
+            if inbox.woken(&task) {
+                while inbox.next().is_some() {
+                    drained += 1;
+                }
+                continue;
+            }
+            // Nothing was scheduled when it looked: wait for a wake-up, as the task
+            // would. Once the sender is done, no wake-up can come any more.
+            loop {
+                let finished = sender.is_finished();
+                let now = counter.0.load(Ordering::SeqCst);
+                if now != seen_wakes {
+                    seen_wakes = now;
+                    break;
+                }
+                assert!(
+                    !finished,
+                    "no wake-up came for what is left: {drained} of {N} drained"
+                );
+                std::thread::yield_now();
+            }
+        }
+        sender.join().expect("sender");
+        assert!(inbox.next().is_none());
     }
 }

@@ -4,7 +4,7 @@
 //! messages in its own task and writes frames straight from a byte-bounded
 //! [`Outbound`] queue into the socket. It runs the JSON heartbeat and the rate
 //! limiter and keeps the connection's subscriptions. Topics deliver into its
-//! [`Inbox`], which it drains on each [`Wake`].
+//! [`Inbox`] and wake its task, which drains the inbox on its next [`Turn`].
 //!
 //! Writing: whatever is queued goes into the socket at once, many frames per
 //! system call; what the socket cannot take stays queued, counted against the
@@ -40,7 +40,9 @@ mod writer;
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as Task, Poll};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -54,7 +56,7 @@ use crate::http::admission::Permit;
 use crate::metrics::METRICS;
 use crate::protocol::{close, Heartbeat, Limits, ServerMessage, SUBPROTOCOL};
 use crate::topics::message::{Shutdown, Subscriber};
-use inbox::{Inbox, Wake};
+use inbox::Inbox;
 pub(crate) use ops::check_patterns;
 use outbound::Outbound;
 use ratelimit::RateLimiter;
@@ -319,13 +321,12 @@ impl Actor for Session {
         let subject = self.identity.as_ref().and_then(|i| i.subject.as_deref());
         let compression = self.socket.as_ref().map_or("none", Socket::compression);
         info!(session = %self.name, ip = ?self.ip, subject = subject.unwrap_or("-"), compression, "session opened");
+        // Before anything is queued: its first turn writes (a close frame too).
+        ctx.spawn(Turn);
         // Upgraded while shutdown began: shutdown's walk of the directory may have
         // missed this session, but the flag was set before that walk.
         if self.broker.is_shutting_down() {
             return self.close(ctx, close::GOING_AWAY, "server shutting down");
-        }
-        if self.socket.is_some() {
-            ctx.spawn(socket::Pump);
         }
         if let Some(tx) = &self.closer {
             // The client went away: the response body (the receiver) is dropped.
@@ -364,16 +365,28 @@ impl Actor for Session {
     }
 }
 
-impl Handler<Wake> for Session {
-    type Result = ();
+/// A session's own work each time its task wakes (a delivery, the socket, a timer):
+/// an item of its actix context, polled right after its mailbox. On a WebSocket it
+/// is the socket's pump (read, drain the inbox, write); on an event stream, draining
+/// the inbox and writing.
+struct Turn;
 
-    fn handle(&mut self, _msg: Wake, ctx: &mut Self::Context) {
-        self.inbox.woken();
-        if self.closing() {
-            return;
+impl ActorFuture<Session> for Turn {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut Session,
+        ctx: &mut Context<Session>,
+        task: &mut Task<'_>,
+    ) -> Poll<()> {
+        if act.socket.is_some() {
+            return act.pump(ctx, task);
         }
-        self.drain_inbox(ctx);
-        self.flush(ctx);
+        if act.take_inbox(ctx, task) {
+            act.flush(ctx);
+        }
+        Poll::Pending
     }
 }
 

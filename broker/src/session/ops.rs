@@ -241,7 +241,7 @@ impl Session {
             .to_frame();
             self.control(frame, ctx);
         }
-        let me = self.subscriber(ctx);
+        let me = self.subscriber();
         for (p, replay) in new.iter().zip(plan.replays) {
             self.broker.registry().subscribe(&me, p, Arc::new(replay));
         }
@@ -276,9 +276,9 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn subscriber(&mut self, ctx: &mut Context<Self>) -> Subscriber {
+    pub(super) fn subscriber(&mut self) -> Subscriber {
         self.me
-            .get_or_insert_with(|| self.inbox.subscriber(self.id, ctx.address().recipient()))
+            .get_or_insert_with(|| self.inbox.subscriber(self.id))
             .clone()
     }
 }

@@ -6,6 +6,7 @@
 //! `close` message, then the end of the stream) after what is queued, bounded by
 //! [`CLOSE_TIMEOUT`].
 
+use std::task::Context as Task;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -97,8 +98,19 @@ impl Session {
         }
     }
 
+    /// Moves what topics delivered since the last look into the outbound queue;
+    /// whether there was anything to move (then the caller writes). Called on every
+    /// turn of the session's task, which registers it for the next delivery.
+    pub(super) fn take_inbox(&mut self, ctx: &mut Context<Self>, task: &Task<'_>) -> bool {
+        if !self.inbox.woken(task) || self.closing() {
+            return false;
+        }
+        self.drain_inbox(ctx);
+        true
+    }
+
     /// Moves everything topics delivered into the outbound queue.
-    pub(super) fn drain_inbox(&mut self, ctx: &mut Context<Self>) {
+    fn drain_inbox(&mut self, ctx: &mut Context<Self>) {
         while let Some(deliver) = self.inbox.next() {
             if self.closing() {
                 return;

@@ -3,9 +3,10 @@
 //!
 //! Once the `101` is written, the session actor holds the connection itself: there
 //! is no HTTP dispatcher task, no channel and no buffer between them. It reads in its
-//! own task, through [`Pump`], an item of its actix context polled right after its
-//! mailbox; and it writes as soon as something is queued, straight from its outbound
-//! queue into the socket with vectored writes (a header and a shared payload per
+//! own task, through its pump (`Session::pump`: the session's `Turn`, an item of its
+//! actix context polled right after its mailbox), which also drains what topics
+//! delivered into its inbox (a delivery wakes the task); and it writes as soon as
+//! something is queued, straight from its outbound queue into the socket with vectored writes (a header and a shared payload per
 //! frame, many frames per system call). A write the socket cannot take whole leaves
 //! the rest queued, counted against `session.queue_max_bytes` as before, and goes on
 //! when the socket is writable again.
@@ -185,22 +186,6 @@ impl Socket {
     }
 }
 
-/// Drives a session's socket: an item of its actix context (see the module doc).
-pub(crate) struct Pump;
-
-impl ActorFuture<Session> for Pump {
-    type Output = ();
-
-    fn poll(
-        self: Pin<&mut Self>,
-        act: &mut Session,
-        ctx: &mut Context<Session>,
-        task: &mut Task<'_>,
-    ) -> Poll<()> {
-        act.pump(ctx, task)
-    }
-}
-
 /// What the pump saw when reading.
 enum Read {
     /// Nothing more to read now.
@@ -212,9 +197,10 @@ enum Read {
 }
 
 impl Session {
-    /// One turn of the pump: read and handle what arrived, write what is queued, and
-    /// end the connection when closing is done.
-    fn pump(&mut self, ctx: &mut Context<Session>, task: &mut Task<'_>) -> Poll<()> {
+    /// One turn of the pump (the session's `Turn` on a WebSocket): read and handle
+    /// what arrived, drain the inbox, write what is queued, and end the connection
+    /// when closing is done.
+    pub(super) fn pump(&mut self, ctx: &mut Context<Session>, task: &mut Task<'_>) -> Poll<()> {
         let Some(socket) = self.socket.as_mut() else {
             return Poll::Ready(());
         };
@@ -247,6 +233,8 @@ impl Session {
         if self.closing() {
             self.write_socket(ctx, task);
         } else {
+            // What topics delivered since the last turn, written below with it.
+            self.take_inbox(ctx, task);
             // Writes with this task's waker (saved above), and sends a `lagged`
             // notice once writing made room.
             self.flush(ctx);
