@@ -21,13 +21,18 @@
 //! tenth of Herald's own (user-space) time per delivery in a profile at 50k
 //! deliveries/s (docs/benchmarks.md).
 //!
+//! The same registration serves the session's socket: its reads are polled with a
+//! waker ([`Inbox::read_waker`]) that marks the socket readable and wakes the task,
+//! so a turn woken by a delivery does not poll the socket's read readiness (a lock
+//! in tokio's reactor) for nothing.
+//!
 //! Ordering is the channel's: a topic sends a replay, then live events, in the order
 //! it handles them, and the session receives them in that order.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::task::Context as Task;
+use std::task::{Context as Task, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
@@ -109,8 +114,22 @@ struct Shared {
     missed: AtomicU64,
     /// The session was woken and has not looked yet.
     scheduled: AtomicBool,
+    /// The socket woke its read waker since the session last read it.
+    readable: AtomicBool,
     /// The session's task, registered each time it looks.
     waker: AtomicWaker,
+}
+
+/// The socket's read waker (see the module doc).
+impl Wake for Shared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.readable.store(true, Ordering::Release);
+        self.waker.wake();
+    }
 }
 
 /// A connection as topics see it. Cloned once per subscription, never per event.
@@ -192,6 +211,8 @@ impl Inbox {
                 budget,
                 missed: AtomicU64::new(0),
                 scheduled: AtomicBool::new(false),
+                // Bytes may have come with the handshake: read on the first turn.
+                readable: AtomicBool::new(true),
                 waker: AtomicWaker::new(),
             }),
         }
@@ -207,9 +228,9 @@ impl Inbox {
     }
 
     /// Whether deliveries came since the session last looked; then drain with
-    /// [`Inbox::next`] right away. Call from the session's task each time it is
-    /// polled: `task` is woken by the next delivery after this call, so none is left
-    /// waiting unnoticed.
+    /// [`Inbox::next`] in the same turn. Call first thing each time the session's
+    /// task is polled: `task` is woken by the next delivery (or read readiness) after
+    /// this call, so none is left waiting unnoticed.
     pub(crate) fn woken(&self, task: &Task<'_>) -> bool {
         // Registered before the flag is read: a delivery that finds the flag clear
         // after this point wakes this task.
@@ -222,6 +243,24 @@ impl Inbox {
         // `scheduled` still true happened before this point and are drained next.
         std::sync::atomic::fence(Ordering::SeqCst);
         true
+    }
+
+    /// A waker for polling the socket's reads: when the socket has bytes, it marks
+    /// it readable and wakes the task [`Inbox::woken`] registered.
+    pub(crate) fn read_waker(&self) -> Waker {
+        Waker::from(self.shared.clone())
+    }
+
+    /// Whether the socket may have bytes: it woke its read waker since the last
+    /// call, or nothing was read yet. Call after [`Inbox::woken`] in the same turn.
+    pub(crate) fn take_readable(&self) -> bool {
+        self.shared.readable.swap(false, Ordering::AcqRel)
+    }
+
+    /// Reading stopped before the socket ran dry (the session yields to other
+    /// connections): read again on the next turn.
+    pub(crate) fn still_readable(&self) {
+        self.shared.readable.store(true, Ordering::Release);
     }
 
     /// The next waiting delivery, if any.
@@ -242,7 +281,6 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::{Wake, Waker};
 
     /// A task that counts its wake-ups.
     struct Counter(AtomicU64);
@@ -310,6 +348,26 @@ mod tests {
         assert_eq!(wakes(), 3, "woken again after looking");
         drop(inbox);
         assert_eq!(sub.offer(&frame(10)), Offer::Closed);
+    }
+
+    #[test]
+    fn the_read_waker_marks_the_socket_readable_and_wakes_the_task() {
+        let counter = Arc::new(Counter(AtomicU64::new(0)));
+        let waker = Waker::from(counter.clone());
+        let task = Task::from_waker(&waker);
+        let inbox = Inbox::new(Arc::new(Budget::new(100)));
+        assert!(!inbox.woken(&task));
+        assert!(inbox.take_readable(), "the first turn reads");
+        assert!(!inbox.take_readable(), "then only once the socket says so");
+        let read = inbox.read_waker();
+        read.wake_by_ref();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert!(!inbox.woken(&task), "readable is not a delivery");
+        assert!(inbox.take_readable());
+        inbox.still_readable();
+        assert!(inbox.take_readable(), "a read that stopped early goes on");
+        read.wake();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
     }
 
     #[test]

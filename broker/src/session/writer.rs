@@ -100,7 +100,8 @@ impl Session {
 
     /// Moves what topics delivered since the last look into the outbound queue;
     /// whether there was anything to move (then the caller writes). Called on every
-    /// turn of the session's task, which registers it for the next delivery.
+    /// turn of an event stream's task, which registers it for the next delivery (a
+    /// WebSocket's pump does the same in two steps, reading in between).
     pub(super) fn take_inbox(&mut self, ctx: &mut Context<Self>, task: &Task<'_>) -> bool {
         if !self.inbox.woken(task) || self.closing() {
             return false;
@@ -110,7 +111,7 @@ impl Session {
     }
 
     /// Moves everything topics delivered into the outbound queue.
-    fn drain_inbox(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn drain_inbox(&mut self, ctx: &mut Context<Self>) {
         while let Some(deliver) = self.inbox.next() {
             if self.closing() {
                 return;

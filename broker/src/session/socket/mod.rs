@@ -211,21 +211,30 @@ impl Session {
         {
             socket.waker = Some(task.waker().clone());
         }
-        for turn in 0.. {
-            if turn == READS_PER_POLL {
-                // Fair to the worker's other connections: come back later.
-                task.waker().wake_by_ref();
-                break;
-            }
-            match self.read_once(task) {
-                Read::Waiting => break,
-                Read::Ended => {
-                    self.vanished();
-                    return self.finish(ctx);
+        // First of all: registers this task for the next delivery or read readiness.
+        let delivered = self.inbox.woken(task);
+        // The socket is read only when it said it has bytes (or a read stopped
+        // early), not on every turn a delivery causes.
+        if self.inbox.take_readable() {
+            let read_waker = self.inbox.read_waker();
+            let mut reads = Task::from_waker(&read_waker);
+            for turn in 0.. {
+                if turn == READS_PER_POLL {
+                    // Fair to the worker's other connections: come back later.
+                    self.inbox.still_readable();
+                    task.waker().wake_by_ref();
+                    break;
                 }
-                Read::Messages(messages) => {
-                    for message in messages {
-                        self.on_inbound(message, ctx);
+                match self.read_once(&mut reads) {
+                    Read::Waiting => break,
+                    Read::Ended => {
+                        self.vanished();
+                        return self.finish(ctx);
+                    }
+                    Read::Messages(messages) => {
+                        for message in messages {
+                            self.on_inbound(message, ctx);
+                        }
                     }
                 }
             }
@@ -233,8 +242,10 @@ impl Session {
         if self.closing() {
             self.write_socket(ctx, task);
         } else {
-            // What topics delivered since the last turn, written below with it.
-            self.take_inbox(ctx, task);
+            if delivered {
+                // What topics delivered since the last turn, written below with it.
+                self.drain_inbox(ctx);
+            }
             // Writes with this task's waker (saved above), and sends a `lagged`
             // notice once writing made room.
             self.flush(ctx);
