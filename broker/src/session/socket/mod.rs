@@ -6,10 +6,11 @@
 //! own task, through its pump (`Session::pump`: the session's `Turn`, an item of its
 //! actix context polled right after its mailbox), which also drains what topics
 //! delivered into its inbox (a delivery wakes the task); and it writes as soon as
-//! something is queued, straight from its outbound queue into the socket with vectored writes (a header and a shared payload per
-//! frame, many frames per system call). A write the socket cannot take whole leaves
-//! the rest queued, counted against `session.queue_max_bytes` as before, and goes on
-//! when the socket is writable again.
+//! something is queued, straight from its outbound queue into the socket with
+//! vectored writes (a header and a shared payload per frame, many frames per system
+//! call). A write the socket cannot take whole leaves the rest queued, counted
+//! against `session.queue_max_bytes` as before, and goes on when the socket is
+//! writable again.
 //!
 //! ## Layout
 //! - this file: the socket's state, the pump, writing, and closing;
