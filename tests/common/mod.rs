@@ -559,17 +559,24 @@ impl Client {
         }
     }
 
-    /// Waits for the server to close the connection; returns its close code.
+    /// Waits for the server to close the connection and answers its close frame as
+    /// a browser does, at once; returns the server's close code.
+    ///
+    /// tungstenite only queues its answer until the next read or flush: a client
+    /// that never sends it holds the server's session open until the server's close
+    /// timeout (5 s), which is also the default shutdown grace period.
     pub async fn closed(&mut self, timeout: Duration) -> Result<Closed> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => bail!("not closed within {timeout:?}"),
                 Ok(Some(Ok(Message::Close(frame)))) => {
+                    // Best effort: the server may be gone already (killed, say).
+                    let _ = tokio::time::timeout_at(deadline, self.ws.flush()).await;
                     return Ok(Closed {
                         code: frame.as_ref().map(|f| u16::from(f.code)),
                         reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    })
+                    });
                 }
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(e))) => bail!("connection failed without a close frame: {e}"),

@@ -18,8 +18,8 @@ const JETSTREAM_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often a consumer reading positions is checked for a stall.
 const STALL_CHECK: Duration = Duration::from_secs(5);
 
-/// How long a JetStream API request of the consumer (the stream's info, creating the
-/// consumer, async-nats recreating an ordered one) may go unanswered before the
+/// How long a JetStream API request of the bridge (the stream's info, creating the
+/// consumer, async-nats recreating an ordered one, the stall check) may go unanswered before the
 /// attempt fails and is retried. nats-server before 2.12 may place an ephemeral
 /// consumer on a server of the stream's cluster that is down, and then never answers
 /// its creation (nats-server PR 7165): the bound is what such a lost attempt costs
@@ -77,10 +77,7 @@ async fn jetstream_consumer(
         stream: start.stream.clone(),
         source,
     };
-    let js = async_nats::jetstream::ContextBuilder::new()
-        .timeout(REQUEST_TIMEOUT)
-        .build(client.clone());
-    let stream = js
+    let stream = context(client)
         .get_stream(&start.stream)
         .await
         .map_err(|e| err(Box::new(e)))?;
@@ -212,10 +209,18 @@ pub(super) async fn consume(
     }
 }
 
-/// The last sequence of stream `name`, when the server answers.
+/// The JetStream API as the bridge uses it: every request bounded by
+/// [`REQUEST_TIMEOUT`].
+fn context(client: &async_nats::Client) -> async_nats::jetstream::Context {
+    async_nats::jetstream::ContextBuilder::new()
+        .timeout(REQUEST_TIMEOUT)
+        .build(client.clone())
+}
+
+/// The last sequence of stream `name`, when the server answers within
+/// [`REQUEST_TIMEOUT`] (the consumer's messages wait meanwhile).
 async fn stream_last(client: &async_nats::Client, name: &str) -> Option<u64> {
-    let js = async_nats::jetstream::new(client.clone());
     // `get_stream` fetches the stream's info.
-    let stream = js.get_stream(name).await.ok()?;
+    let stream = context(client).get_stream(name).await.ok()?;
     Some(stream.cached_info().state.last_sequence)
 }
