@@ -19,12 +19,13 @@ const JETSTREAM_RETRY_MAX: Duration = Duration::from_secs(30);
 const STALL_CHECK: Duration = Duration::from_secs(5);
 
 /// How long a JetStream API request of the bridge (the stream's info, creating the
-/// consumer, async-nats recreating an ordered one, the stall check) may go unanswered before the
-/// attempt fails and is retried. nats-server before 2.12 may place an ephemeral
-/// consumer on a server of the stream's cluster that is down, and then never answers
-/// its creation (nats-server PR 7165): the bound is what such a lost attempt costs
-/// before the next one is placed anew. Half async-nats' default of 10 s, still ample
-/// for a server that must count what a large stream holds for the new consumer.
+/// consumer, async-nats recreating an ordered one, the stall check) may go
+/// unanswered before the attempt fails and is retried. nats-server before 2.12 may
+/// place an ephemeral consumer on a server of the stream's cluster that is down, and
+/// then never answers its creation (nats-server PR 7165): the bound is what such a
+/// lost attempt costs before the next one is placed anew. Half async-nats' default
+/// of 10 s, still ample for a server that must count what a large stream holds for
+/// the new consumer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A started JetStream consumer.
